@@ -1,0 +1,1 @@
+"""xai_jax.explain."""
