@@ -1,0 +1,26 @@
+"""The README's test command is what CI runs (brief: `.ci/run` calls exactly that command)."""
+
+import pathlib
+import re
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _readme_commands() -> list[str]:
+  readme = (ROOT / "README.md").read_text()
+  blocks = re.findall(r"```(?:bash|sh)\n(.*?)```", readme, flags=re.S)
+  return [line.strip() for block in blocks[:1] for line in block.splitlines()
+          if line.strip() and not line.strip().startswith("#")]
+
+
+def test_readme_opens_with_exactly_two_commands():
+  commands = _readme_commands()
+  assert len(commands) == 2, commands
+  assert "experiments.cells_gallery" in commands[0] or "experiments.cells" in commands[0]
+  assert "pytest" in commands[1]
+
+
+def test_ci_runs_the_readme_test_command_verbatim():
+  test_command = _readme_commands()[1]
+  ci_lines = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
+  assert test_command in ci_lines
