@@ -2,6 +2,7 @@
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 REDUCTIONS = ("sum", "abs_sum", "max_abs")
 
@@ -32,3 +33,176 @@ def to_map(attributions: jax.Array, reduce: str = "sum") -> jax.Array:
   if reduce == "max_abs":
     return jnp.max(jnp.abs(attributions), axis=-1)
   raise ValueError(f"unknown reduce {reduce!r}; valid: {', '.join(REDUCTIONS)}")
+
+
+# ---------------------------------------------------------------------------
+# Resizing kernels.
+#
+# Index arrays and interpolation weights are computed once per (in, out) size in
+# numpy float32, mirroring torch's CPU kernels (`UpSample.h`: `nearest_idx`,
+# `area_pixel_compute_source_index`), so results match `F.interpolate` exactly
+# for nearest and to float32 rounding for bilinear. Sizes are static, so the
+# kernels are gathers / small matmuls that jit and vmap cleanly.
+# ---------------------------------------------------------------------------
+
+
+def _as_size(size) -> tuple[int, int]:
+  if isinstance(size, int):
+    return (size, size)
+  size = tuple(int(s) for s in size)
+  if len(size) != 2 or min(size) < 1:
+    raise ValueError(f"size must be an int or (height, width) of positive ints; got {size}")
+  return size
+
+
+def _check_maps(maps: jax.Array, name: str) -> None:
+  if maps.ndim not in (3, 4):
+    raise ValueError(f"{name}: maps must be [N, h, w] or [N, h, w, C]; got shape {maps.shape}")
+
+
+def nearest_indices(in_size: int, out_size: int) -> np.ndarray:
+  """Source indices of torch's `F.interpolate(mode="nearest")` along one axis.
+
+  torch computes `min(floor(dst * (in / out)), in - 1)` with a float32 scale
+  (identity when the sizes agree). This differs from `jax.image.resize`'s
+  "nearest", which is torch's "nearest-exact" (half-pixel centres), unless the
+  scale factor is an integer.
+
+  Args:
+    in_size: input length.
+    out_size: output length.
+
+  Returns:
+    `int32[out_size]` source indices.
+  """
+  if in_size == out_size:
+    return np.arange(out_size, dtype=np.int32)
+  scale = np.float32(in_size) / np.float32(out_size)
+  dst = np.arange(out_size, dtype=np.float32)
+  idx = np.floor(dst * scale).astype(np.int64)
+  return np.minimum(idx, in_size - 1).astype(np.int32)
+
+
+def bilinear_matrix(in_size: int, out_size: int, *, align_corners: bool = False) -> np.ndarray:
+  """Interpolation matrix `float32[out_size, in_size]` of torch's 1-D linear kernel.
+
+  With `align_corners=False` (torch's default, identical to cv2 INTER_LINEAR and
+  `jax.image.resize("bilinear")` when upsampling) the source coordinate is
+  `(dst + 0.5) * in / out - 0.5`, clamped at 0; with `align_corners=True` (used
+  by the FullGrad reference) it is `dst * (in - 1) / (out - 1)`. No antialiasing
+  when downsampling (torch's default `antialias=False`).
+
+  Args:
+    in_size: input length.
+    out_size: output length.
+    align_corners: torch's `align_corners` flag.
+
+  Returns:
+    `float32[out_size, in_size]`, each row holding the two interpolation weights.
+  """
+  dst = np.arange(out_size, dtype=np.float32)
+  if align_corners:
+    scale = (np.float32(in_size - 1) / np.float32(out_size - 1) if out_size > 1
+             else np.float32(0))
+    src = scale * dst
+  else:
+    scale = np.float32(in_size) / np.float32(out_size)
+    src = scale * (dst + np.float32(0.5)) - np.float32(0.5)
+    src = np.maximum(src, np.float32(0))
+  lo = src.astype(np.int64)  # src >= 0, so truncation is floor, as in torch
+  lo = np.minimum(lo, in_size - 1)
+  hi = np.where(lo < in_size - 1, lo + 1, lo)
+  w_hi = (src - lo.astype(np.float32)).astype(np.float32)
+  w_lo = (np.float32(1) - w_hi).astype(np.float32)
+  matrix = np.zeros((out_size, in_size), np.float32)
+  rows = np.arange(out_size)
+  np.add.at(matrix, (rows, lo), w_lo)
+  np.add.at(matrix, (rows, hi), w_hi)
+  return matrix
+
+
+def resize_nearest(maps: jax.Array, size) -> jax.Array:
+  """Nearest-neighbour resize with torch `F.interpolate(mode="nearest")` semantics.
+
+  Captum's `LayerAttribution.interpolate` (default mode) and `GuidedGradCam` use
+  this kernel.
+
+  Args:
+    maps: `float[N, h, w]` or `float[N, h, w, C]`.
+    size: output `(H, W)` or an int for a square output.
+
+  Returns:
+    `float[N, H, W]` or `float[N, H, W, C]`, same dtype as `maps`.
+
+  Raises:
+    ValueError: for maps that are not 3-D or 4-D, or a bad size.
+  """
+  _check_maps(maps, "resize_nearest")
+  out_h, out_w = _as_size(size)
+  rows = nearest_indices(maps.shape[1], out_h)
+  cols = nearest_indices(maps.shape[2], out_w)
+  return jnp.take(jnp.take(maps, rows, axis=1), cols, axis=2)
+
+
+def resize_bilinear(maps: jax.Array, size, *, align_corners: bool = False) -> jax.Array:
+  """Bilinear resize with torch `F.interpolate(mode="bilinear")` semantics.
+
+  `align_corners=False` (default) is the half-pixel kernel of torch, cv2
+  `INTER_LINEAR` (pytorch-grad-cam) and Captum's bilinear interpolate;
+  `align_corners=True` is what idiap/fullgrad-saliency uses.
+
+  Args:
+    maps: `float[N, h, w]` or `float[N, h, w, C]`.
+    size: output `(H, W)` or an int for a square output.
+    align_corners: torch's `align_corners` flag.
+
+  Returns:
+    `float[N, H, W]` or `float[N, H, W, C]`, same dtype as `maps`.
+
+  Raises:
+    ValueError: for maps that are not 3-D or 4-D, or a bad size.
+  """
+  _check_maps(maps, "resize_bilinear")
+  out_h, out_w = _as_size(size)
+  rows = jnp.asarray(bilinear_matrix(maps.shape[1], out_h, align_corners=align_corners),
+                     maps.dtype)
+  cols = jnp.asarray(bilinear_matrix(maps.shape[2], out_w, align_corners=align_corners),
+                     maps.dtype)
+  hp = jax.lax.Precision.HIGHEST
+  out = jnp.einsum("Hh,nhw...->nHw...", rows, maps, precision=hp)
+  return jnp.einsum("Ww,nHw...->nHW...", cols, out, precision=hp)
+
+
+def resize(maps: jax.Array, size, *, mode: str = "bilinear",
+           align_corners: bool = False) -> jax.Array:
+  """Dispatches to `resize_nearest` (mode "nearest") or `resize_bilinear` ("bilinear").
+
+  Raises:
+    ValueError: for an unknown mode (or a bad map / size, see the kernels).
+  """
+  if mode == "nearest":
+    return resize_nearest(maps, size)
+  if mode == "bilinear":
+    return resize_bilinear(maps, size, align_corners=align_corners)
+  raise ValueError(f"unknown resize mode {mode!r}; valid: nearest, bilinear")
+
+
+def normalize_min_max(maps: jax.Array, *, eps: float = 1e-7) -> jax.Array:
+  """Per-sample min-max normalisation over all non-batch axes.
+
+  Computes `(m - min(m)) / (max(m - min(m)) + eps)` per sample, the form of
+  pytorch-grad-cam's `scale_cam_image` (eps 1e-7) and of FullGrad's
+  `_postProcess` after its abs (eps 1e-6).
+
+  Args:
+    maps: `float[N, ...]`.
+    eps: added to the denominator; keeps constant maps finite (they map to 0).
+
+  Returns:
+    `float[N, ...]` in [0, 1).
+  """
+  if maps.ndim < 2:
+    raise ValueError(f"maps must have a batch axis and at least one more; got shape {maps.shape}")
+  axes = tuple(range(1, maps.ndim))
+  shifted = maps - jnp.min(maps, axis=axes, keepdims=True)
+  return shifted / (jnp.max(shifted, axis=axes, keepdims=True) + eps)

@@ -1,0 +1,282 @@
+"""Explainers side by side: xai_jax against Captum on the same weights and batch.
+
+    python -m benchmarks.explainers                         # full run (lead, quiet machine)
+    python -m benchmarks.explainers --models cnn --size 32 --batch 4 --steps 4 \\
+        --samples 4 --repeats 1                             # tiny smoke run (~1-2 min)
+
+For every method in `xai_jax.explain.METHODS` and every model it prints seconds
+per image for xai_jax and for Captum (the equivalent attribution class on the
+torch model whose weights were ported, `xai_jax.models.port.from_torchvision`,
+or copied by hand for the small CNN), their ratio, and for the step methods
+(integrated gradients, SmoothGrad, GradientShap) the ratio to xai_jax's own
+floor: S batched forward+backward passes (S = steps or samples) of the batch.
+
+Step loops are timed in both forms (`loop="python"`: a jitted chunk called from
+a Python loop; `loop="lax"`: one jitted `lax.scan` over chunks); the row marked
+`*` is the form `loop="auto"` picks on this backend (see
+`xai_jax.explain.common`). On XLA:CPU the Python loop is the default because a
+gradient inside `lax.scan` loses the fast convolution paths (performance-notes).
+
+Defaults follow the issue: small CNN at 64x64 batch 64; VGG16 and ResNet50 at
+224x224 batch 8; IG 50 Gauss-Legendre steps; SmoothGrad and GradientShap 20
+samples. Captum gets `internal_batch_size` / `nt_samples_batch_size` equal to
+xai_jax's rows per call, so both hold the same number of images in memory
+(Captum's GradientShap has no such option and runs all samples at once).
+Timings: one warm-up call, then the median of `--repeats` calls. Methods
+without a Captum counterpart (FullGrad, DeepMaps, the baselines) print
+xai_jax only; a method that fails prints its error instead of a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from xai_jax import explain, models
+from xai_jax.explain import common
+
+STEP_METHODS = ("integrated_gradients", "smoothgrad", "gradient_shap", "deeplift_shap")
+DEFAULT_SIZES = {"cnn": 64, "vgg16": 224, "resnet50": 224}
+DEFAULT_BATCH = {"cnn": 64, "vgg16": 8, "resnet50": 8}
+CLASSES = 10
+
+
+def _block(out):
+  jax.tree_util.tree_map(lambda a: a.block_until_ready() if hasattr(a, "block_until_ready")
+                         else a, out)
+  return out
+
+
+def _time(fn: Callable[[], Any], repeats: int) -> float:
+  """Median wall seconds of `fn()` after one warm-up call."""
+  _block(fn())
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    _block(fn())
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
+# ---------------------------------------------------------------------------
+# Models: torch + flax pairs with identical weights.
+# ---------------------------------------------------------------------------
+
+
+def _torch_cnn(torch, size: int):
+  """torch twin of `xai_jax.models.get("cnn")` (Adebayo et al.'s CNN)."""
+  nn = torch.nn
+  net = nn.Sequential()
+  net.add_module("conv1", nn.Conv2d(3, 32, 5, padding=2))
+  net.add_module("relu1", nn.ReLU())
+  net.add_module("pool1", nn.MaxPool2d(2, 2))
+  net.add_module("conv2", nn.Conv2d(32, 64, 5, padding=2))
+  net.add_module("relu2", nn.ReLU())
+  net.add_module("pool2", nn.MaxPool2d(2, 2))
+  net.add_module("flatten", nn.Flatten())
+  net.add_module("fc1", nn.Linear(64 * (size // 4) ** 2, 1024))
+  net.add_module("relu3", nn.ReLU())
+  net.add_module("fc2", nn.Linear(1024, CLASSES))
+  return net.eval()
+
+
+def _cnn_variables(net) -> dict:
+  """Flax variables of `models.get("cnn")` from the torch twin's weights."""
+  sd = {k: v.detach().numpy() for k, v in net.state_dict().items()}
+  conv = lambda n: {"kernel": jnp.asarray(sd[f"{n}.weight"].transpose(2, 3, 1, 0)),
+                    "bias": jnp.asarray(sd[f"{n}.bias"])}
+  dense = lambda n: {"kernel": jnp.asarray(sd[f"{n}.weight"].T),
+                     "bias": jnp.asarray(sd[f"{n}.bias"])}
+  return {"params": {"conv1": conv("conv1"), "conv2": conv("conv2"),
+                     "fc1": dense("fc1"), "fc2": dense("fc2")}}
+
+
+def build(name: str, size: int, with_torch: bool):
+  """(flax model, variables, torch net or None, Grad-CAM torch layer or None)."""
+  model = models.get(name, num_classes=CLASSES)
+  if not with_torch:
+    return model, models.init(model, jax.random.key(0), (1, size, size, 3)), None, None
+  import torch  # pylint: disable=import-outside-toplevel
+  import torchvision  # pylint: disable=import-outside-toplevel
+  from xai_jax.models import port  # pylint: disable=import-outside-toplevel
+  torch.manual_seed(0)
+  if name == "cnn":
+    net = _torch_cnn(torch, size)
+    return model, _cnn_variables(net), net, net.relu2
+  net = getattr(torchvision.models, name)(weights=None, num_classes=CLASSES).eval()
+  variables = port.from_torchvision(name, net.state_dict())
+  layer = net.features[-2] if name.startswith("vgg") else net.layer4
+  return model, variables, net, layer
+
+
+# ---------------------------------------------------------------------------
+# Method table.
+# ---------------------------------------------------------------------------
+
+
+def _options(name: str, args, x, baselines, rows_chunk: int, loop: str | None) -> dict:
+  """xai_jax keyword options for `name` (mirroring the Captum call below)."""
+  opts: dict[str, Any] = {}
+  if name == "gradient":
+    opts["abs"] = True  # Captum Saliency
+  elif name == "integrated_gradients":
+    opts.update(steps=args.steps, chunk=rows_chunk)
+  elif name == "smoothgrad":
+    opts.update(method="gradient", abs=True, key=jax.random.key(0), samples=args.samples,
+                stdev=0.1, chunk=rows_chunk)
+  elif name == "gradient_shap":
+    opts.update(baselines=baselines, key=jax.random.key(0), samples=args.samples,
+                chunk=rows_chunk)
+  elif name == "deeplift_shap":
+    opts.update(baselines=baselines[:2])
+  elif name == "random":
+    opts["key"] = jax.random.key(0)
+  if loop is not None:
+    opts["loop"] = loop
+  return opts
+
+
+def _xai_call(name, model, variables, x, target, opts):
+  return lambda: explain.explain(name, model, variables, x, target, **opts)
+
+
+def _captum_call(name, net, layer, xt, tt, bt, args, internal_rows: int, chunk: int):
+  """A zero-argument Captum call equivalent to xai_jax's `name`, or None."""
+  import captum.attr as ca  # pylint: disable=import-outside-toplevel
+  size = tuple(xt.shape[2:])
+  table = {
+      "gradient": lambda: ca.Saliency(net).attribute(xt, target=tt),
+      "input_x_gradient": lambda: ca.InputXGradient(net).attribute(xt, target=tt),
+      "integrated_gradients": lambda: ca.IntegratedGradients(net).attribute(
+          xt, target=tt, n_steps=args.steps, internal_batch_size=internal_rows),
+      "smoothgrad": lambda: ca.NoiseTunnel(ca.Saliency(net)).attribute(
+          xt, target=tt, nt_samples=args.samples, nt_samples_batch_size=chunk, stdevs=0.1),
+      "gradient_shap": lambda: ca.GradientShap(net).attribute(
+          xt, baselines=bt, target=tt, n_samples=args.samples),
+      "deeplift": lambda: ca.DeepLift(net).attribute(xt, target=tt),
+      "deeplift_shap": lambda: ca.DeepLiftShap(net).attribute(xt, baselines=bt[:2], target=tt),
+      "guided_backprop": lambda: ca.GuidedBackprop(net).attribute(xt, target=tt),
+      "deconvolution": lambda: ca.Deconvolution(net).attribute(xt, target=tt),
+      "gradcam": lambda: ca.LayerAttribution.interpolate(
+          ca.LayerGradCam(net, layer).attribute(xt, target=tt), size),
+      "guided_gradcam": lambda: ca.GuidedGradCam(net, layer).attribute(xt, target=tt),
+  }
+  return table.get(name)
+
+
+def _floor_seconds(model, variables, x, target, passes: int, repeats: int) -> float:
+  """`passes` batched forward+backward passes of `x` (xai_jax's floor for step methods)."""
+  per_pass = _time(lambda: common.jit_target_gradient(model, variables, x, target), repeats)
+  return passes * per_pass
+
+
+def run(args) -> list[dict]:
+  """Runs the benchmark; returns one dict per (model, method, loop) row."""
+  rows = []
+  with_torch = not args.no_captum
+  if with_torch:
+    import torch  # pylint: disable=import-outside-toplevel
+  names = args.methods.split(",") if args.methods else sorted(explain.METHODS)
+  unknown = [n for n in names if n not in explain.METHODS]
+  if unknown:
+    raise ValueError(f"unknown methods {unknown}; valid: {', '.join(sorted(explain.METHODS))}")
+  for model_name in args.models.split(","):
+    size = args.size or DEFAULT_SIZES.get(model_name, 224)
+    batch = args.batch or DEFAULT_BATCH.get(model_name, 8)
+    model, variables, net, layer = build(model_name, size, with_torch)
+    rng = np.random.default_rng(0)
+    x_np = rng.normal(size=(batch, size, size, 3)).astype(np.float32)
+    base_np = 0.1 * rng.normal(size=(4, size, size, 3)).astype(np.float32)
+    x, baselines = jnp.asarray(x_np), jnp.asarray(base_np)
+    target = jnp.asarray(rng.integers(0, CLASSES, batch), jnp.int32)
+    xt = tt = bt = None
+    if with_torch:
+      xt = torch.from_numpy(x_np.transpose(0, 3, 1, 2).copy())
+      bt = torch.from_numpy(base_np.transpose(0, 3, 1, 2).copy())
+      tt = torch.from_numpy(np.asarray(target).astype(np.int64))
+    chunk = args.chunk or common.default_chunk(max(args.steps, args.samples), x.shape)
+    print(f"# {model_name} {size}x{size} batch {batch}, chunk {chunk} steps/call "
+          f"({chunk * batch} rows), backend {jax.default_backend()}", flush=True)
+    grad_pass = _time(lambda: common.jit_target_gradient(model, variables, x, target),
+                      args.repeats)
+    for name in names:
+      loops = ("python", "lax") if name in STEP_METHODS and name != "deeplift_shap" else (None,)
+      captum_s = None
+      captum_note = ""
+      fn = (_captum_call(name, net, layer, xt, tt, bt, args, chunk * batch, chunk)
+            if with_torch else None)
+      if fn is not None:
+        try:
+          captum_s = _time(fn, args.repeats) / batch
+        except Exception as e:  # pylint: disable=broad-except
+          captum_note = f"captum error: {type(e).__name__}: {str(e)[:80]}"
+      for loop in loops:
+        row = {"model": model_name, "size": size, "batch": batch, "method": name,
+               "loop": loop or "-", "default": loop in (None, common.default_loop())}
+        try:
+          opts = _options(name, args, x, baselines, chunk, loop)
+          row["xai_s"] = _time(_xai_call(name, model, variables, x, target, opts),
+                               args.repeats) / batch
+        except Exception as e:  # pylint: disable=broad-except
+          row["error"] = f"{type(e).__name__}: {str(e)[:100]}"
+        row["captum_s"] = captum_s
+        if captum_note:
+          row["captum_error"] = captum_note
+        if "xai_s" in row and captum_s:
+          row["ratio_captum"] = row["xai_s"] / captum_s
+        passes = {"integrated_gradients": args.steps, "smoothgrad": args.samples,
+                  "gradient_shap": args.samples}.get(name)
+        if passes and "xai_s" in row:
+          row["ratio_floor"] = row["xai_s"] / (passes * grad_pass / batch)
+        rows.append(row)
+        _print_row(row)
+  return rows
+
+
+def _fmt(v, spec):
+  return format(v, spec) if isinstance(v, (int, float)) else "-"
+
+
+def _print_row(row: dict) -> None:
+  mark = "*" if row["default"] else " "
+  line = (f"{row['model']:>9} {row['method']:>21} {row['loop']:>6}{mark} "
+          f"xai {_fmt(row.get('xai_s'), '9.5f')} s/img  captum {_fmt(row.get('captum_s'), '9.5f')}"
+          f" s/img  xai/captum {_fmt(row.get('ratio_captum'), '6.2f')}"
+          f"  xai/floor {_fmt(row.get('ratio_floor'), '5.2f')}")
+  for key in ("error", "captum_error"):
+    if key in row:
+      line += f"  [{key}: {row[key]}]"
+  print(line, flush=True)
+
+
+def main(argv=None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--models", default="cnn,vgg16,resnet50",
+                      help="comma-separated model names (xai_jax.models.get)")
+  parser.add_argument("--methods", default="", help="comma-separated registry names (default all)")
+  parser.add_argument("--size", type=int, default=0, help="image size (default per model)")
+  parser.add_argument("--batch", type=int, default=0, help="batch size (default per model)")
+  parser.add_argument("--steps", type=int, default=50, help="integrated-gradients steps")
+  parser.add_argument("--samples", type=int, default=20, help="SmoothGrad / GradientShap samples")
+  parser.add_argument("--chunk", type=int, default=0, help="steps per call (default: auto)")
+  parser.add_argument("--repeats", type=int, default=3, help="timed calls (median)")
+  parser.add_argument("--no-captum", action="store_true", help="time xai_jax only")
+  parser.add_argument("--json", default="", help="also write the rows to this JSON file")
+  args = parser.parse_args(argv)
+  print(f"# jax {jax.__version__} devices {jax.devices()}", flush=True)
+  rows = run(args)
+  if args.json:
+    with open(args.json, "w") as f:
+      json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+  main(sys.argv[1:])

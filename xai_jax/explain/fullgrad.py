@@ -1,0 +1,177 @@
+"""FullGrad and SimpleFullGrad, matching idiap/fullgrad-saliency's reference code.
+
+Srinivas & Fleuret, "Full-Gradient Representation for Neural Network
+Visualization" (NeurIPS 2019), https://arxiv.org/abs/1905.00780; reference
+implementation https://github.com/idiap/fullgrad-saliency (`saliency/fullgrad.py`,
+`simple_fullgrad.py`, `tensor_extractor.py`); reference-semantics.md section B.
+
+Full-gradient decomposition of the target logit of a piecewise-linear network:
+`f_t(x) = sum(x * dx) + sum_sites sum(bias_grad * bias)`, with one bias term
+per bias site of the contract (`taps.bias_site`: conv / dense outputs after
+their bias, batch-norm outputs with the effective bias
+`beta - mean * gamma / sqrt(var + eps)`). All gradients come from one
+backward pass (`taps.tap_gradients`).
+
+Saliency map (idiap `FullGrad.saliency`):
+  `post(x * dx).sum(C) + sum_{spatial sites} upsample(post(bias_grad * bias)).sum(C)`,
+where `post(a) = (|a| - min) / (max + 1e-6)` per sample over all of C x H x W
+(not per channel) and `upsample` is bilinear with `align_corners=True`. Dense
+(2-D) sites count toward completeness only. No final normalisation.
+SimpleFullGrad uses the raw bias-site gradients instead of `bias_grad * bias`.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from xai_jax.explain import common, postprocess
+from xai_jax.models import taps
+
+Array = jax.Array
+
+_POST_EPS = 1e-6
+
+
+def _check_contract(model, method: str) -> None:
+  if not isinstance(model, nn.Module) or not hasattr(model, "ops"):
+    raise ValueError(
+        f"{method} needs an xai_jax.models contract model (a flax Module marking its bias "
+        f"sites, see xai_jax.models.taps); got {type(model).__name__}")
+
+
+def post_process(a: Array) -> Array:
+  """idiap's `_postProcess`: abs, minus the per-sample min, divided by (max + 1e-6).
+
+  Args:
+    a: `float[N, ...]`.
+
+  Returns:
+    `float[N, ...]` in [0, 1).
+  """
+  return postprocess.normalize_min_max(jnp.abs(a), eps=_POST_EPS)
+
+
+def fullgrad_terms(model: nn.Module, variables: Any, x: Array,
+                   target: Array) -> tuple[Array, Array, dict[str, Array], dict[str, Array]]:
+  """Input-gradient and bias terms of the full-gradient decomposition (plain JAX).
+
+  Args:
+    model: contract model.
+    variables: its variables.
+    x: `float[N, H, W, C]`.
+    target: `int32[N]`.
+
+  Returns:
+    `(target_logits float32[N], input_term x*dx [N, H, W, C],
+    bias_terms {site: bias_grad * bias}, bias_grads {site: bias_grad})`, the
+    dicts in forward order with `[N, h, w, c]` (conv / BN) or `[N, c]` (dense) values.
+  """
+  out = taps.tap_gradients(model, variables, x, target)
+  picked = jnp.take_along_axis(out.logits, target[:, None], axis=1)[:, 0]
+  terms = {name: grad * out.biases[name].astype(grad.dtype)
+           for name, grad in out.bias_grads.items()}
+  return picked, x * out.input_grad, terms, dict(out.bias_grads)
+
+
+def _saliency(input_term: Array, bias_maps: dict[str, Array]) -> Array:
+  size = input_term.shape[1:3]
+  cam = jnp.sum(post_process(input_term), axis=-1)
+  for term in bias_maps.values():
+    if term.ndim != 4:
+      continue  # dense sites: completeness only (as idiap)
+    up = postprocess.resize_bilinear(post_process(term), size, align_corners=True)
+    cam = cam + jnp.sum(up, axis=-1)
+  return cam
+
+
+@functools.partial(jax.jit, static_argnames=("model", "simple"))
+def _fullgrad(model, variables, x, target, *, simple):
+  _, input_term, terms, grads = fullgrad_terms(model, variables, x, target)
+  return _saliency(input_term, grads if simple else terms)
+
+
+def fullgrad(model: nn.Module, variables: Any, x: Array,
+             target: Array | int | None) -> Array:
+  """FullGrad saliency map (idiap reference), `float32[N, H, W]`.
+
+  Args:
+    model: an `xai_jax.models` contract model.
+    variables: its variables.
+    x: `float32[N, H, W, C]`.
+    target: `int[N]`, an int, or None for the predicted class.
+
+  Returns:
+    `float32[N, H, W]`, unnormalised (a sum of maps in [0, 1), one per site
+    plus the input term).
+
+  Raises:
+    ValueError: for a non-contract model or bad `x` / `target`.
+  """
+  _check_contract(model, "fullgrad")
+  x, target = common.prepare(model, variables, x, target)
+  return _fullgrad(model, variables, x, target, simple=False)
+
+
+def simple_fullgrad(model: nn.Module, variables: Any, x: Array,
+                    target: Array | int | None) -> Array:
+  """SimpleFullGrad (idiap `SimpleFullGrad`): raw bias-site gradients instead of bias terms.
+
+  Args:
+    model: an `xai_jax.models` contract model.
+    variables: its variables.
+    x: `float32[N, H, W, C]`.
+    target: `int[N]`, an int, or None for the predicted class.
+
+  Returns:
+    `float32[N, H, W]`.
+
+  Raises:
+    ValueError: for a non-contract model or bad `x` / `target`.
+  """
+  _check_contract(model, "simple_fullgrad")
+  x, target = common.prepare(model, variables, x, target)
+  return _fullgrad(model, variables, x, target, simple=True)
+
+
+@functools.partial(jax.jit, static_argnames=("model",))
+def _completeness(model, variables, x, target):
+  picked, input_term, terms, _ = fullgrad_terms(model, variables, x, target)
+  axes = lambda a: tuple(range(1, a.ndim))
+  lhs = jnp.sum(input_term, axis=axes(input_term))
+  for term in terms.values():
+    lhs = lhs + jnp.sum(term, axis=axes(term)).astype(lhs.dtype)
+  rhs = picked.astype(lhs.dtype)
+  return lhs, rhs
+
+
+def fullgrad_completeness(model: nn.Module, variables: Any, x: Array,
+                          target: Array | int | None) -> tuple[Array, Array, Array]:
+  """Checks the full-gradient decomposition `sum(x*dx) + sum(bias terms) == f_t(x)`.
+
+  idiap's `FullGrad.checkCompleteness` asserts this within `rel_tol=1e-4`; it
+  holds for piecewise-linear networks (ReLU, max-pool, eval batch norm) whose
+  every bias is a bias site.
+
+  Args:
+    model: an `xai_jax.models` contract model.
+    variables: its variables.
+    x: `float32[N, H, W, C]`.
+    target: `int[N]`, an int, or None for the predicted class.
+
+  Returns:
+    `(lhs, rhs, rel_error)`, each `float[N]`: the decomposition sum, the
+    target logit, and `|lhs - rhs| / |rhs|`.
+
+  Raises:
+    ValueError: for a non-contract model or bad `x` / `target`.
+  """
+  _check_contract(model, "fullgrad_completeness")
+  x, target = common.prepare(model, variables, x, target)
+  lhs, rhs = _completeness(model, variables, x, target)
+  tiny = jnp.finfo(rhs.dtype).tiny
+  return lhs, rhs, jnp.abs(lhs - rhs) / jnp.maximum(jnp.abs(rhs), tiny)

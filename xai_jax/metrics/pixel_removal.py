@@ -1,0 +1,657 @@
+"""Pixel-removal metrics: perturbation curves, AOPC, AFOC, pixels-to-flip and the DeepMaps delta.
+
+A saliency map ranks the pixels of an image; removing them in that order (replacing all
+channels of a pixel with a fill value) and watching the classifier's score of the originally
+predicted class gives a *perturbation curve*. Everything here is computed from such curves:
+
+* `perturbation_curve`: scores and labels on a grid of removed fractions, MoRF, LeRF or random
+  order, evaluated on the device in chunks of grid points (no Python loop per step or image).
+* `aopc` (Samek et al. 2016), `afoc` (Srinivas & Fleuret 2019), `pixels_to_flip`
+  (n_MoRF / n_LeRF, Grabska-Barwinska et al. 2021).
+* `pixel_removal_metrics` (alias `deepmaps_metrics`): the DeepMaps set from one MoRF and one
+  LeRF curve.
+* `delta`: DeepMaps Eq. 9, a metric with the image's own map minus its mean with the maps of
+  K other images drawn with an explicit key.
+
+References:
+  W. Samek et al., "Evaluating the visualization of what a deep neural network has learned",
+    IEEE TNNLS 2016 (AOPC, MoRF).
+  S. Srinivas and F. Fleuret, "Full-gradient representation for neural network
+    visualization", NeurIPS 2019 (AFOC, LeRF).
+  A. Grabska-Barwinska et al., "Measuring and improving the quality of visual explanations"
+    (DeepMaps), 2021, Sec. 4.2-4.3, Eq. 9 and App. B (n_MoRF, n_LeRF, delta).
+
+Conventions (see `shared/specs/metrics.md`, section 1):
+
+* Images are `float[N, H, W, C]`, channels last; maps `float[N, H, W]` (or `[N, H, W, C]`,
+  reduced over channels with `xai_jax.explain.postprocess.to_map`). `P = H * W` pixels; a
+  removed pixel has all its channels replaced.
+* Ties are broken by the flat pixel index `h * W + w`, ascending, in every order (MoRF sorts
+  by descending saliency, then ascending index), so a constant map removes pixels in raster
+  order. Results do not depend on the platform's sort.
+* The grid of removed pixel counts is `0, step, 2 step, ...` up to `kmax = floor(max_fraction
+  * P)`, with `kmax` itself appended when `step` does not divide it (as Quantus'
+  `ceil(P / step)` steps do); `fractions = counts / P`.
+* `c = argmax f(x)` of the unperturbed image; the curve records `f_c` (logit, or softmax
+  probability with `score="prob"`) and `argmax f` at every grid point.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any, Callable, NamedTuple
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from xai_jax.explain.postprocess import to_map
+from xai_jax.models.base import as_apply
+
+ORDERS = ("morf", "lerf", "random")
+FILLS = ("mean", "image_mean", "blur", "<float>", "<array broadcastable to x>")
+SCORES = ("logit", "prob")
+LOOPS = ("map", "python")
+DEFAULT_STEP_FRACTION = 0.005
+
+
+@flax.struct.dataclass
+class PerturbationCurve:
+  """Scores of the predicted class while pixels are removed (a pytree; jit-friendly).
+
+  Attributes:
+    fractions: `float32[K]`, removed fraction of pixels at each grid point (`counts / P`);
+      `fractions[0] == 0`.
+    counts: `int32[K]`, removed pixel counts at each grid point.
+    scores: `float[N, K]`, `f_c(x_k)` for the predicted class `c` of the unperturbed image
+      (logit or probability, see `score`); the dtype follows the model output.
+    labels: `int32[N, K]`, `argmax f(x_k)` at each grid point; `labels[:, 0] == target`.
+    target: `int32[N]`, `c = argmax f(x)` of the unperturbed images.
+    num_pixels: `P = H * W` (static).
+    max_count: `counts[-1]`, the last removed count (static).
+  """
+  fractions: jax.Array
+  counts: jax.Array
+  scores: jax.Array
+  labels: jax.Array
+  target: jax.Array
+  num_pixels: int = flax.struct.field(pytree_node=False)
+  max_count: int = flax.struct.field(pytree_node=False)
+
+
+class DeltaResult(NamedTuple):
+  """Result of `delta` (every leaf of the metric's output gets the same three trees).
+
+  Attributes:
+    delta: `sigma(x, s(x)) - mean_j sigma(x, s(xi_j))`, same structure as the metric's output,
+      each leaf `float32[N]`.
+    own: `sigma(x, s(x))`, the metric with the image's own map.
+    others: `mean_j sigma(x, s(xi_j))`, the mean over the `k` other maps.
+    other_index: `int32[N, k]`, indices into the pool of maps that were used for each image.
+  """
+  delta: Any
+  own: Any
+  others: Any
+  other_index: jax.Array
+
+
+# --------------------------------------------------------------------------------------------
+# Validation helpers (concrete checks only; traced values are checked by shape only).
+
+
+def _is_concrete(a) -> bool:
+  return not isinstance(a, jax.core.Tracer)
+
+
+def _check_fraction(name: str, value) -> float:
+  value = float(value)
+  if not 0.0 <= value <= 1.0 or math.isnan(value):
+    raise ValueError(f"{name} must be a fraction in [0, 1]; got {value}")
+  return value
+
+
+def _count_at(fraction: float, num_pixels: int) -> int:
+  # The tolerance absorbs the float error of e.g. 0.1 * 1000 without ever adding a pixel.
+  return int(math.floor(fraction * num_pixels + 1e-9 * num_pixels))
+
+
+def _saliency_map(x: jax.Array, saliency: jax.Array, reduce: str) -> jax.Array:
+  """Checks shapes and returns the per-pixel map `float[N, H, W]`."""
+  if x.ndim != 4:
+    raise ValueError(f"x must be float[N, H, W, C]; got shape {tuple(x.shape)}")
+  n, h, w, c = x.shape
+  if saliency.ndim == 4:
+    if saliency.shape != x.shape:
+      raise ValueError(
+          f"saliency must be [N, H, W] or [N, H, W, C] matching x {tuple(x.shape)}; "
+          f"got shape {tuple(saliency.shape)}")
+    saliency = to_map(saliency, reduce)
+  elif saliency.ndim != 3 or saliency.shape != (n, h, w):
+    raise ValueError(
+        f"saliency must be [N, H, W] = {(n, h, w)} or [N, H, W, C] = {(n, h, w, c)} for x "
+        f"of shape {tuple(x.shape)}; got shape {tuple(saliency.shape)}")
+  if _is_concrete(saliency) and np.isnan(np.asarray(saliency)).any():
+    bad = np.flatnonzero(np.isnan(np.asarray(saliency)).any(axis=(1, 2)))
+    raise ValueError(f"saliency contains NaN (images {bad[:10].tolist()}"
+                     f"{'...' if bad.size > 10 else ''}); pixel removal needs a total order")
+  return saliency
+
+
+def _grid(num_pixels: int, step: int | None, max_fraction: float) -> tuple[int, ...]:
+  """The removed pixel counts `0, step, 2 step, ..., kmax` (kmax appended if needed)."""
+  max_fraction = _check_fraction("max_fraction", max_fraction)
+  if step is None:
+    step = max(1, int(round(DEFAULT_STEP_FRACTION * num_pixels)))
+  if isinstance(step, bool) or not isinstance(step, (int, np.integer)):
+    raise ValueError(f"step must be an integer number of pixels; got {step!r}")
+  step = int(step)
+  if step < 1 or step > num_pixels:
+    raise ValueError(f"step must be in [1, P = H * W = {num_pixels}] pixels; got {step}")
+  kmax = _count_at(max_fraction, num_pixels)
+  counts = list(range(0, kmax + 1, step))
+  if counts[-1] != kmax:
+    counts.append(kmax)
+  return tuple(counts)
+
+
+def _fill_spec(fill, x: jax.Array) -> tuple[str, jax.Array | None]:
+  """Returns (static kind, dynamic value) for the fill option."""
+  if isinstance(fill, str):
+    if fill in ("mean", "image_mean", "blur"):
+      return fill, None
+    raise ValueError(f"unknown fill {fill!r}; valid: {', '.join(FILLS)}")
+  if isinstance(fill, (bool, np.bool_)):
+    raise ValueError(f"unknown fill {fill!r}; valid: {', '.join(FILLS)}")
+  if isinstance(fill, (int, float, np.number)):
+    return "value", jnp.asarray(fill, x.dtype)
+  if isinstance(fill, (np.ndarray, jax.Array)):
+    try:
+      np.broadcast_shapes(tuple(fill.shape), tuple(x.shape))
+    except ValueError:
+      raise ValueError(
+          f"fill array of shape {tuple(fill.shape)} does not broadcast to x of shape "
+          f"{tuple(x.shape)}; use [C] (per-channel), [N, 1, 1, 1] or [N, H, W, C]") from None
+    if _is_concrete(fill) and np.isnan(np.asarray(fill)).any():
+      raise ValueError("fill array contains NaN")
+    return "value", jnp.asarray(fill, x.dtype)
+  raise ValueError(f"unknown fill {fill!r}; valid: {', '.join(FILLS)}")
+
+
+# --------------------------------------------------------------------------------------------
+# Device code.
+
+
+def _gaussian_matrix(size: int, sigma: float) -> np.ndarray:
+  """`[size, size]` matrix of a 1-D Gaussian blur with 'nearest' (edge) boundary handling.
+
+  Matches `scipy.ndimage.gaussian_filter1d(..., mode="nearest", truncate=3.0)`.
+  """
+  radius = int(3.0 * sigma + 0.5)
+  offsets = np.arange(-radius, radius + 1)
+  weights = np.exp(-0.5 * (offsets / sigma) ** 2)
+  weights /= weights.sum()
+  matrix = np.zeros((size, size), np.float64)
+  for i in range(size):
+    np.add.at(matrix[i], np.clip(i + offsets, 0, size - 1), weights)
+  return matrix
+
+
+def _fill_image(x: jax.Array, kind: str, value: jax.Array | None, blur_sigma: float):
+  """The replacement values, broadcastable to `x` `[N, H, W, C]`."""
+  if kind == "mean":
+    return jnp.mean(x, axis=(0, 1, 2), keepdims=True)
+  if kind == "image_mean":
+    return jnp.mean(x, axis=(1, 2), keepdims=True)
+  if kind == "blur":
+    _, h, w, _ = x.shape
+    bh = jnp.asarray(_gaussian_matrix(h, blur_sigma), x.dtype)
+    bw = jnp.asarray(_gaussian_matrix(w, blur_sigma), x.dtype)
+    precision = jax.lax.Precision.HIGHEST
+    return jnp.einsum("ih,jw,nhwc->nijc", bh, bw, x, precision=precision)
+  return value
+
+
+def _ranks(sal: jax.Array, order: str, key) -> jax.Array:
+  """`int32[N, P]`: position of each pixel in the removal order (0 = removed first)."""
+  n, h, w = sal.shape
+  p = h * w
+  flat = sal.reshape(n, p)
+  if order == "random":
+    keys = jax.random.split(key, n)
+    # The inverse of a uniform permutation is uniform, so a permutation is used as the rank.
+    return jax.vmap(lambda k: jax.random.permutation(k, p))(keys).astype(jnp.int32)
+  sort_key = -flat if order == "morf" else flat
+  # Stable: equal values keep ascending flat index in both orders (jnp treats -0.0 == 0.0).
+  perm = jnp.argsort(sort_key, axis=1, stable=True)
+  rows = jnp.arange(n)[:, None]
+  return jnp.zeros((n, p), jnp.int32).at[rows, perm].set(jnp.arange(p, dtype=jnp.int32)[None])
+
+
+def _score(logits: jax.Array, target: jax.Array, score: str) -> jax.Array:
+  if score == "prob":
+    logits = jax.nn.softmax(logits, axis=-1)
+  return jnp.take_along_axis(logits, target[..., None], axis=-1)[..., 0]
+
+
+def _prepare(model, variables, x, sal, fill_value, key, *, order, fill_kind, blur_sigma, score):
+  apply = as_apply(model)
+  logits0 = apply(variables, x)
+  target = jnp.argmax(logits0, axis=-1).astype(jnp.int32)
+  score0 = _score(logits0, target, score)
+  rank = _ranks(sal, order, key)
+  fill_img = jnp.broadcast_to(_fill_image(x, fill_kind, fill_value, blur_sigma), x.shape)
+  return target, score0, rank, fill_img
+
+
+def _evaluate_counts(model, variables, x, rank, fill_img, target, counts, *, score):
+  """Scores and labels `[chunk, N]` for the removed counts `int32[chunk]`."""
+  apply = as_apply(model)
+  n, h, w, c = x.shape
+  chunk = counts.shape[0]
+  removed = (rank[None] < counts[:, None, None]).reshape(chunk, n, h, w, 1)
+  x_k = jnp.where(removed, fill_img[None], x[None]).reshape(chunk * n, h, w, c)
+  logits = apply(variables, x_k).reshape(chunk, n, -1)
+  labels = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  return _score(logits, jnp.broadcast_to(target, (chunk, n)), score), labels
+
+
+_STATIC = ("model", "order", "fill_kind", "blur_sigma", "score")
+_prepare_jit = jax.jit(_prepare, static_argnames=_STATIC)
+_evaluate_counts_jit = jax.jit(_evaluate_counts, static_argnames=("model", "score"))
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC + ("counts", "chunk"))
+def _curve_lax_map(model, variables, x, sal, fill_value, key, *, order, fill_kind, blur_sigma,
+                   score, counts, chunk):
+  target, score0, rank, fill_img = _prepare(
+      model, variables, x, sal, fill_value, key, order=order, fill_kind=fill_kind,
+      blur_sigma=blur_sigma, score=score)
+  rest = np.asarray(counts[1:], np.int32)
+  n_chunks = -(-rest.size // chunk)
+  # Padding repeats the last count; the padded results are dropped below.
+  padded = np.concatenate([rest, np.full(n_chunks * chunk - rest.size, rest[-1], np.int32)])
+  scores, labels = jax.lax.map(
+      lambda cc: _evaluate_counts(model, variables, x, rank, fill_img, target, cc, score=score),
+      jnp.asarray(padded.reshape(n_chunks, chunk)))
+  scores = scores.reshape(n_chunks * chunk, -1)[:rest.size].T
+  labels = labels.reshape(n_chunks * chunk, -1)[:rest.size].T
+  return (target, jnp.concatenate([score0[:, None], scores], axis=1),
+          jnp.concatenate([target[:, None], labels], axis=1))
+
+
+def _curve_python_loop(model, variables, x, sal, fill_value, key, *, order, fill_kind,
+                       blur_sigma, score, counts, chunk):
+  target, score0, rank, fill_img = _prepare_jit(
+      model, variables, x, sal, fill_value, key, order=order, fill_kind=fill_kind,
+      blur_sigma=blur_sigma, score=score)
+  rest = np.asarray(counts[1:], np.int32)
+  n_chunks = -(-rest.size // chunk)
+  padded = np.concatenate([rest, np.full(n_chunks * chunk - rest.size, rest[-1], np.int32)])
+  all_scores, all_labels = [score0[:, None]], [target[:, None]]
+  for i in range(n_chunks):
+    s, l = _evaluate_counts_jit(model, variables, x, rank, fill_img, target,
+                                jnp.asarray(padded[i * chunk:(i + 1) * chunk]), score=score)
+    all_scores.append(s.T)
+    all_labels.append(l.T)
+  scores = jnp.concatenate(all_scores, axis=1)[:, :len(counts)]
+  labels = jnp.concatenate(all_labels, axis=1)[:, :len(counts)]
+  return target, scores, labels
+
+
+# --------------------------------------------------------------------------------------------
+# Public API.
+
+
+def perturbation_curve(
+    model: Any,
+    variables: Any,
+    x: jax.Array,
+    saliency: jax.Array,
+    *,
+    order: str = "morf",
+    step: int | None = None,
+    max_fraction: float = 1.0,
+    fill: Any = "mean",
+    score: str = "logit",
+    key: jax.Array | None = None,
+    chunk: int = 4,
+    reduce: str = "sum",
+    blur_sigma: float = 5.0,
+    loop: str = "map",
+) -> PerturbationCurve:
+  """Removes pixels in saliency order and records the predicted-class score on a grid.
+
+  For each grid count `k` the image `x_k` has its first `k` pixels of the removal order
+  replaced (all channels) by the fill value; `f(x_k)` is evaluated for all grid points of the
+  batch on the device, `chunk` grid points (i.e. `chunk * N` images) per forward pass. The
+  ranking is computed once; the mask of grid point `k` is `rank < k`.
+
+  Args:
+    model: a Flax module or `apply(variables, x) -> logits` (see `models.base.as_apply`). It
+      is a static argument of the compiled function: reuse the same object (or an equal,
+      hashable one) to reuse the compilation.
+    variables: the model's variables, passed as an argument (never closed over).
+    x: `float[N, H, W, C]` images.
+    saliency: `float[N, H, W]` maps, or `float[N, H, W, C]` attributions reduced with
+      `to_map(saliency, reduce)`. Higher = more important. Must not contain NaN.
+    order: "morf" (highest saliency first), "lerf" (lowest first) or "random" (a uniform
+      permutation per image, `jax.random.permutation(k_i, H * W)` with `k_i` from
+      `jax.random.split(key, N)`; the saliency is then unused). Ties: ascending flat pixel index `h * W + w`, so a
+      constant map removes pixels in raster order in MoRF and LeRF alike.
+    step: pixels removed between grid points, in `[1, H * W]`; default `max(1,
+      round(0.005 * H * W))` (0.5% of the image).
+    max_fraction: last grid point removes `floor(max_fraction * H * W)` pixels; in [0, 1].
+    fill: replacement values. "mean": the per-channel mean over the evaluated batch `x` (the
+      papers use the training-set mean RGB: pass it explicitly as a `float[C]` array, which also
+      makes results independent of the batch composition); "image_mean": per-image,
+      per-channel mean; "blur": a Gaussian-blurred copy of the image (`blur_sigma` pixels,
+      edge padding); a float constant; or any array broadcastable to `x` (`[C]`,
+      `[N, 1, 1, 1]`, `[N, H, W, C]`, e.g. a precomputed baseline image).
+    score: "logit" (default, Samek et al.; DeepMaps) or "prob" (softmax probability, as
+      Quantus' default `softmax=True`).
+    key: PRNG key, required for `order="random"`, ignored otherwise.
+    chunk: grid points per forward pass: the model sees batches of `chunk * N` images
+      (memory grows accordingly; lower it for large models).
+    reduce: channel reduction for `[N, H, W, C]` saliency ("sum", "abs_sum", "max_abs").
+    blur_sigma: standard deviation in pixels of the Gaussian for `fill="blur"`.
+    loop: how chunks are iterated: "map" (`lax.map` inside one jit, the default: one
+      compiled program, no host round trip per chunk) or "python" (a jitted chunk function
+      called from a Python loop). On XLA:CPU the two measured within noise of each other for
+      this forward-only loop (small CNN, 64x64, batch 16, chunks 1-16; see
+      `benchmarks/metrics.py --sweep`).
+
+  Returns:
+    A `PerturbationCurve` with `fractions float32[K]`, `counts int32[K]`, `scores [N, K]`,
+    `labels int32[N, K]`, `target int32[N]`; `K = len(grid)` (see the module docstring).
+
+  Raises:
+    ValueError: wrong shapes (named in the message), NaN in a concrete `saliency` or fill,
+      `step` not an integer in `[1, H * W]`, `max_fraction` outside [0, 1], unknown
+      `order`/`fill`/`score`/`loop` (valid values listed), `order="random"` without `key`,
+      `chunk < 1`.
+
+  Under `jax.jit` (traced `saliency`) the NaN check cannot run: NaN pixels then sort after all
+  numbers and are removed last in MoRF and LeRF. Shapes and options are still checked.
+  """
+  if order not in ORDERS:
+    raise ValueError(f"unknown order {order!r}; valid: {', '.join(ORDERS)}")
+  if score not in SCORES:
+    raise ValueError(f"unknown score {score!r}; valid: {', '.join(SCORES)}")
+  if loop not in LOOPS:
+    raise ValueError(f"unknown loop {loop!r}; valid: {', '.join(LOOPS)}")
+  if order == "random" and key is None:
+    raise ValueError('order="random" needs an explicit PRNG key (key=jax.random.key(...))')
+  if isinstance(chunk, bool) or not isinstance(chunk, (int, np.integer)) or chunk < 1:
+    raise ValueError(f"chunk must be a positive integer number of grid points; got {chunk!r}")
+  if not float(blur_sigma) > 0:
+    raise ValueError(f"blur_sigma must be > 0; got {blur_sigma}")
+  x = jnp.asarray(x)
+  sal = _saliency_map(x, jnp.asarray(saliency), reduce)
+  _, h, w, _ = x.shape
+  counts = _grid(h * w, step, max_fraction)
+  fill_kind, fill_value = _fill_spec(fill, x)
+  if key is None:
+    key = jax.random.key(0)  # unused by MoRF/LeRF; keeps one compiled signature
+  if len(counts) == 1:
+    target, score0, _, _ = _prepare_jit(
+        model, variables, x, sal, fill_value, key, order=order, fill_kind=fill_kind,
+        blur_sigma=float(blur_sigma), score=score)
+    scores, labels = score0[:, None], target[:, None]
+  else:
+    run = _curve_lax_map if loop == "map" else _curve_python_loop
+    target, scores, labels = run(
+        model, variables, x, sal, fill_value, key, order=order, fill_kind=fill_kind,
+        blur_sigma=float(blur_sigma), score=score, counts=counts,
+        chunk=min(int(chunk), len(counts) - 1))
+  counts_arr = np.asarray(counts, np.int32)
+  return PerturbationCurve(
+      fractions=jnp.asarray(counts_arr / (h * w), jnp.float32), counts=jnp.asarray(counts_arr),
+      scores=scores, labels=labels, target=target, num_pixels=h * w, max_count=counts[-1])
+
+
+def _grid_index(curve: PerturbationCurve, fraction: float, name: str) -> int | jax.Array:
+  """Index of the last grid point with `counts <= floor(fraction * P)`."""
+  fraction = _check_fraction(name, fraction)
+  kmax = _count_at(fraction, curve.num_pixels)
+  if curve.max_count < kmax:
+    raise ValueError(
+        f"the curve stops at {curve.max_count} of {curve.num_pixels} pixels, before "
+        f"{name}={fraction} ({kmax} pixels); compute it with max_fraction >= {fraction}")
+  if _is_concrete(curve.counts):
+    return int(np.sum(np.asarray(curve.counts) <= kmax)) - 1
+  return jnp.sum(curve.counts <= kmax) - 1
+
+
+def aopc(curve: PerturbationCurve, *, max_fraction: float = 0.1) -> jax.Array:
+  """Area over the perturbation curve (Samek et al. 2016; DeepMaps App. B, Eq. 10).
+
+  `AOPC = 1/(K+1) sum_{k in grid, k <= max_fraction * P} (f_c(x) - f_c(x_k))`, i.e. the mean
+  over the grid points up to `max_fraction` (the point `k = 0` included, contributing 0).
+  Meant for MoRF curves (higher is better); on a LeRF curve it is the LeRF variant.
+
+  Args:
+    curve: a `PerturbationCurve` reaching at least `max_fraction`.
+    max_fraction: last removed fraction included, in [0, 1]; 10% in DeepMaps.
+
+  Returns:
+    `float[N]`.
+
+  Raises:
+    ValueError: `max_fraction` outside [0, 1] or beyond the end of the curve.
+  """
+  last = _grid_index(curve, max_fraction, "max_fraction")
+  included = jnp.arange(curve.counts.shape[0]) <= last
+  drop = curve.scores[:, :1] - curve.scores
+  return jnp.sum(jnp.where(included[None], drop, 0), axis=1) / (last + 1)
+
+
+def afoc(curve: PerturbationCurve, *, fraction: float = 0.1) -> jax.Array:
+  """Absolute fractional output change (Srinivas & Fleuret 2019; DeepMaps App. B, Eq. 11).
+
+  `AFOC = |f_c(x) - f_c(x_k)| / |f_c(x)|` at the last grid point with `k <= fraction * P`
+  (exactly `floor(fraction * P)` pixels when the grid contains it). On a LeRF curve lower is
+  better; on a MoRF curve higher is better. `f_c(x) == 0` gives inf (or NaN).
+
+  Args:
+    curve: a `PerturbationCurve` reaching at least `fraction`.
+    fraction: removed fraction, in [0, 1]; 10% in DeepMaps.
+
+  Returns:
+    `float[N]`.
+
+  Raises:
+    ValueError: `fraction` outside [0, 1] or beyond the end of the curve.
+  """
+  index = _grid_index(curve, fraction, "fraction")
+  s0 = curve.scores[:, 0]
+  sk = jnp.take(curve.scores, index, axis=1)
+  return jnp.abs(s0 - sk) / jnp.abs(s0)
+
+
+def pixels_to_flip(curve: PerturbationCurve) -> tuple[jax.Array, jax.Array]:
+  """Fraction of pixels removed when the decision first changes (n_MoRF / n_LeRF, DeepMaps).
+
+  Args:
+    curve: a `PerturbationCurve` (MoRF for n_MoRF, smaller is better; LeRF for n_LeRF, larger
+      is better).
+
+  Returns:
+    `(fraction float32[N], flipped bool[N])`: the removed fraction at the first grid point
+    whose label differs from `target`; 1.0 and `flipped=False` where the label never changes
+    on the curve (also when the curve stops before `max_fraction = 1`).
+  """
+  changed = curve.labels != curve.target[:, None]
+  flipped = jnp.any(changed, axis=1)
+  first = jnp.argmax(changed, axis=1)
+  return jnp.where(flipped, curve.fractions[first], 1.0).astype(jnp.float32), flipped
+
+
+def pixel_removal_metrics(
+    model: Any,
+    variables: Any,
+    x: jax.Array,
+    saliency: jax.Array,
+    *,
+    fraction: float = 0.1,
+    step: int | None = None,
+    fill: Any = "mean",
+    score: str = "logit",
+    chunk: int = 4,
+    reduce: str = "sum",
+    blur_sigma: float = 5.0,
+    loop: str = "map",
+) -> dict[str, jax.Array]:
+  """The DeepMaps pixel-removal set from one full MoRF and one full LeRF curve.
+
+  Args:
+    model, variables, x, saliency: as in `perturbation_curve`.
+    fraction: removed fraction for AOPC (up to) and AFOC (at); 10% in DeepMaps.
+    step, fill, score, chunk, reduce, blur_sigma, loop: as in `perturbation_curve`.
+
+  Returns:
+    A dict of `float32[N]`: "aopc" (MoRF, higher better), "afoc_morf" (higher better),
+    "afoc_lerf" (lower better), "n_morf" (smaller better), "n_lerf" (larger better), and
+    "flipped_morf", "flipped_lerf" (1.0 where the decision changed before all pixels were
+    removed, else 0.0; n_* is 1.0 there).
+
+  Raises:
+    ValueError: as `perturbation_curve`, and `fraction` outside [0, 1].
+  """
+  fraction = _check_fraction("fraction", fraction)
+  options = dict(step=step, max_fraction=1.0, fill=fill, score=score, chunk=chunk,
+                 reduce=reduce, blur_sigma=blur_sigma, loop=loop)
+  morf = perturbation_curve(model, variables, x, saliency, order="morf", **options)
+  lerf = perturbation_curve(model, variables, x, saliency, order="lerf", **options)
+  return _metrics_from_curves(morf, lerf, fraction=fraction)
+
+
+@functools.partial(jax.jit, static_argnames=("fraction",))
+def _metrics_from_curves(morf: PerturbationCurve, lerf: PerturbationCurve, *,
+                         fraction: float) -> dict[str, jax.Array]:
+  n_morf, flipped_morf = pixels_to_flip(morf)
+  n_lerf, flipped_lerf = pixels_to_flip(lerf)
+  f32 = lambda a: a.astype(jnp.float32)
+  return {
+      "aopc": f32(aopc(morf, max_fraction=fraction)),
+      "afoc_morf": f32(afoc(morf, fraction=fraction)),
+      "afoc_lerf": f32(afoc(lerf, fraction=fraction)),
+      "n_morf": n_morf,
+      "n_lerf": n_lerf,
+      "flipped_morf": f32(flipped_morf),
+      "flipped_lerf": f32(flipped_lerf),
+  }
+
+
+deepmaps_metrics = pixel_removal_metrics
+
+
+@functools.partial(jax.jit, static_argnames=("num_images", "pool_size", "k"))
+def draw_others(key: jax.Array, num_images: int, pool_size: int, k: int,
+                self_index: jax.Array | None = None) -> jax.Array:
+  """Draws `k` distinct pool indices per image, uniformly, excluding the image's own index.
+
+  Args:
+    key: PRNG key.
+    num_images: N.
+    pool_size: M, the number of maps to draw from.
+    k: draws per image (without replacement).
+    self_index: `int[N]` index of each image in the pool (excluded), or None (nothing
+      excluded; the images are not in the pool).
+
+  Returns:
+    `int32[N, k]`.
+  """
+  u = jax.random.uniform(key, (num_images, pool_size))
+  if self_index is not None:
+    u = u.at[jnp.arange(num_images), self_index].set(jnp.inf)
+  # The k smallest of iid uniforms are a uniform k-subset, in uniformly random order.
+  return jax.lax.top_k(-u, k)[1].astype(jnp.int32)
+
+
+def delta(
+    metric_fn: Callable[..., Any],
+    model: Any,
+    variables: Any,
+    x: jax.Array,
+    saliency: jax.Array,
+    *,
+    other_saliency: jax.Array | None = None,
+    self_index: jax.Array | None = None,
+    k: int = 5,
+    key: jax.Array,
+) -> DeltaResult:
+  """DeepMaps Eq. 9: `sigma(x, s(x)) - 1/k sum_j sigma(x, s(xi_j))`.
+
+  The maps `s(xi_j)` are those the same method produced for `k` other images, drawn uniformly
+  without replacement (explicit `key`) from a pool of maps: by default the maps of the
+  evaluated batch itself (`saliency`), each image excluding its own map. The own map and the
+  `N * k` borrowed maps are evaluated in one call of `metric_fn` on `N * (k + 1)` images
+  (`x` repeated), so one compilation serves both. With `fill="mean"` the batch mean of the
+  repeated batch equals that of `x` (up to rounding); pass an explicit fill to be exact.
+
+  Args:
+    metric_fn: `metric_fn(model, variables, x, saliency) -> pytree of float[N]`, e.g.
+      `pixel_removal_metrics` or `functools.partial(pixel_removal_metrics, fill=mean_rgb)`, or a
+      function wrapping `perturbation_curve` and `aopc`.
+    model, variables: as in `perturbation_curve`.
+    x: `float[N, H, W, C]`.
+    saliency: `float[N, H, W]` (or `[N, H, W, C]`), the maps of `x`.
+    other_saliency: `float[M, ...]` pool of maps with `saliency.shape[1:]`, default `saliency`.
+    self_index: `int[N]`, the index of each image's own map in `other_saliency` (excluded
+      from its draws); default `arange(N)` when `other_saliency` is None, otherwise None
+      (the images are not in the pool).
+    k: number of other maps per image (K = 5 in DeepMaps); needs at least `k` candidates.
+    key: PRNG key for the draws.
+
+  Returns:
+    A `DeltaResult(delta, own, others, other_index)`; leaves `float32[N]`.
+
+  Raises:
+    ValueError: shape mismatches, `k < 1` or fewer than `k` candidate maps.
+  """
+  saliency = jnp.asarray(saliency)
+  n = x.shape[0]
+  if saliency.shape[0] != n:
+    raise ValueError(f"saliency has {saliency.shape[0]} maps for {n} images "
+                     f"(x {tuple(x.shape)}, saliency {tuple(saliency.shape)})")
+  if other_saliency is None:
+    pool = saliency
+    self_index = jnp.arange(n) if self_index is None else self_index
+  else:
+    pool = jnp.asarray(other_saliency)
+    if pool.shape[1:] != saliency.shape[1:]:
+      raise ValueError(f"other_saliency maps {tuple(pool.shape)} must have the shape of the "
+                       f"saliency maps {tuple(saliency.shape)} after the first axis")
+  if self_index is not None:
+    self_index = jnp.asarray(self_index, jnp.int32)
+    if self_index.shape != (n,):
+      raise ValueError(f"self_index must be int[N = {n}]; got shape {tuple(self_index.shape)}")
+  candidates = pool.shape[0] - (self_index is not None)
+  if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+    raise ValueError(f"k must be a positive integer; got {k!r}")
+  if candidates < k:
+    raise ValueError(f"delta needs at least k = {k} other maps per image; the pool of "
+                     f"{pool.shape[0]} maps offers {candidates}")
+  index = draw_others(key, n, pool.shape[0], k, self_index)
+  x_all, maps_all = _delta_inputs(x, saliency, pool, index)
+  own, others = _delta_split(metric_fn(model, variables, x_all, maps_all), n=n, k=k)
+  return DeltaResult(delta=jax.tree.map(jnp.subtract, own, others), own=own, others=others,
+                     other_index=index)
+
+
+@jax.jit
+def _delta_inputs(x, saliency, pool, index):
+  """`x` followed by each image repeated k times; own maps followed by the borrowed maps."""
+  k = index.shape[1]
+  x_all = jnp.concatenate([x, jnp.repeat(x, k, axis=0)], axis=0)
+  return x_all, jnp.concatenate([saliency, pool[index.reshape(-1)]], axis=0)
+
+
+@functools.partial(jax.jit, static_argnames=("n", "k"))
+def _delta_split(values, *, n, k):
+  own = jax.tree.map(lambda v: jnp.asarray(v, jnp.float32)[:n], values)
+  others = jax.tree.map(
+      lambda v: jnp.asarray(v, jnp.float32)[n:].reshape(n, k).mean(axis=1), values)
+  return own, others
