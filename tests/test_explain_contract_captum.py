@@ -37,10 +37,10 @@ import jax.numpy as jnp  # noqa: E402
 from xai_jax import models  # noqa: E402
 from xai_jax.models import port  # noqa: E402
 
-dl = importlib.import_module("xai_jax.explain.deeplift")
+dl = importlib.import_module("xai_jax.explain.deeplift_rules")
 guided = importlib.import_module("xai_jax.explain.guided")
 cam = importlib.import_module("xai_jax.explain.cam")
-fg = importlib.import_module("xai_jax.explain.fullgrad")
+fg = importlib.import_module("xai_jax.explain.full_gradient")
 
 pytestmark = pytest.mark.torch
 

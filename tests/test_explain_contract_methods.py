@@ -27,11 +27,11 @@ from xai_jax import explain, models
 from xai_jax.explain import postprocess
 from xai_jax.models import layers, taps
 
-dl = importlib.import_module("xai_jax.explain.deeplift")
+dl = importlib.import_module("xai_jax.explain.deeplift_rules")
 guided = importlib.import_module("xai_jax.explain.guided")
 cam = importlib.import_module("xai_jax.explain.cam")
-fg = importlib.import_module("xai_jax.explain.fullgrad")
-dm = importlib.import_module("xai_jax.explain.deepmaps")
+fg = importlib.import_module("xai_jax.explain.full_gradient")
+dm = importlib.import_module("xai_jax.explain.deep_maps")
 
 H, W, C, K, HID = 6, 6, 2, 4, 8
 RNG = np.random.default_rng(0)

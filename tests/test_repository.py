@@ -24,3 +24,15 @@ def test_ci_runs_the_readme_test_command_verbatim():
   test_command = _readme_commands()[1]
   ci_lines = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
   assert test_command in ci_lines
+
+
+def test_the_readme_api_example_runs_and_gives_documented_shapes():
+  readme = (ROOT / "README.md").read_text()
+  example = re.findall(r"## The API in a few lines\n\n```python\n(.*?)```", readme, flags=re.S)
+  assert len(example) == 1
+  namespace: dict = {}
+  exec(compile(example[0], "README.md", "exec"), namespace)  # pylint: disable=exec-used
+  assert namespace["ig"].shape == (8, 64, 64, 3)
+  assert namespace["cam"].shape == (8, 64, 64)
+  assert namespace["five_band"].recall.shape == (8, 56)
+  assert namespace["removal"]["aopc"].shape == (8,)

@@ -9,12 +9,16 @@ map methods (GradCAM, FullGrad, DeepMaps, the baselines) return
 
 from __future__ import annotations
 
-import importlib
 from typing import Callable
 
 from xai_jax.explain.baselines import edge, random_map
+from xai_jax.explain.cam import gradcam, guided_gradcam
 from xai_jax.explain.common import predicted_class
+from xai_jax.explain.deep_maps import deepmaps, layer_attributions
+from xai_jax.explain.deeplift_rules import deeplift, deeplift_multipliers, deeplift_shap
+from xai_jax.explain.full_gradient import fullgrad, fullgrad_completeness, simple_fullgrad
 from xai_jax.explain.gradients import gradient, input_x_gradient
+from xai_jax.explain.guided import deconvolution, guided_backprop
 from xai_jax.explain.integrated import integrated_gradients
 from xai_jax.explain.noise import gradient_shap, smoothgrad
 from xai_jax.explain.postprocess import (normalize_min_max, resize, resize_bilinear,
@@ -34,44 +38,18 @@ METHODS: dict[str, Callable] = {
     # explain("smoothgrad", model, variables, x, target, method=<name or fn>, key=..., ...)
     "smoothgrad": _smoothgrad_entry,
     "gradient_shap": gradient_shap,
+    "deeplift": deeplift,
+    "deeplift_shap": deeplift_shap,
+    "guided_backprop": guided_backprop,
+    "deconvolution": deconvolution,
+    "gradcam": gradcam,
+    "guided_gradcam": guided_gradcam,
+    "fullgrad": fullgrad,
+    "simple_fullgrad": simple_fullgrad,
+    "deepmaps": deepmaps,
     "random": random_map,
     "edge": edge,
 }
-
-# --- Methods of the second explainer module set (helper H4b). ----------------
-# TODO(lead): finalise. Registered only when their module is present, so that
-# the package imports while those files are being written; an ImportError
-# raised *inside* an existing module is not swallowed.
-_OPTIONAL_METHODS = {
-    "deeplift": ("deeplift", "deeplift"),
-    "deeplift_shap": ("deeplift", "deeplift_shap"),
-    "guided_backprop": ("guided", "guided_backprop"),
-    "deconvolution": ("guided", "deconvolution"),
-    "gradcam": ("cam", "gradcam"),
-    "guided_gradcam": ("cam", "guided_gradcam"),
-    "fullgrad": ("fullgrad", "fullgrad"),
-    "simple_fullgrad": ("fullgrad", "simple_fullgrad"),
-    "deepmaps": ("deepmaps", "deepmaps"),
-}
-
-
-def _register_optional() -> None:
-  for name, (module_name, attr) in _OPTIONAL_METHODS.items():
-    full = f"{__name__}.{module_name}"
-    try:
-      module = importlib.import_module(full)
-    except ModuleNotFoundError as e:
-      if e.name != full:
-        raise
-      continue
-    fn = getattr(module, attr, None)
-    if fn is not None:
-      METHODS[name] = fn
-      globals()[attr] = fn
-
-
-_register_optional()
-
 
 def explain(name: str, model, variables, x, target=None, **options):
   """Runs the registered method `name`: `METHODS[name](model, variables, x, target, **options)`.
@@ -86,7 +64,10 @@ def explain(name: str, model, variables, x, target=None, **options):
 
 
 __all__ = [
-    "METHODS", "explain", "edge", "gradient", "gradient_shap", "input_x_gradient",
-    "integrated_gradients", "normalize_min_max", "predicted_class", "random_map", "resize",
-    "resize_bilinear", "resize_nearest", "smoothgrad", "to_map",
+    "METHODS", "explain", "deconvolution", "deeplift", "deeplift_multipliers", "deeplift_shap",
+    "deepmaps", "edge", "fullgrad", "fullgrad_completeness", "gradcam", "gradient",
+    "gradient_shap", "guided_backprop", "guided_gradcam", "input_x_gradient",
+    "integrated_gradients", "layer_attributions", "normalize_min_max", "predicted_class",
+    "random_map", "resize", "resize_bilinear", "resize_nearest", "simple_fullgrad",
+    "smoothgrad", "to_map",
 ]
