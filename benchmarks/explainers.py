@@ -52,11 +52,13 @@ CLASSES = 10
 def _block(out):
   jax.tree_util.tree_map(lambda a: a.block_until_ready() if hasattr(a, "block_until_ready")
                          else a, out)
+  if "torch" in sys.modules and sys.modules["torch"].cuda.is_available():
+    sys.modules["torch"].cuda.synchronize()
   return out
 
 
 def _time(fn: Callable[[], Any], repeats: int) -> float:
-  """Median wall seconds of `fn()` after one warm-up call."""
+  """Median wall seconds of `fn()` after one warm-up call (torch CUDA work synchronised)."""
   _block(fn())
   times = []
   for _ in range(repeats):
@@ -199,9 +201,11 @@ def run(args) -> list[dict]:
     target = jnp.asarray(rng.integers(0, CLASSES, batch), jnp.int32)
     xt = tt = bt = None
     if with_torch:
-      xt = torch.from_numpy(x_np.transpose(0, 3, 1, 2).copy())
-      bt = torch.from_numpy(base_np.transpose(0, 3, 1, 2).copy())
-      tt = torch.from_numpy(np.asarray(target).astype(np.int64))
+      device = "cuda" if torch.cuda.is_available() else "cpu"
+      net = net.to(device)
+      xt = torch.from_numpy(x_np.transpose(0, 3, 1, 2).copy()).to(device)
+      bt = torch.from_numpy(base_np.transpose(0, 3, 1, 2).copy()).to(device)
+      tt = torch.from_numpy(np.asarray(target).astype(np.int64)).to(device)
     chunk = args.chunk or common.default_chunk(max(args.steps, args.samples), x.shape)
     print(f"# {model_name} {size}x{size} batch {batch}, chunk {chunk} steps/call "
           f"({chunk * batch} rows), backend {jax.default_backend()}", flush=True)

@@ -186,11 +186,11 @@ def _expected_counts(name):
   """(relus, leaky_relus, max_pools) hand-counted from torchvision's modules."""
   return {"vgg11": (10, 0, 5), "vgg16_bn": (15, 0, 5), "alexnet": (7, 0, 3),
           "resnet18": (1 + 8 * 2, 0, 1), "resnet50": (1 + 16 * 3, 0, 1),
-          "cnn": (3, 0, 2), "mlp": (3, 0, 0)}[name]
+          "cnn": (3, 0, 2), "mlp": (3, 0, 0), "small_vgg": (3 * 2 + 1, 0, 3 + 1)}[name]
 
 
 @pytest.mark.parametrize("name", ["vgg11", "vgg16_bn", "alexnet", "resnet18",
-                                  "resnet50", "cnn", "mlp"])
+                                  "resnet50", "cnn", "mlp", "small_vgg"])
 def test_every_nonlinearity_goes_through_ops(name):
   calls = {"relu": 0, "leaky": 0, "pool": 0}
 
@@ -380,12 +380,16 @@ def _fd_setup(model, x_shape, key, bn=False):
     return x, v
 
 
-@pytest.mark.parametrize("which", ["cnn", "resbn"])
+@pytest.mark.parametrize("which", ["cnn", "resbn", "small_vgg"])
 def test_tap_gradients_match_finite_differences_float64(which):
   with jax.enable_x64(True):
     if which == "cnn":
       model = models.get("cnn", num_classes=4, dtype=jnp.float64)
       x, v = _fd_setup(model, (2, 8, 8, 2), jax.random.key(7))
+    elif which == "small_vgg":
+      model = models.get("small_vgg", num_classes=4, widths=(3, 4), hidden=16,
+                         dtype=jnp.float64)
+      x, v = _fd_setup(model, (2, 8, 8, 2), jax.random.key(20), bn=True)
     else:
       model = TinyResBN(dtype=jnp.float64)
       x, v = _fd_setup(model, (2, 7, 9, 2), jax.random.key(8), bn=True)
@@ -435,12 +439,16 @@ def test_tap_gradients_match_finite_differences_float64(which):
       np.testing.assert_allclose(fd, dot, rtol=1e-6, err_msg=label)
 
 
-@pytest.mark.parametrize("which", ["cnn", "mlp", "resbn"])
+@pytest.mark.parametrize("which", ["cnn", "mlp", "resbn", "small_vgg"])
 def test_fullgrad_completeness_float64(which):
   with jax.enable_x64(True):
     if which == "cnn":
       model = models.get("cnn", num_classes=4, dtype=jnp.float64)
       x, v = _fd_setup(model, (2, 8, 8, 2), jax.random.key(10))
+    elif which == "small_vgg":
+      model = models.get("small_vgg", num_classes=4, widths=(3, 4), hidden=16,
+                         dtype=jnp.float64)
+      x, v = _fd_setup(model, (2, 8, 8, 2), jax.random.key(13), bn=True)
     elif which == "mlp":
       model = models.get("mlp", num_classes=4, hidden=(9, 7, 5), dtype=jnp.float64)
       x, v = _fd_setup(model, (2, 3, 3, 2), jax.random.key(11))

@@ -13,12 +13,14 @@ axis; never `pmap`): `shard_batch` pads the batch to a multiple of the device co
 places it, and jitted functions then run data-parallel under GSPMD.
 """
 
+import dataclasses
+import functools
 import json
 import os
 import pathlib
 import tempfile
 import time
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -112,7 +114,8 @@ def run_shards(workdir, table: str, shards: Iterable[int],
 
   Args:
     workdir: the experiment's output folder.
-    table: the table's name; the final CSV is `WORKDIR/TABLE.csv`.
+    table: the table's name; the final CSV is `WORKDIR/TABLE.csv` (a name with "/" nests it,
+      e.g. "base/samples").
     shards: shard ids, in the order of the final table.
     compute_shard: `shard id -> DataFrame` of that shard's rows; pure apart from reading
       data, so a rerun recomputes exactly the same rows.
@@ -123,26 +126,470 @@ def run_shards(workdir, table: str, shards: Iterable[int],
   Returns:
     The concatenated table, also written to `WORKDIR/TABLE.csv`.
   """
-  shards = list(shards)
+  return run_shard_tables(workdir, (table,), shards, lambda s: {table: compute_shard(s)},
+                          images_per_shard=images_per_shard, progress=progress,
+                          description=description or table)[table]
+
+
+def run_shard_tables(workdir, tables: Sequence[str], shards: Iterable[int],
+                     compute_shard: Callable[[int], Mapping[str, pd.DataFrame]], *,
+                     images_per_shard: int | None = None, progress: bool = True,
+                     description: str | None = None) -> dict[str, pd.DataFrame]:
+  """`run_shards` for several tables computed together, one file per (table, shard).
+
+  A shard counts as finished when the files of all its tables exist. They are written in the
+  order of `tables`, each atomically; a shard interrupted between two writes is recomputed
+  and its files rewritten with the same bytes (`compute_shard` is deterministic).
+
+  Args:
+    workdir: the experiment's output folder.
+    tables: table names; the final CSVs are `WORKDIR/<table>.csv`.
+    shards: shard ids, in the order of the final tables.
+    compute_shard: `shard id -> {table: DataFrame}` with every name of `tables`.
+    images_per_shard, progress, description: as in `run_shards`.
+
+  Returns:
+    `{table: concatenated DataFrame}`, each also written to `WORKDIR/<table>.csv`.
+  """
+  shards, tables = list(shards), tuple(tables)
   if len(set(shards)) != len(shards):
     raise ValueError(f"shard ids must be unique; got {shards}")
-  missing = [s for s in shards if not shard_path(workdir, table, s).exists()]
+  if not tables or len(set(tables)) != len(tables):
+    raise ValueError(f"need at least one table and unique table names; got {tables}")
+  finished = lambda s: all(shard_path(workdir, t, s).exists() for t in tables)
+  missing = [s for s in shards if not finished(s)]
   bar = tqdm.tqdm(total=len(shards), initial=len(shards) - len(missing),
-                  desc=description or table, unit="shard", disable=not progress,
+                  desc=description or ",".join(tables), unit="shard", disable=not progress,
                   dynamic_ncols=True)
   started, done = time.perf_counter(), 0
   with bar:
     for shard in missing:
-      frame = compute_shard(shard)
-      if not isinstance(frame, pd.DataFrame):
-        raise TypeError(f"compute_shard must return a pandas DataFrame, got {type(frame)}")
-      write_table(frame, shard_path(workdir, table, shard))
+      frames = compute_shard(shard)
+      if not isinstance(frames, Mapping) or set(frames) != set(tables):
+        got = sorted(frames) if isinstance(frames, Mapping) else type(frames).__name__
+        raise TypeError(f"compute_shard must return {{table: DataFrame}} for the tables "
+                        f"{list(tables)}; got {got}")
+      for table in tables:
+        if not isinstance(frames[table], pd.DataFrame):
+          raise TypeError(f"compute_shard returned {type(frames[table])} for table {table!r}; "
+                          "expected a pandas DataFrame")
+        write_table(frames[table], shard_path(workdir, table, shard))
       done += 1
       if images_per_shard:
         rate = done * images_per_shard / max(time.perf_counter() - started, 1e-9)
         bar.set_postfix_str(f"{rate:.1f} images/s")
       bar.update(1)
-  frames = [pd.read_csv(shard_path(workdir, table, s)) for s in shards]
-  result = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-  write_table(result, pathlib.Path(workdir) / f"{table}.csv")
-  return result
+  results = {}
+  for table in tables:
+    frames = [_read_shard(shard_path(workdir, table, s)) for s in shards]
+    result = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    write_table(result, pathlib.Path(workdir) / f"{table}.csv")
+    results[table] = result
+  return results
+
+
+def _read_shard(path: pathlib.Path) -> pd.DataFrame:
+  try:
+    return pd.read_csv(path)
+  except pd.errors.EmptyDataError:  # a shard with no rows (e.g. no ROC for a missing metric)
+    return pd.DataFrame()
+
+
+# --------------------------------------------------------------------------------------------
+# Explain and score a dataset: every configured method x every configured metric, in shards.
+
+METRICS = ("five_band", "iou", "pixel_removal")
+"""Metric families `evaluate` computes (see `evaluate` for the columns each adds)."""
+
+FIVE_BAND_SETTINGS = {"soft": "", "clamped": "_clamp"}
+"""Five-band threshold presets (Tjoa & Guan's two settings) and their column suffixes."""
+
+PIXEL_REMOVAL_DEFAULTS = {"fraction": 0.1, "step": None, "fill": "mean", "chunk": 4,
+                          "delta_k": 5, "score": "logit"}
+IOU_DEFAULTS = {"n_std": 0.5, "n_std_star": 1.0, "abs": True}
+_KEYED_METHODS = ("smoothgrad", "gradient_shap", "random")
+_MAP_REDUCE = "sum"
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluationTables:
+  """What `evaluate` returns (the tables are also CSV files in the workdir).
+
+  Attributes:
+    samples: one row per (sample, method): identification columns and every metric column.
+    roc: `model, method, setting, threshold, recall, fpr`: mean recall and FPR over all samples
+      per five-band threshold index (Tjoa & Guan Fig. 4); empty without "five_band".
+    curves: `model, method, order, fraction, score, drop, flip_rate`: mean perturbation curves
+      (empty without "pixel_removal").
+    gallery: `{"images", "heatmaps", "labels", "predicted", "map/<method>"...}`, numpy arrays
+      of a few samples of the first shard (one per class where possible).
+  """
+  samples: pd.DataFrame
+  roc: pd.DataFrame
+  curves: pd.DataFrame
+  gallery: dict[str, np.ndarray]
+
+
+def _check_methods(methods: Mapping[str, Mapping[str, Any]]) -> dict[str, tuple[str, dict]]:
+  from xai_jax import explain  # pylint: disable=import-outside-toplevel
+  if not methods:
+    raise ValueError("no methods to evaluate: give {display name: options}")
+  resolved = {}
+  for display, options in methods.items():
+    options = dict(options or {})
+    name = options.pop("method_name", display)
+    if name not in explain.METHODS:
+      raise ValueError(f"unknown explanation method {name!r} (for {display!r}); valid: "
+                       f"{', '.join(sorted(explain.METHODS))}; a display name that differs "
+                       "from the registry name needs the option method_name=<registry name>")
+    resolved[display] = (name, options)
+  return resolved
+
+
+def _check_metrics(metrics: Sequence[str], metric_options: Mapping[str, Mapping] | None):
+  unknown = [m for m in metrics if m not in METRICS]
+  if unknown:
+    raise ValueError(f"unknown metrics {unknown}; valid: {', '.join(METRICS)}")
+  metric_options = dict(metric_options or {})
+  bad = [m for m in metric_options if m not in METRICS]
+  if bad:
+    raise ValueError(f"metric_options for unknown metrics {bad}; valid: {', '.join(METRICS)}")
+  removal = {**PIXEL_REMOVAL_DEFAULTS, **metric_options.get("pixel_removal", {})}
+  iou_options = {**IOU_DEFAULTS, **metric_options.get("iou", {})}
+  for name, given, defaults in (("pixel_removal", removal, PIXEL_REMOVAL_DEFAULTS),
+                                ("iou", iou_options, IOU_DEFAULTS)):
+    extra = sorted(set(given) - set(defaults))
+    if extra:
+      raise ValueError(f"unknown {name} options {extra}; valid: {sorted(defaults)}")
+  return tuple(metrics), removal, iou_options
+
+
+def _method_key(key: jax.Array, display: str, shard: int) -> jax.Array:
+  """A key per (method, shard) that does not depend on the order of the methods."""
+  salt = int.from_bytes(display.encode()[:4].ljust(4, b"\0"), "little") % (2**31 - 1)
+  return jax.random.fold_in(jax.random.fold_in(key, salt), shard)
+
+
+def _explain_options(name: str, options: dict, x: jax.Array, key: jax.Array) -> dict:
+  """Fills the options a method cannot run without: keys, and baselines given by name."""
+  options = dict(options)
+  if name in _KEYED_METHODS and "key" not in options:
+    options["key"] = key
+  for field in ("baseline", "baselines"):
+    spec = options.get(field)
+    if isinstance(spec, str):
+      options[field] = _named_baseline(spec, field, x, jax.random.fold_in(key, 7))
+  return options
+
+
+def _named_baseline(spec: str, field: str, x: jax.Array, key: jax.Array) -> jax.Array:
+  """"zeros" (black image) or "uniform:K" (K images uniform in [min x, max x])."""
+  shape = x.shape[1:]
+  if spec == "zeros":
+    zeros = jnp.zeros(shape, x.dtype)
+    return zeros if field == "baseline" else zeros[None]
+  if spec.startswith("uniform:") and field == "baselines":
+    count = int(spec.split(":", 1)[1])
+    low, high = jnp.min(x), jnp.max(x)
+    return jax.random.uniform(key, (count, *shape), x.dtype, low, high)
+  raise ValueError(f"unknown {field} {spec!r}; valid: 'zeros'"
+                   + (", 'uniform:K'" if field == "baselines" else ""))
+
+
+def _gallery_positions(labels: np.ndarray, size: int) -> np.ndarray:
+  """The first sample of each class (in class order), then the next samples, up to `size`."""
+  firsts = [int(np.flatnonzero(labels == c)[0]) for c in np.unique(labels)]
+  rest = [i for i in range(len(labels)) if i not in firsts]
+  return np.asarray((firsts + rest)[:size], np.int64)
+
+
+def _save_npz(arrays: Mapping[str, np.ndarray], path: pathlib.Path) -> None:
+  path.parent.mkdir(parents=True, exist_ok=True)
+  handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npz")
+  os.close(handle)
+  try:
+    np.savez_compressed(temporary, **arrays)
+    os.replace(temporary, path)
+  except BaseException:
+    if os.path.exists(temporary):
+      os.unlink(temporary)
+    raise
+
+
+def load_gallery(path) -> dict[str, np.ndarray]:
+  """Reads a `gallery.npz` written by `evaluate`."""
+  with np.load(path) as data:
+    return {k: data[k] for k in data.files}
+
+
+def evaluate(workdir, *, source, model, variables, methods: Mapping[str, Mapping[str, Any]],
+             metrics: Sequence[str] = METRICS,
+             metric_options: Mapping[str, Mapping[str, Any]] | None = None,
+             shard_size: int = 64, num_examples: int | None = None, key: jax.Array,
+             model_name: str = "model", mesh: Mesh | None = None, progress: bool = True,
+             gallery_size: int = 10) -> EvaluationTables:
+  """Explains every sample of `source` with every method and scores every map, in shards.
+
+  Per shard of `shard_size` samples (the last may be smaller): the batch is placed on all
+  devices of `mesh` (`shard_batch`), the model's prediction `c = argmax f(x)` is the target of
+  every explanation (Tjoa & Guan and DeepMaps explain the predicted class), each method runs
+  once on the whole batch (compiled once per method and options; the variables are
+  arguments), and the metrics are computed on the device:
+
+  * "five_band" (needs "heatmap"; Tjoa & Guan): `Amu Au Au1 Rmu Ru Ru1 Pmu Pu Pu1` for the
+    soft preset and the same with suffix `_clamp` for the clamped one (`five_band_scores` on
+    the raw attribution), and the `roc` table.
+  * "iou" (needs "mask", or "heatmap" whose non-zero pixels are the mask; Gattas 2020):
+    `iou` (n_std 0.5) and `iou_star` (n_std 1.0) of the channel-summed map.
+  * "pixel_removal" (DeepMaps): `aopc afoc_morf afoc_lerf n_morf n_lerf flipped_morf
+    flipped_lerf` from full MoRF and LeRF curves, and with `delta_k > 0` the DeepMaps Eq. 9
+    variants `delta_<metric>` against `delta_k` maps of other images of the same shard; the
+    `curves` table holds the mean curves.
+
+  Every shard writes its rows atomically (`run_shard_tables`), so an interrupted run resumes
+  where it stopped and its final tables are byte-identical to an uninterrupted run. Random
+  draws (SmoothGrad noise, GradientShap baselines, delta partners) come from
+  `fold_in(key, method, shard)`, so they do not depend on the device count or on resuming.
+
+  Args:
+    workdir: output folder; tables go to `WORKDIR/<model_name>/{samples,roc,curves}.csv` and
+      the shards to `WORKDIR/shards/<model_name>/...`.
+    source: random-access data: `len(source)` and `source.get_batch(indices)` returning
+      `"image"` `float32[n, H, W, C]` (the model's input), `"label"` `int[n]` (-1 if unknown) and
+      optionally `"heatmap"` `float[n, H, W]`, `"mask"` `[n, H, W]`, `"background"` `int[n]`.
+    model: Flax module (or `apply(variables, x) -> logits` for logit-only methods).
+    variables: the model's variables.
+    methods: `{display name: options}`; options are passed to the method (`explain.METHODS`),
+      plus `method_name` when the display name is not a registry name. `key` is filled in for
+      SmoothGrad, GradientShap and random maps; `baseline(s)` may be "zeros" or "uniform:K".
+    metrics: a subset of `METRICS`.
+    metric_options: `{"pixel_removal": {fraction, step, fill, chunk, delta_k, score},
+      "iou": {n_std, n_std_star, abs}}`, defaults `PIXEL_REMOVAL_DEFAULTS`, `IOU_DEFAULTS`.
+    shard_size: samples per shard (and per device batch: memory scales with it).
+    num_examples: evaluate the first `num_examples` samples (default all).
+    key: PRNG key of every random draw.
+    model_name: the `model` column, and the tables' folder.
+    mesh: from `batch_mesh` (default: all local devices).
+    progress: tqdm bar with images/s and ETA.
+    gallery_size: samples kept with their maps in `gallery.npz` (0: none).
+
+  Returns:
+    An `EvaluationTables`.
+
+  Raises:
+    ValueError: unknown methods or metrics, a metric whose ground truth the source lacks, a
+      shard too small for the delta draws, NaN images.
+  """
+  from xai_jax import explain  # pylint: disable=import-outside-toplevel
+
+  resolved = _check_methods(methods)
+  metrics, removal, iou_options = _check_metrics(metrics, metric_options)
+  total = len(source) if num_examples is None else int(num_examples)
+  if not 0 < total <= len(source):
+    raise ValueError(f"num_examples must be in [1, {len(source)}] (the source's length); "
+                     f"got {num_examples}")
+  if shard_size < 1:
+    raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+  delta_k = int(removal["delta_k"] or 0)
+  if "pixel_removal" in metrics and delta_k and min(shard_size, total) <= delta_k:
+    raise ValueError(f"pixel_removal delta_k = {delta_k} needs shards of more than {delta_k} "
+                     f"samples (maps of other images of the same shard); shard_size = "
+                     f"{shard_size}, num_examples = {total}")
+  mesh = batch_mesh() if mesh is None else mesh
+  num_shards = -(-total // shard_size)
+  workdir = pathlib.Path(workdir)
+  tables = tuple(f"{model_name}/{t}" for t in ("samples", "roc", "curves"))
+  gallery_path = workdir / model_name / "gallery.npz"
+  static_removal = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in
+                         ((k, removal[k]) for k in ("fraction", "step", "fill", "chunk", "score")))
+  static_iou = tuple(sorted(iou_options.items()))
+
+  def compute_shard(shard: int) -> dict[str, pd.DataFrame]:
+    indices = np.arange(shard * shard_size, min(total, (shard + 1) * shard_size))
+    batch = source.get_batch(indices)
+    images = np.asarray(batch["image"], np.float32)
+    if not np.isfinite(images).all():
+      raise ValueError(f"shard {shard}: images contain NaN or inf (samples "
+                       f"{indices[~np.isfinite(images).reshape(len(indices), -1).all(1)]})")
+    n = len(indices)
+    labels = np.asarray(batch.get("label", np.full(n, -1)), np.int64)
+    for metric, needs in (("five_band", ("heatmap",)), ("iou", ("mask", "heatmap"))):
+      if metric in metrics and not any(k in batch for k in needs):
+        raise ValueError(f"metric {metric!r} needs a source with {' or '.join(needs)!r}; "
+                         f"the batch has {sorted(batch)}")
+    heatmap = None if batch.get("heatmap") is None else np.asarray(batch["heatmap"], np.float32)
+    mask = batch.get("mask", None if heatmap is None else heatmap > 0)
+    mask = None if mask is None else np.asarray(mask, np.float32)
+    placed, _ = shard_batch({"x": images}, mesh)
+    x = placed["x"]
+    target, confidence = _predict(model, variables, x)
+    predicted = np.asarray(target)[:n].astype(np.int64)
+    base = pd.DataFrame({
+        "model": model_name, "shard": shard, "position": np.arange(n), "index": indices,
+        "label": labels, "background": np.asarray(batch.get("background", np.full(n, -1))),
+        "predicted": predicted, "confidence": np.asarray(confidence, np.float64)[:n],
+        "correct": (predicted == labels).astype(np.int64)})
+    sample_frames, roc_frames, curve_frames, maps_of = [], [], [], {}
+    for display, (name, options) in resolved.items():
+      method_key = _method_key(key, display, shard)
+      attributions = explain.explain(name, model, variables, x, target,
+                                     **_explain_options(name, options, x, method_key))
+      scored = jax.device_get(_score(
+          model, variables, x, attributions, heatmap, mask, jax.random.fold_in(method_key, 1),
+          n=n, metrics=metrics, removal=static_removal, iou_options=static_iou,
+          delta_k=delta_k))
+      maps_of[display] = np.asarray(scored["maps"])
+      frame = base.copy()
+      frame.insert(1, "method", display)
+      for column, values in scored["columns"].items():
+        values = np.asarray(values)
+        frame[column] = values.astype(np.float64 if values.dtype.kind == "f" else np.int64)
+      sample_frames.append(frame)
+      for setting, (recall_sum, fpr_sum) in scored["roc"].items():
+        roc_frames.append(pd.DataFrame({
+            "method": display, "setting": setting, "threshold": np.arange(len(recall_sum)),
+            "recall_sum": np.asarray(recall_sum, np.float64),
+            "fpr_sum": np.asarray(fpr_sum, np.float64), "count": n}))
+      for order, sums in scored["curves"].items():
+        curve_frames.append(pd.DataFrame({
+            "method": display, "order": order, **{k: np.asarray(v, np.float64)
+                                                   for k, v in sums.items()}, "count": n}))
+    if shard == 0 and gallery_size:
+      keep = _gallery_positions(labels, gallery_size)
+      gallery = {"images": images[keep],
+                 "heatmaps": (np.zeros(images[keep].shape[:3], np.float32) if heatmap is None
+                              else heatmap[keep]),
+                 "labels": labels[keep], "predicted": predicted[keep],
+                 **{f"map/{d}": m[keep] for d, m in maps_of.items()}}
+      _save_npz(gallery, gallery_path)
+    with_model = lambda frames: (pd.concat(frames, ignore_index=True).assign(model=model_name)
+                                 if frames else pd.DataFrame())
+    return {tables[0]: pd.concat(sample_frames, ignore_index=True),
+            tables[1]: with_model(roc_frames), tables[2]: with_model(curve_frames)}
+
+  if gallery_size and not gallery_path.exists():
+    for table in tables:  # shard 0 writes the gallery: make sure it runs again
+      shard_path(workdir, table, 0).unlink(missing_ok=True)
+  raw = run_shard_tables(workdir, tables, range(num_shards), compute_shard,
+                         images_per_shard=shard_size, progress=progress,
+                         description=f"{model_name}: {len(resolved)} methods")
+  roc = _mean_over_shards(raw[tables[1]], ("model", "method", "setting", "threshold"),
+                          {"recall": "recall_sum", "fpr": "fpr_sum"})
+  curves = _mean_over_shards(raw[tables[2]], ("model", "method", "order", "fraction"),
+                             {"score": "score_sum", "drop": "drop_sum", "flip_rate": "flip_sum"})
+  write_table(roc, workdir / model_name / "roc.csv")
+  write_table(curves, workdir / model_name / "curves.csv")
+  gallery = load_gallery(gallery_path) if gallery_size else {}
+  return EvaluationTables(samples=raw[tables[0]], roc=roc, curves=curves, gallery=gallery)
+
+
+@functools.partial(jax.jit, static_argnames=("model",))
+def _predict(model, variables, x):
+  """`(argmax f(x), softmax probability of it)`, the target of every explanation."""
+  from xai_jax.models.base import as_apply  # pylint: disable=import-outside-toplevel
+  logits = as_apply(model)(variables, x).astype(jnp.float32)
+  target = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  return target, jnp.max(jax.nn.softmax(logits, axis=-1), axis=-1)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "n", "metrics", "removal", "iou_options",
+                                             "delta_k"))
+def _score(model, variables, x, attributions, heatmap, mask, key, *, n, metrics, removal,
+           iou_options, delta_k):
+  """Every metric of one method's attributions on the first `n` (unpadded) rows, in one jit.
+
+  Returns `{"maps": float32[n, H, W], "columns": {name: [n]}, "roc": {setting: (recall
+  sum, FPR sum)}, "curves": {order: {fraction, score_sum, drop_sum, flip_sum}}}`.
+  """
+  from xai_jax.explain.postprocess import to_map  # pylint: disable=import-outside-toplevel
+  from xai_jax.metrics import ground_truth, pixel_removal  # pylint: disable=import-outside-toplevel
+  removal, iou_options = dict(removal), dict(iou_options)
+  attributions = attributions[:n].astype(jnp.float32)
+  maps = attributions if attributions.ndim == 3 else to_map(attributions, _MAP_REDUCE)
+  out = {"maps": maps, "columns": {}, "roc": {}, "curves": {}}
+  columns = out["columns"]
+  if "five_band" in metrics:
+    for setting, suffix in FIVE_BAND_SETTINGS.items():
+      scores = ground_truth.five_band_scores(attributions, heatmap[:n], thresholds=setting)
+      for column, values in ground_truth.five_band_summary(scores).items():
+        columns[column + suffix] = values
+      out["roc"][setting] = (scores.recall.sum(0), scores.fpr.sum(0))
+  if "iou" in metrics:
+    columns["iou"] = ground_truth.iou(maps, mask[:n], n_std=iou_options["n_std"],
+                                      abs=iou_options["abs"])
+    columns["iou_star"] = ground_truth.iou_star(maps, mask[:n], n_std=iou_options["n_std_star"],
+                                                abs=iou_options["abs"])
+  if "pixel_removal" in metrics:
+    own, others, curves = _pixel_removal(pixel_removal, model, variables, x[:n], maps, removal,
+                                         delta_k=delta_k, key=key)
+    columns.update(own)
+    if delta_k:
+      for column in _DELTA_COLUMNS:
+        columns["delta_" + column] = own[column].astype(jnp.float32) - others[column]
+    for order, curve in curves.items():
+      scores = curve.scores.astype(jnp.float32)
+      out["curves"][order] = {
+          "fraction": curve.fractions, "score_sum": scores.sum(0),
+          "drop_sum": (scores[:, :1] - scores).sum(0),
+          "flip_sum": (curve.labels != curve.labels[:, :1]).sum(0).astype(jnp.float32)}
+  return out
+
+
+def _pixel_removal(pixel_removal, model, variables, x, maps, options, *, delta_k: int,
+                   key: jax.Array):
+  """Own metrics, mean metrics with `delta_k` other maps (DeepMaps Eq. 9) and own curves.
+
+  As `pixel_removal.delta(pixel_removal_metrics, ...)` with the same draws
+  (`draw_others(key, N, N, k, arange(N))`), but the own and the borrowed maps share one
+  MoRF and one LeRF `perturbation_curve` call of `N * (k + 1)` images, whose first N rows
+  are also the own curves of the `curves` table (no second evaluation of the own maps).
+  """
+  n = x.shape[0]
+  if delta_k:
+    index = pixel_removal.draw_others(key, n, n, delta_k, jnp.arange(n))
+    x_all = jnp.concatenate([x, jnp.repeat(x, delta_k, axis=0)], axis=0)
+    maps_all = jnp.concatenate([maps, maps[index.reshape(-1)]], axis=0)
+  else:
+    x_all, maps_all = x, maps
+  curve_options = {k: options[k] for k in ("step", "fill", "chunk", "score")}
+  if isinstance(curve_options["fill"], (tuple, list)):  # per-channel fill, e.g. an RGB mean
+    curve_options["fill"] = jnp.asarray(curve_options["fill"], x.dtype)
+  curves = {order: pixel_removal.perturbation_curve(model, variables, x_all, maps_all,
+                                                    order=order, max_fraction=1.0,
+                                                    **curve_options)
+            for order in ("morf", "lerf")}
+  values = _removal_from_curves(pixel_removal, curves, options["fraction"])
+  own = {k: v[:n] for k, v in values.items()}
+  others = ({k: v[n:].astype(jnp.float32).reshape(n, delta_k).mean(axis=1)
+             for k, v in values.items()} if delta_k else None)
+  own_curves = {order: curve.replace(scores=curve.scores[:n], labels=curve.labels[:n],
+                                     target=curve.target[:n])
+                for order, curve in curves.items()}
+  return own, others, own_curves
+
+
+_DELTA_COLUMNS = ("aopc", "afoc_morf", "afoc_lerf", "n_morf", "n_lerf")
+
+
+def _removal_from_curves(pixel_removal, curves, fraction: float) -> dict[str, jax.Array]:
+  """The DeepMaps set from a MoRF and a LeRF curve (as `pixel_removal_metrics`)."""
+  morf, lerf = curves["morf"], curves["lerf"]
+  n_morf, flipped_morf = pixel_removal.pixels_to_flip(morf)
+  n_lerf, flipped_lerf = pixel_removal.pixels_to_flip(lerf)
+  return {"aopc": pixel_removal.aopc(morf, max_fraction=fraction),
+          "afoc_morf": pixel_removal.afoc(morf, fraction=fraction),
+          "afoc_lerf": pixel_removal.afoc(lerf, fraction=fraction),
+          "n_morf": n_morf, "n_lerf": n_lerf,
+          "flipped_morf": flipped_morf.astype(jnp.float32),
+          "flipped_lerf": flipped_lerf.astype(jnp.float32)}
+
+
+def _mean_over_shards(frame: pd.DataFrame, keys: Sequence[str],
+                      means: Mapping[str, str]) -> pd.DataFrame:
+  """Sums the per-shard sums and counts over shards; returns the means, in first-seen order."""
+  if frame.empty:
+    return pd.DataFrame(columns=[*keys, *means])
+  grouped = frame.groupby(list(keys), sort=False)
+  sums = grouped[[*means.values(), "count"]].sum()
+  out = pd.DataFrame({name: sums[column] / sums["count"] for name, column in means.items()})
+  return out.reset_index()

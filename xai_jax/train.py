@@ -646,6 +646,8 @@ def _run(*, mode: str, model: nn.Module, state: TrainState, shards, num_shards, 
           total = epochs * train_shards.num * num_batches  # assumes equal shards: an estimate
           done = ((loop["position"][0] * train_shards.num + loop["position"][1]) * num_batches
                   + loop["position"][2])
+          if max_steps is not None:  # the run stops at max_steps before the last epoch
+            total = done + min(total - done, max_steps - step)
           bar = tqdm.tqdm(total=total, initial=done, unit="step", disable=not progress,
                           desc=mode, dynamic_ncols=True)
         state, metrics = _train_step(model, tx, state, images, labels)

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 from xai_jax.models.alexnet import AlexNet
 from xai_jax.models.base import ApplyFn, as_apply
 from xai_jax.models.resnet import ResNet
-from xai_jax.models.small import CNN, MLP
+from xai_jax.models.small import CNN, MLP, SmallVGG
 from xai_jax.models.taps import (
     DEFAULT_OPS, Ops, TapGradients, activation_names, bias_site_names,
     default_gradcam_layer, forward, max_pool, tap_gradients, with_ops)
@@ -56,13 +56,14 @@ _REGISTRY: dict[str, Callable[..., nn.Module]] = {
     **{f"resnet{d}": _resnet(d) for d in (18, 34, 50)},
     "cnn": CNN,
     "mlp": MLP,
+    "small_vgg": SmallVGG,
 }
 
 NAMES: tuple[str, ...] = tuple(_REGISTRY)
 
 # Names with a torchvision counterpart (see `port.from_torchvision`).
 TORCHVISION_NAMES: tuple[str, ...] = tuple(
-    n for n in NAMES if n not in ("alexnet_plus", "cnn", "mlp"))
+    n for n in NAMES if n not in ("alexnet_plus", "cnn", "mlp", "small_vgg"))
 
 
 def get(name: str, *, num_classes: int = 1000, dtype: Any = jnp.float32,
@@ -75,7 +76,8 @@ def get(name: str, *, num_classes: int = 1000, dtype: Any = jnp.float32,
     dtype: computation dtype (parameters stay float32; logits are float32).
     **kwargs: model options: `head` ("torchvision" | "tjoa") for the
       AlexNet/VGG/ResNet families, `extra_layers` for `alexnet_plus`
-      (default 1), `ops` (a `taps.Ops`), `hidden` for `mlp`.
+      (default 1), `ops` (a `taps.Ops`), `hidden` for `mlp` and `small_vgg`,
+      `widths` for `small_vgg`.
 
   Returns:
     The module; `__call__(x: float32[N, H, W, C], *, train=False)` returns
@@ -115,7 +117,7 @@ def init(model: nn.Module, key: jax.Array, input_shape: tuple[int, ...]) -> dict
 
 __all__ = [
     "AlexNet", "ApplyFn", "CNN", "DEFAULT_OPS", "MLP", "NAMES", "Ops", "ResNet",
-    "TORCHVISION_NAMES", "TapGradients", "VGG", "activation_names", "as_apply",
+    "SmallVGG", "TORCHVISION_NAMES", "TapGradients", "VGG", "activation_names", "as_apply",
     "bias_site_names", "default_gradcam_layer", "forward", "get", "init",
     "max_pool", "tap_gradients", "with_ops",
 ]

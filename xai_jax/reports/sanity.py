@@ -13,7 +13,8 @@ from xai_jax.metrics import similarity
 
 
 def randomization_grid(explanations: Mapping[str, np.ndarray], stages: Sequence[str], path,
-                       *, image: int = 0, percentile: float = 99.0):
+                       *, image: int = 0, percentile: float = 99.0,
+                       title: str = "Cascading randomisation"):
   """Rows = methods, columns = randomisation stages, diverging colour map (their Fig. 2).
 
   Args:
@@ -23,6 +24,8 @@ def randomization_grid(explanations: Mapping[str, np.ndarray], stages: Sequence[
     path: where to write the PNG.
     image: which image of the batch to show.
     percentile: the diverging visualisation's clipping percentile.
+    title: the figure title ("(diverging visualisation)" is appended), e.g.
+      "Independent randomisation".
 
   Returns:
     The matplotlib figure (closed after saving).
@@ -44,7 +47,7 @@ def randomization_grid(explanations: Mapping[str, np.ndarray], stages: Sequence[
         axis.set_title(stage, fontsize=7, rotation=45, ha="left")
       if column == 0:
         axis.set_ylabel(method, fontsize=8)
-  fig.suptitle("Cascading randomisation (diverging visualisation)", fontsize=9)
+  fig.suptitle(f"{title} (diverging visualisation)", fontsize=9)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)

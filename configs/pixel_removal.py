@@ -1,0 +1,126 @@
+r"""Configs of `experiments/pixel_removal.py`: the DeepMaps pixel-removal protocol.
+
+Variants (`--config=configs/pixel_removal.py:<variant>`):
+
+* `quick` (default): the synthetic cells at 48x48, the small CNN `cnn` trained here for 300
+  Adam steps on 2560 cells (resumable), 100 test cells, DeepMaps' panel (random map,
+  gradient, input x gradient, Grad-CAM, FullGrad, DeepMaps), MoRF and LeRF curves to 100% in
+  steps of 2% of the pixels, fill = per-channel mean of the evaluated batch, AOPC / AFOC at
+  10%, delta against K = 2 other images' maps.
+
+      python -m experiments.pixel_removal --workdir=workdir/pixel_removal_quick
+
+  Measured: 463 s on a 2-core CPU shared with ~3 other jobs (load 7; training ~130 s, the
+  6 methods x 2 orders x 51 grid points x 3 maps (own + 2 delta partners) ~330 s); about
+  2-3 minutes on an idle machine (estimate). A rerun in the same workdir takes seconds.
+  Measured numbers (seed 0; test accuracy of the CNN on the 100 images 0.52):
+
+    method            aopc   afoc_lerf  n_morf  n_lerf  delta_aopc  delta_n_morf
+    random            0.50   0.42       0.354   0.357   -0.001      -0.005
+    gradient          1.52   0.71       0.259   0.257    0.79       -0.035
+    input_x_gradient  2.78   0.66       0.114   0.535    2.15       -0.221
+    gradcam           1.52   0.34       0.114   0.508    0.92       -0.248
+    fullgrad          1.73   0.29       0.126   0.421    1.05       -0.156
+    deepmaps          2.07   0.41       0.103   0.418    1.37       -0.208
+
+  As in DeepMaps: the random map needs the most pixels removed to change the decision
+  (n_morf 0.35) and scores delta ~0 on every metric; DeepMaps has the lowest n_morf (0.10);
+  the class-specific maps (Grad-CAM, FullGrad, DeepMaps) keep the decision under LeRF
+  removal far longer than the gradient; input x gradient looks strong on n_morf and AOPC
+  (the artefact DeepMaps appendix C.1 discusses).
+
+* `tiny` (the tests): 32x32, a few training steps, 8 test cells, 2 methods; seconds.
+
+* `paper` (VGG16) and `paper_resnet50`: DeepMaps section 4: torchvision's ImageNet weights
+  (port them once: `python -m experiments.port_weights --arch=vgg16 --out=/ckpt/vgg16`), the
+  ImageNet validation images of classes 0..99, 50 each (5000), at 224x224 (resize 256,
+  centre crop 224, ImageNet normalisation), removal fill = the ImageNet mean RGB (0 after
+  normalisation), steps of 0.5% of the pixels, AOPC / AFOC at 10%, delta with K = 5. Images
+  from a folder laid out `val/<wnid>/<image>` (the usual ImageNet layout; sorted wnids are
+  the class order), or from a prepared TFDS `imagenet2012` with `--config.data.source=tfds
+  --config.data.tfds_dir=DIR` (labels are scanned once to select the classes).
+
+      python -m experiments.pixel_removal --workdir=workdir/pixel_removal_vgg16 \
+          --config=configs/pixel_removal.py:paper --config.model.checkpoint=/ckpt/vgg16 \
+          --config.data.image_folder=/data/imagenet/val
+
+  Hours on one GPU (5000 images x 6 methods x 2 orders x 200 grid points x 6 maps with the
+  delta partners; not measured: no GPU in the session that wrote this). Expected (DeepMaps
+  Fig. 4, 6, 7 for VGG16): random removal needs about 20% of the pixels to change the
+  decision (n_morf of the random map ~0.2), DeepMaps about 10%, Grad-CAM and FullGrad about
+  12-14%; DeepMaps allows about 60% LeRF removal (n_lerf ~0.6); delta_n_morf about 0 for the
+  random map, about -0.1 for the gradient and about -0.2 for DeepMaps; DeepMaps wins the
+  pairwise comparisons on every metric except delta_afoc_lerf.
+
+Every field can be overridden from the command line (the config is locked).
+"""
+
+import ml_collections
+
+VARIANTS = ("quick", "tiny", "paper", "paper_resnet50")
+
+# DeepMaps' panel (their Fig. 6): random, gradients, gradient x input, Grad-CAM, FullGrad,
+# DeepMaps.
+METHODS = {
+    "random": {},
+    "gradient": {},
+    "input_x_gradient": {},
+    "gradcam": {},
+    "fullgrad": {},
+    "deepmaps": {},
+}
+
+
+def get_config(variant: str = "quick") -> ml_collections.ConfigDict:
+  """The locked config of `variant` (one of `VARIANTS`).
+
+  Raises:
+    ValueError: an unknown variant, listing the valid ones.
+  """
+  if variant not in VARIANTS:
+    raise ValueError(f"unknown pixel_removal config variant {variant!r}; valid: "
+                     f"{', '.join(VARIANTS)}")
+  config = ml_collections.ConfigDict()
+  config.variant = variant
+  config.seed = 0
+  config.model_name = "model"
+  # source: "cells" (generator), "image_folder" (JPEG/PNG files, optionally
+  # root/<class>/<image>) or "tfds" (a prepared TFDS image dataset, e.g. imagenet2012).
+  config.data = ml_collections.ConfigDict(dict(
+      source="cells", split="test", size=48, num_examples=100,
+      image_folder="", annotations_dir="", class_names=(), class_names_file="",
+      tfds_name="", tfds_dir="", crop="resize", normalize="none", include_difficult=True,
+      keep_labels=(), per_class=0))
+  # checkpoint: a folder of `port.save`; npz: flat variables for `name`; neither: train `name`
+  # on the cells (data.source="cells" only).
+  config.model = ml_collections.ConfigDict(dict(
+      name="cnn", num_classes=10, head="", checkpoint="", npz=""))
+  config.train = ml_collections.ConfigDict(dict(
+      num_train=2560, shard_size=256, epochs=4, max_steps=300, batch_size=32,
+      learning_rate=1e-3, weight_decay=0.0, checkpoint_every=100))
+  config.methods = ml_collections.ConfigDict(METHODS)
+  # fill (a string): "mean" (batch), "image_mean", "blur", "imagenet_mean" (0 with ImageNet
+  # normalisation) or a number ("0"); the runner takes no per-channel array.
+  # step: pixels per grid point (0: 0.5% of the image).
+  config.pixel_removal = ml_collections.ConfigDict(dict(
+      fraction=0.1, step=46, fill="mean", chunk=8, delta_k=2, score="logit"))
+  config.evaluate = ml_collections.ConfigDict(dict(shard_size=50, gallery_size=0))
+  config.figures = True
+  if variant == "tiny":
+    config.data.update(size=32, num_examples=8)
+    config.train.update(num_train=64, shard_size=32, epochs=1, max_steps=4, batch_size=16,
+                        checkpoint_every=0)
+    config.methods = ml_collections.ConfigDict({"gradient": {}, "random": {}})
+    config.pixel_removal.update(step=64, chunk=4, delta_k=2)
+    config.evaluate.update(shard_size=4)
+  elif variant in ("paper", "paper_resnet50"):
+    arch = "vgg16" if variant == "paper" else "resnet50"
+    config.model_name = arch
+    config.data.update(source="image_folder", split="validation", size=224, num_examples=0,
+                       crop="center", normalize="imagenet", keep_labels=tuple(range(100)),
+                       per_class=50, tfds_name="imagenet2012")
+    config.model.update(name=arch, num_classes=1000, checkpoint=f"/path/to/{arch}")
+    config.pixel_removal.update(step=0, fill="imagenet_mean", chunk=4, delta_k=5)
+    config.evaluate.update(shard_size=32)
+  config.lock()
+  return config

@@ -1,0 +1,358 @@
+r"""Tjoa & Guan's workflow on the synthetic cells, end to end (the README's main job).
+
+  python -m experiments.cells --workdir=workdir/cells_quick                  # quick, CPU
+  python -m experiments.cells --workdir=workdir/cells_vgg \
+      --config=configs/cells.py:paper_vgg                                    # paper scale
+
+Steps (E. Tjoa and C. Guan, "Quantifying Explainability of Saliency Methods in Deep Neural
+Networks", arXiv:2009.02899; protocol in `shared/specs/cells.md`):
+
+1. Data: the synthetic cells, regenerated on the fly from the dataset key
+   (`data.source="generator"`) or built once as the TFDS dataset `xai_cells` and read from
+   disk (`"tfds"`).
+2. Training: a base model in continuous mode, then `num_branches` branches in regular-
+   evaluation mode with early stopping (`xai_jax.train`); orbax checkpoints under
+   `WORKDIR/train`, so an interrupted run resumes mid-training.
+3. Test accuracy of every model (`accuracy.csv`).
+4. Every configured explainer on the test split, every configured metric
+   (`xai_jax.runner.evaluate`: five-band average / best / clamped, IOU/IOU*, the DeepMaps
+   pixel-removal set with delta), resumable per shard.
+5. Tables: `samples.csv` (one row per test image x model x method), `roc.csv`, `curves.csv`,
+   `summary.csv` / `summary.md` (one row per model x method, one column per metric), and
+   statistics across methods under `stats/` (win rates, Wilcoxon p-values, Krippendorff's
+   alpha of the method rankings across metrics).
+6. Figures under `figures/` and `report.md` linking everything.
+
+With `--config.dtype=bfloat16` the evaluation (models, explainers, metrics) runs in
+bfloat16 and writes to `WORKDIR/bfloat16/`; training is shared with the float32 run.
+Rerunning with the same workdir skips everything already done; a workdir that holds a run of
+another config is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import time
+from typing import Any
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+import jax.numpy as jnp
+from ml_collections import config_flags
+import ml_collections
+import numpy as np
+import optax
+import pandas as pd
+
+from xai_jax import models, runner, train
+from xai_jax.data import cells
+from xai_jax.metrics import stats
+from xai_jax.reports import evaluation as report
+
+# Metric columns that get win-rate statistics, with their direction (higher is better?).
+STAT_METRICS = {"Amu": True, "Pmu": True, "Rmu": True, "Amu_clamp": True, "iou": True,
+                "iou_star": True, "aopc": True, "afoc_lerf": False, "n_morf": False,
+                "n_lerf": True, "delta_aopc": True}
+# The columns of the short summary (`summary.md`, the report and the README); `summary.csv`
+# has every metric.
+SHORT_SUMMARY = ("Amu", "Rmu", "Pmu", "Amu_clamp", "iou", "iou_star", "aopc", "afoc_lerf",
+                 "n_morf", "n_lerf", "delta_aopc")
+# Config fields that define the trained models (shared by every evaluation in a workdir), and
+# fields that may change between runs sharing an output folder (they do not change results).
+_TRAINING_FIELDS = ("seed", "data", "model", "train")
+_VOLATILE_FIELDS = ("figures",)
+NUM_CLASSES = len(cells.CLASS_NAMES)
+
+
+# --------------------------------------------------------------------------------------------
+# Data.
+
+
+def _sources(config, workdir: pathlib.Path) -> dict[str, Any]:
+  """Random-access sources of the three splits (generator or TFDS)."""
+  data = config.data
+  counts = {"train": data.num_train, "validation": data.num_validation, "test": data.num_test}
+  if data.source == "generator":
+    key = jax.random.key(config.seed)
+    return {split: cells.source(split, size=data.size, key=key, num_examples=count)
+            for split, count in counts.items()}
+  if data.source == "tfds":
+    from xai_jax.data import tfds_cells  # pylint: disable=import-outside-toplevel
+    tfds_dir = data.tfds_dir or str(workdir / "tfds")
+    tfds_cells.build(tfds_dir, config=str(data.size))
+    return {split: tfds_cells.load(f"{split}[:{count}]", config=str(data.size),
+                                   data_dir=tfds_dir)
+            for split, count in counts.items()}
+  raise ValueError(f"unknown data.source {data.source!r}; valid: 'generator', 'tfds'")
+
+
+def _shard_getter(source, shard_size: int):
+  """`(get_shard(i), num_shards)` over consecutive slices of `source`."""
+  num = -(-len(source) // shard_size)
+
+  def get_shard(i: int) -> dict[str, np.ndarray]:
+    batch = source.get_batch(np.arange(i * shard_size, min(len(source), (i + 1) * shard_size)))
+    return {"image": batch["image"], "label": batch["label"]}
+
+  return get_shard, num
+
+
+# --------------------------------------------------------------------------------------------
+# Training.
+
+
+def _optimizer(config, *, learning_rate: float, steps: int) -> optax.GradientTransformation:
+  t = config.train
+  if t.schedule == "constant":
+    schedule = learning_rate
+  elif t.schedule == "cosine":
+    if steps < 1:
+      raise ValueError("train.schedule='cosine' needs a step limit (train.base_max_steps > 0)")
+    schedule = optax.warmup_cosine_decay_schedule(
+        0.0, learning_rate, min(t.warmup_steps, steps - 1), steps, 0.02 * learning_rate)
+  else:
+    raise ValueError(f"unknown train.schedule {t.schedule!r}; valid: 'cosine', 'constant'")
+  return train.make_optimizer(learning_rate=schedule, weight_decay=t.weight_decay)
+
+
+def train_models(config, workdir: pathlib.Path, sources, model, *, progress: bool = True
+                 ) -> dict[str, dict]:
+  """Trains (or resumes) the base model and its branches; returns `{name: variables}`."""
+  t, data = config.train, config.data
+  get_train, num_train = _shard_getter(sources["train"], data.shard_size)
+  get_val, num_val = _shard_getter(sources["validation"], data.shard_size)
+  base_steps = t.base_max_steps or t.base_epochs * sum(
+      -(-len(get_train(i)["label"]) // t.batch_size) for i in range(num_train))
+  base_tx = _optimizer(config, learning_rate=t.learning_rate, steps=base_steps)
+  key = jax.random.key(config.seed)
+  init_key, base_key, branch_key = jax.random.split(jax.random.fold_in(key, 1), 3)
+  state = train.init_train_state(model, tx=base_tx, key=init_key,
+                                 input_shape=(1, data.size, data.size, 3))
+  base = train.train_continuous(
+      model, state, get_train, num_shards=num_train, tx=base_tx, epochs=t.base_epochs,
+      batch_size=t.batch_size, key=base_key, workdir=workdir / "train" / "base",
+      checkpoint_every=t.checkpoint_every or None, max_steps=t.base_max_steps or None,
+      progress=progress)
+  trained = {"base": base.state.variables}
+  if t.num_branches:
+    branch_tx = train.make_optimizer(learning_rate=t.branch_learning_rate,
+                                     weight_decay=t.weight_decay)
+    max_steps = (int(base.state.step) + t.branch_max_steps) if t.branch_max_steps else None
+    branches = train.train_branches(
+        model, base.state, get_train, get_val, tx=branch_tx, key=branch_key,
+        num_branches=t.num_branches, workdir=workdir / "train", num_shards=num_train,
+        num_validation_shards=num_val, epochs=t.branch_epochs, batch_size=t.batch_size,
+        patience=t.patience, refresh_fraction=t.refresh_fraction,
+        target_accuracy=t.target_accuracy, eval_every=t.eval_every,
+        checkpoint_every=t.checkpoint_every or None, max_steps=max_steps, progress=progress)
+    for i, result in enumerate(branches):
+      trained[f"branch_{i}"] = result.best if result.best is not None else result.state.variables
+  return trained
+
+
+def accuracy_table(model, trained: dict[str, dict], source, *, batch_size: int) -> pd.DataFrame:
+  """Test accuracy of every trained model."""
+  get_test, num_test = _shard_getter(source, batch_size)
+  rows = []
+  for name, variables in trained.items():
+    accuracy = train.evaluate(model, variables, (get_test(i) for i in range(num_test)))
+    rows.append({"model": name, "split": "test", "accuracy": float(accuracy),
+                 "num_examples": len(source)})
+  return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------------------------
+# Statistics across methods.
+
+
+def method_statistics(samples: pd.DataFrame, out_dir: pathlib.Path) -> pd.DataFrame:
+  """Win rates and Wilcoxon p-values per (model, metric); Krippendorff's alpha per metric.
+
+  Writes `out_dir/win_rates.csv` (model, metric, method, opponent, win_rate: the fraction of
+  images where `method` beats `opponent`, ties half), `out_dir/wilcoxon.csv` (same keys,
+  two-sided p-value of the paired signed-rank test) and `out_dir/krippendorff_alpha.csv`
+  (model, metric, alpha): how consistently the images rank the methods under each metric
+  (DeepMaps appendix C.2; here over all test images instead of 50 draws of 500).
+
+  Returns:
+    The alpha table.
+  """
+  win_rows, wilcoxon_rows, alpha_rows = [], [], []
+  metrics = {m: up for m, up in STAT_METRICS.items() if m in samples.columns}
+  for model_name, group in samples.groupby("model", sort=False):
+    methods = list(dict.fromkeys(group["method"]))
+    if len(methods) < 2:
+      continue
+    for metric, higher in metrics.items():
+      scores = group.pivot(index="index", columns="method", values=metric)[methods].to_numpy(
+          np.float64)
+      wins = stats.win_rate_matrix(scores, higher_is_better=higher)
+      p_values = stats.wilcoxon_matrix(scores)
+      for i, a in enumerate(methods):
+        for j, b in enumerate(methods):
+          if i != j:
+            win_rows.append({"model": model_name, "metric": metric, "method": a,
+                             "opponent": b, "win_rate": wins[i, j]})
+            wilcoxon_rows.append({"model": model_name, "metric": metric, "method": a,
+                                  "opponent": b, "p_value": p_values[i, j]})
+      ranks = stats.rankings(scores, higher_is_better=higher)
+      # Alpha is undefined when every image gives every method the same rank (one value).
+      if len(scores) >= 2 and np.unique(ranks).size > 1:
+        alpha = stats.ordinal_alpha(ranks)
+      else:
+        alpha = float("nan")
+      alpha_rows.append({"model": model_name, "metric": metric, "alpha": alpha})
+  runner.write_table(pd.DataFrame(win_rows), out_dir / "win_rates.csv")
+  runner.write_table(pd.DataFrame(wilcoxon_rows), out_dir / "wilcoxon.csv")
+  alpha = pd.DataFrame(alpha_rows, columns=["model", "metric", "alpha"])
+  runner.write_table(alpha, out_dir / "krippendorff_alpha.csv")
+  return alpha
+
+
+# --------------------------------------------------------------------------------------------
+# The run.
+
+
+def _check_same_run(path: pathlib.Path, current: dict, what: str) -> None:
+  """Refuses `path` if it records a different `current`; writes it otherwise."""
+  if path.exists():
+    previous = json.loads(path.read_text())
+    if previous != current:
+      changed = sorted(k for k in set(previous) | set(current)
+                       if previous.get(k) != current.get(k))
+      raise ValueError(f"{path.parent} holds {what} of a different config (fields {changed} "
+                       "differ); use another --workdir or delete it")
+  runner.write_json(current, path)
+
+
+def _check_workdir(config, workdir: pathlib.Path, out: pathlib.Path) -> None:
+  """Training (seed, data, model, train) must match the workdir's; the rest must match `out`'s.
+
+  So a bfloat16 evaluation (`out = WORKDIR/bfloat16`) reuses the float32 run's models, and
+  no output folder ever mixes results of two configs.
+  """
+  current = json.loads(config.to_json())
+  _check_same_run(workdir / "train_config.json",
+                  {k: current[k] for k in _TRAINING_FIELDS}, "trained models")
+  _check_same_run(out / "config.json",
+                  {k: v for k, v in current.items() if k not in _VOLATILE_FIELDS}, "results")
+
+
+def run(config: ml_collections.ConfigDict, workdir, *, progress: bool = True) -> dict[str, Any]:
+  """Runs (or resumes) the whole experiment; returns the tables and the report path."""
+  started = time.perf_counter()
+  workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  if config.dtype not in ("float32", "bfloat16"):
+    raise ValueError(f"unknown dtype {config.dtype!r}; valid: 'float32', 'bfloat16'")
+  unknown = [m for m in config.evaluate.models
+             if m != "base" and not (m.startswith("branch_") and m[7:].isdigit()
+                                     and int(m[7:]) < config.train.num_branches)]
+  if unknown:
+    raise ValueError(f"evaluate.models {unknown} are not trained: valid are 'base' and "
+                     f"'branch_0'..'branch_{config.train.num_branches - 1}'")
+  out = workdir if config.dtype == "float32" else workdir / config.dtype
+  _check_workdir(config, workdir, out)
+
+  sources = _sources(config, workdir)
+  options = dict(config.model.options)
+  model = models.get(config.model.name, num_classes=NUM_CLASSES, **options)
+  trained = train_models(config, workdir, sources, model, progress=progress)
+  accuracy = accuracy_table(model, trained, sources["test"], batch_size=config.evaluate.shard_size)
+  runner.write_table(accuracy, workdir / "accuracy.csv")
+  print(f"test accuracy:\n{accuracy.to_string(index=False)}", flush=True)
+
+  eval_model = models.get(config.model.name, num_classes=NUM_CLASSES,
+                          dtype=jnp.dtype(config.dtype), **options)
+  methods = {name: dict(opts) for name, opts in config.methods.items()}
+  metric_options = {k: dict(v) for k, v in config.metric_options.items()}
+  results = {}
+  removal_models = tuple(config.evaluate.pixel_removal_models) or tuple(config.evaluate.models)
+  for i, name in enumerate(config.evaluate.models):
+    metrics = tuple(m for m in config.metrics if m != "pixel_removal" or name in removal_models)
+    results[name] = runner.evaluate(
+        out, source=sources["test"], model=eval_model, variables=trained[name],
+        methods=methods, metrics=metrics, metric_options=metric_options,
+        shard_size=config.evaluate.shard_size,
+        num_examples=config.evaluate.num_examples or None,
+        key=jax.random.fold_in(jax.random.key(config.seed), 1000 + i), model_name=name,
+        progress=progress, gallery_size=config.evaluate.gallery_size)
+  samples = pd.concat([r.samples for r in results.values()], ignore_index=True)
+  roc = pd.concat([r.roc for r in results.values()], ignore_index=True)
+  curves = pd.concat([r.curves for r in results.values()], ignore_index=True)
+  for frame, name in ((samples, "samples"), (roc, "roc"), (curves, "curves")):
+    runner.write_table(frame, out / f"{name}.csv")
+  runner.write_table(report.summary_table(samples, accuracy=accuracy), out / "summary.csv")
+  summary = report.summary_table(
+      samples, accuracy=accuracy, metrics=[m for m in SHORT_SUMMARY if m in samples.columns])
+  (out / "summary.md").write_text(report.to_markdown(summary) + "\n")
+  alpha = method_statistics(samples, out / "stats")
+
+  figures = {}
+  if config.figures:
+    figures = make_figures(results, samples, roc, curves, out / "figures")
+  first = alpha[alpha["model"] == alpha["model"].iloc[0]] if len(alpha) else alpha
+  notes = (f"Evaluation dtype {config.dtype}; {len(samples)} (image, model, method) rows. "
+           "Krippendorff's alpha of the per-image method rankings (1 = every image ranks the "
+           "methods alike): " + ", ".join(f"{r.metric} {r.alpha:.2f}"
+                                           for r in first.itertuples()) +
+           f" ({first['model'].iloc[0] if len(first) else '-'}); statistics in stats/. "
+           f"Wall time of this invocation: {time.perf_counter() - started:.0f} s.")
+  report_path = report.write_report(out, title=f"Cells experiment ({config.model.name}, "
+                                    f"{config.data.size}x{config.data.size})",
+                                    summary=summary, accuracy=accuracy, figures=figures,
+                                    config=json.loads(config.to_json()), notes=notes)
+  return {"accuracy": accuracy, "samples": samples, "roc": roc, "curves": curves,
+          "summary": summary, "report": report_path, "figures": figures}
+
+
+def make_figures(results, samples, roc, curves, folder: pathlib.Path) -> dict[str, pathlib.Path]:
+  """Every figure of the report; returns `{caption: path}`."""
+  folder.mkdir(parents=True, exist_ok=True)
+  figures = {}
+  for name, result in results.items():
+    if result.gallery:
+      figures[f"Heatmaps per method and class ({name}; Tjoa & Guan Fig. 5/6)"] = (
+          report.method_class_gallery(result.gallery, folder / f"gallery_{name}.png",
+                                      title=f"{name}: saliency maps per class"))
+  first = next(iter(results))
+  if "Rmu" in samples.columns:
+    figures[f"Recall vs precision ({first}; Tjoa & Guan Fig. 3)"] = (
+        report.precision_recall_scatter(samples, folder / "recall_precision.png", model=first))
+  if not roc.empty:
+    figures[f"ROC over the soft thresholds ({first}; Tjoa & Guan Fig. 4)"] = (
+        report.roc_figure(roc, folder / "roc.png", model=first))
+  if not curves.empty:
+    figures[f"Perturbation curves ({first})"] = report.perturbation_curves_figure(
+        curves, folder / "perturbation_curves.png", model=first)
+  for metric in ("aopc", "Amu"):
+    if metric in samples.columns:
+      figures[f"Win rates on {metric} ({first}; DeepMaps Fig. 7)"] = report.win_rate_figure(
+          samples, folder / f"win_rates_{metric}.png", metric=metric,
+          higher_is_better=STAT_METRICS[metric], model=first)
+  return figures
+
+
+def main(argv):
+  del argv
+  if not flags.FLAGS["verbosity"].present:  # orbax logs every checkpoint step at INFO
+    logging.set_verbosity(logging.WARNING)
+  print(f"devices: {jax.devices()}", flush=True)
+  outputs = run(flags.FLAGS.config, flags.FLAGS.workdir)
+  print(outputs["accuracy"].to_string(index=False))
+  print(report.to_markdown(outputs["summary"]))
+  print(f"report: {outputs['report']}")
+
+
+if __name__ == "__main__":
+  # Flags are defined here, not at import, so that experiment modules can be imported together
+  # (tests) without clashing `--config` / `--workdir` definitions.
+  config_flags.DEFINE_config_file(
+      "config", os.path.join(os.path.dirname(__file__), os.pardir, "configs", "cells.py:quick"),
+      "Experiment config (configs/cells.py:<variant>).")
+  flags.DEFINE_string("workdir", "workdir/cells_quick", "Output folder (a rerun resumes).")
+  app.run(main)

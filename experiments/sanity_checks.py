@@ -1,0 +1,674 @@
+r"""Sanity checks for saliency maps (Adebayo et al., NeurIPS 2018, arXiv:1810.03292).
+
+  python -m experiments.sanity_checks --workdir=/tmp/sanity_quick \
+      --config=configs/sanity_checks.py:quick [--config.train.epochs=8 ...]
+
+Trains a classifier on the synthetic cells (or loads an orbax checkpoint written by
+`xai_jax.models.port.save`), explains the model's predicted class on a batch of images with
+every configured method, and measures how the explanations change under cascading and
+independent model-parameter randomisation (and, when enabled, data randomisation: the same
+architecture trained on permuted labels). The variants, run times and expected numbers are
+in `configs/sanity_checks.py`.
+
+The workdir is the unit of output; a rerun with the same config resumes and recomputes only
+what is missing:
+
+  config.json                        the configuration (a rerun with another one is refused)
+  train/                             checkpoints and history of the trained model
+  train_random_labels/               the permuted-label model (data randomisation)
+  model.json                         architecture, layers from the logits down, accuracies
+  shards/similarity_<mode>/          one CSV per method (`xai_jax.runner.run_shards`)
+  explanations/<mode>/<method>.npz   the maps of the first `grid_images` images, every stage
+  similarity_<mode>.csv              method, mode, stage_index, stage, image, measure, value
+  summary.csv                        mean, std and count over the images per stage
+  grid_<mode>_<image>.png            methods x stages, diverging maps (their Fig. 2)
+  curves_<mode>.png                  mean similarity per stage and measure (their Fig. 3, 4)
+  report.md                          links, and the mean similarities at the last stage
+
+<mode> is "cascading", "independent" or "data" (stages "true_labels", "random_labels").
+Stage 0 ("original", or "true_labels") compares each map with itself, so its similarity is
+1 wherever the measure is defined.
+"""
+
+import functools
+import json
+import math
+import os
+import pathlib
+import zlib
+from typing import Any, Mapping
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+import jax.numpy as jnp
+from ml_collections import config_flags
+import numpy as np
+import pandas as pd
+
+from xai_jax import explain
+from xai_jax import models
+from xai_jax import runner
+from xai_jax import train
+from xai_jax.data import cell_source
+from xai_jax.data import cells
+from xai_jax.metrics import sanity
+from xai_jax.metrics import similarity
+from xai_jax.models import port
+from xai_jax.reports import sanity as sanity_figures
+
+MODES = ("cascading", "independent")
+DATA_MODE = "data"
+SOURCES = ("cells", "image_folder")
+NORMALIZATIONS = {"none": None,
+                  "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))}
+_KEYED_METHODS = ("smoothgrad", "gradient_shap", "random")
+_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+_SHARD_SIZE = 256  # training samples per training shard
+
+
+# --------------------------------------------------------------------------------------------
+# Configuration
+
+
+def method_options(config) -> dict[str, tuple[str, dict[str, Any]]]:
+  """`{display name: (registry name, keyword options)}` in the order of `config.methods`."""
+  given = config.method_options.to_dict()
+  resolved = {}
+  for display in config.methods:
+    options = dict(given.get(display) or {})
+    resolved[display] = (options.pop("method_name", display), options)
+  return resolved
+
+
+def check_config(config) -> None:
+  """Validates a sanity-check config before anything is computed.
+
+  Raises:
+    ValueError: naming the bad field (unknown method, model, measure, mode, init, data
+      source or normalisation; sizes too small for a measure; a missing checkpoint or
+      image folder; empty or duplicate method lists).
+  """
+  data = config.data
+  if data.source not in SOURCES:
+    raise ValueError(f"unknown data.source {data.source!r}; valid: {', '.join(SOURCES)}")
+  if data.normalize not in NORMALIZATIONS:
+    raise ValueError(f"unknown data.normalize {data.normalize!r}; valid: "
+                     f"{', '.join(NORMALIZATIONS)}")
+  if not isinstance(data.size, int) or not 32 <= data.size <= 1024:
+    raise ValueError(f"data.size must be an int in 32..1024, got {data.size!r}")
+  if data.source == "image_folder" and not os.path.isdir(data.image_folder):
+    raise ValueError(f"data.image_folder {data.image_folder!r} is not a folder; pass "
+                     "--config.data.image_folder=DIR (JPEG/PNG files)")
+  for field in ("num_explain", "explain_batch_size"):
+    if data[field] < 1:
+      raise ValueError(f"data.{field} must be >= 1, got {data[field]}")
+  if not 1 <= config.grid_images <= data.num_explain:
+    raise ValueError(f"grid_images must be in 1..data.num_explain={data.num_explain}, got "
+                     f"{config.grid_images}")
+  if data.source == "cells" and data.explain_split not in cell_source.SPLITS:
+    raise ValueError(f"unknown data.explain_split {data.explain_split!r}; valid: "
+                     f"{', '.join(cell_source.SPLITS)}")
+
+  if config.model.checkpoint:
+    if not os.path.isfile(os.path.join(config.model.checkpoint, port.METADATA_FILE)):
+      raise ValueError(f"model.checkpoint {config.model.checkpoint!r} holds no "
+                       f"{port.METADATA_FILE}; write one with `python -m "
+                       "experiments.port_weights` (xai_jax.models.port.save)")
+  else:
+    if config.model.name not in models.NAMES:
+      raise ValueError(f"unknown model.name {config.model.name!r}; valid: "
+                       f"{', '.join(models.NAMES)}")
+    if data.source != "cells":
+      raise ValueError("training from scratch needs data.source='cells'; give "
+                       "model.checkpoint to explain a trained model on other images")
+
+  if not config.methods:
+    raise ValueError("config.methods is empty; name at least one explanation method")
+  if len(set(config.methods)) != len(config.methods):
+    raise ValueError(f"config.methods has duplicates: {list(config.methods)}")
+  for display, (name, _) in method_options(config).items():
+    if name not in explain.METHODS:
+      raise ValueError(f"unknown explanation method {name!r} (for {display!r}); valid: "
+                       f"{', '.join(sorted(explain.METHODS))}; a display name that differs "
+                       "from the registry name needs the option method_name=<registry name>")
+
+  modes = tuple(config.randomization.modes)
+  unknown = [m for m in modes if m not in MODES]
+  if unknown:
+    raise ValueError(f"unknown randomization.modes {unknown}; valid: {', '.join(MODES)}")
+  if not modes and not config.data_randomization.enabled:
+    raise ValueError("nothing to do: randomization.modes is empty and data_randomization "
+                     "is disabled")
+  if config.randomization.init not in sanity.INITS:
+    raise ValueError(f"unknown randomization.init {config.randomization.init!r}; valid: "
+                     f"{', '.join(sanity.INITS)}")
+  if config.data_randomization.enabled and data.source != "cells":
+    raise ValueError("data_randomization trains on permuted cell labels: it needs "
+                     "data.source='cells'")
+
+  unknown = [m for m in config.measures if m not in similarity.MEASURES]
+  if unknown or not config.measures:
+    raise ValueError(f"unknown or no similarity measures {list(config.measures)}; valid: "
+                     f"{', '.join(similarity.MEASURES)}")
+  if "hog" in config.measures and data.size < 48:
+    raise ValueError(f"the 'hog' measure needs images of at least 48x48 pixels (3 cells of "
+                     f"16); data.size is {data.size}: drop 'hog' from measures or enlarge")
+
+
+def _plain(value):
+  """JSON-comparable form of a config (tuples become lists)."""
+  return json.loads(json.dumps(value, sort_keys=True, default=str))
+
+
+def _write_config(config, workdir: pathlib.Path) -> None:
+  data = config.to_dict()
+  path = workdir / "config.json"
+  if path.exists():
+    existing = json.loads(path.read_text())
+    if existing != _plain(data):
+      raise ValueError(f"{workdir} holds a run with another config (see {path}); use a new "
+                       "workdir or the same config")
+    return
+  runner.write_json(data, path)
+
+
+# --------------------------------------------------------------------------------------------
+# Data and model
+
+
+def _normalize(images: np.ndarray, config) -> np.ndarray:
+  stats = NORMALIZATIONS[config.data.normalize]
+  if stats is None:
+    return images
+  mean, std = (np.asarray(s, np.float32) for s in stats)
+  return (images - mean) / std
+
+
+def _load_image_folder(folder: str, *, size: int, count: int) -> np.ndarray:
+  """The first `count` images of a folder (sorted by name), resized (shorter side
+  `size * 256 / 224`) and centre-cropped to `size` like torchvision's ImageNet evaluation.
+
+  Returns:
+    `float32[count, size, size, 3]` in [0, 1].
+  """
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  files = sorted(p for p in pathlib.Path(folder).iterdir()
+                 if p.suffix.lower() in _IMAGE_SUFFIXES)
+  if len(files) < count:
+    raise ValueError(f"{folder} has {len(files)} images ({', '.join(_IMAGE_SUFFIXES)}); "
+                     f"data.num_explain asks for {count}")
+  images = []
+  for path in files[:count]:
+    with Image.open(path) as image:
+      image = image.convert("RGB")
+      scale = round(size * 256 / 224) / min(image.size)
+      width, height = (max(size, round(d * scale)) for d in image.size)
+      image = image.resize((width, height), Image.BILINEAR)
+      left, top = (width - size) // 2, (height - size) // 2
+      image = image.crop((left, top, left + size, top + size))
+      images.append(np.asarray(image, np.float32) / 255.0)
+  return np.stack(images)
+
+
+def explain_images(config) -> np.ndarray:
+  """The images to explain, `float32[num_explain, size, size, 3]`, normalised as configured."""
+  data = config.data
+  if data.source == "cells":
+    source = cells.source(data.explain_split, size=data.size, num_examples=data.num_explain)
+    images = source.get_batch(np.arange(data.num_explain))["image"]
+  else:
+    images = _load_image_folder(data.image_folder, size=data.size, count=data.num_explain)
+  return _normalize(np.asarray(images, np.float32), config)
+
+
+class _CellShards:
+  """`count` cells of a split as training shards of `_SHARD_SIZE`, generated on first
+  access and kept (a finished training run that only restores its checkpoint needs none).
+  Images are normalised as configured; `labels` replaces the true labels."""
+
+  def __init__(self, config, split: str, count: int, labels=None):
+    self.config, self.labels = config, labels
+    self.source = cells.source(split, size=config.data.size, num_examples=count)
+    self.num = math.ceil(count / _SHARD_SIZE)
+    self.get = functools.cache(self._generate)
+
+  def _generate(self, index: int) -> dict[str, np.ndarray]:
+    indices = np.arange(index * _SHARD_SIZE, min((index + 1) * _SHARD_SIZE, len(self.source)))
+    batch = self.source.get_batch(indices)
+    labels = batch["label"] if self.labels is None else self.labels[indices]
+    return {"image": _normalize(batch["image"], self.config),
+            "label": np.asarray(labels, np.int32)}
+
+  def all(self) -> list[dict[str, np.ndarray]]:
+    return [self.get(i) for i in range(self.num)]
+
+
+def _accuracy(model, variables, shards: _CellShards) -> float:
+  return float(train.evaluate(model, variables, shards.all()))
+
+
+def _read_json(path: pathlib.Path):
+  return json.loads(path.read_text()) if path.exists() else None
+
+
+def load_or_train_model(config, workdir: pathlib.Path, *, progress: bool = True):
+  """The model to explain: loaded from `config.model.checkpoint`, or trained on the cells
+  (checkpointed in `WORKDIR/train`, so a rerun resumes or returns at once).
+
+  Returns:
+    `(model, variables, info)` with `info` a JSON-able dict (accuracies, steps).
+  """
+  if config.model.checkpoint:
+    model, variables = port.load(config.model.checkpoint)
+    return model, variables, {"checkpoint": os.path.abspath(config.model.checkpoint)}
+  key = jax.random.key(config.seed)
+  model = models.get(config.model.name, num_classes=config.model.num_classes)
+  settings = config.train
+  tx = train.make_optimizer(learning_rate=settings.learning_rate,
+                            weight_decay=settings.weight_decay)
+  size = config.data.size
+  state = train.init_train_state(model, tx=tx, key=jax.random.fold_in(key, 1),
+                                 input_shape=(1, size, size, 3))
+  shards = _CellShards(config, "train", config.data.train_examples)
+  result = train.train_continuous(
+      model, state, shards.get, num_shards=shards.num, tx=tx, epochs=settings.epochs,
+      batch_size=settings.batch_size, key=jax.random.fold_in(key, 2),
+      workdir=workdir / "train", checkpoint_every=settings.checkpoint_every or None,
+      progress=progress)
+  variables = result.state.variables
+  path = workdir / "train" / "accuracy.json"
+  info = _read_json(path)
+  if info is None or info["steps"] != int(result.state.step):
+    info = {"steps": int(result.state.step),
+            "train_accuracy": _accuracy(model, variables, shards),
+            "test_accuracy": _accuracy(
+                model, variables, _CellShards(config, "test", settings.test_examples))}
+    runner.write_json(info, path)
+  return model, variables, info
+
+
+def train_random_labels(config, model, workdir: pathlib.Path, *, progress: bool = True):
+  """The same architecture trained on permuted labels until it memorises them (Sec. 4).
+
+  Training runs `steps_per_check` steps at a time (resumable in
+  `WORKDIR/train_random_labels`) until the accuracy on the permuted training labels exceeds
+  `target_accuracy`.
+
+  Returns:
+    `(variables, info)`.
+
+  Raises:
+    ValueError: if `max_steps` pass without reaching the target accuracy.
+  """
+  settings = config.data_randomization
+  key = jax.random.fold_in(jax.random.key(config.seed), 3)
+  count = settings.train_examples
+  labels = cells.source("train", size=config.data.size, num_examples=count).labels()[0]
+  permuted = sanity.permute_labels(labels, key=jax.random.fold_in(key, 0))
+  shards = _CellShards(config, "train", count, labels=permuted)
+  tx = train.make_optimizer(learning_rate=settings.learning_rate, weight_decay=0.0)
+  size = config.data.size
+  state = train.init_train_state(model, tx=tx, key=jax.random.fold_in(key, 1),
+                                 input_shape=(1, size, size, 3))
+  steps_per_epoch = sum(math.ceil(min(_SHARD_SIZE, count - i * _SHARD_SIZE)
+                                  / settings.batch_size) for i in range(shards.num))
+  epochs = math.ceil(settings.max_steps / steps_per_epoch)
+  path = workdir / "train_random_labels" / "accuracy.json"
+  finished = _read_json(path)
+  max_steps = finished["steps"] if finished else settings.steps_per_check
+  while True:
+    result = train.train_continuous(
+        model, state, shards.get, num_shards=shards.num, tx=tx, epochs=epochs,
+        batch_size=settings.batch_size, key=jax.random.fold_in(key, 2),
+        workdir=workdir / "train_random_labels", max_steps=max_steps, progress=progress)
+    steps = int(result.state.step)
+    if finished and finished["steps"] == steps:  # restored a model that reached the target
+      return result.state.variables, finished
+    accuracy = _accuracy(model, result.state.variables, shards)
+    if accuracy > settings.target_accuracy:
+      info = {"steps": steps, "train_accuracy": accuracy}
+      runner.write_json(info, path)
+      return result.state.variables, info
+    if steps >= settings.max_steps or result.stop_reason != train.STOP_MAX_STEPS:
+      raise ValueError(
+          f"the permuted-label model reached training accuracy {accuracy:.3f} <= "
+          f"{settings.target_accuracy} after {steps} steps; raise "
+          "data_randomization.max_steps or learning_rate (in a new workdir)")
+    max_steps = max(steps, max_steps) + settings.steps_per_check
+
+
+def _random_labels_info(workdir: pathlib.Path) -> dict[str, Any]:
+  return json.loads((workdir / "train_random_labels" / "accuracy.json").read_text())
+
+
+# --------------------------------------------------------------------------------------------
+# Explanations and similarity tables
+
+
+def _method_key(seed: int, display: str) -> jax.Array:
+  """A key per method that does not depend on the order of the methods."""
+  return jax.random.fold_in(jax.random.key(seed), zlib.crc32(display.encode()) % (2**31 - 1))
+
+
+def explainers(config) -> dict[str, Any]:
+  """`{display name: explainer(model, variables, x, target)}` for every configured method.
+
+  Methods that draw noise get a fixed key per method, so every randomisation stage sees
+  the same noise and only the parameters differ.
+  """
+  result = {}
+  for display, (name, options) in method_options(config).items():
+    if name in _KEYED_METHODS and "key" not in options:
+      options["key"] = _method_key(config.seed, display)
+    result[display] = functools.partial(explain.METHODS[name], **options)
+  return result
+
+
+def _batches(x: np.ndarray, target: np.ndarray, batch_size: int):
+  """Fixed-size batches (the last padded by repeating its last image): one compilation."""
+  for start in range(0, len(x), batch_size):
+    xb, tb = x[start:start + batch_size], target[start:start + batch_size]
+    count = len(xb)
+    if count < batch_size and len(x) > batch_size:
+      pad = batch_size - count
+      xb = np.concatenate([xb, np.repeat(xb[-1:], pad, 0)])
+      tb = np.concatenate([tb, np.repeat(tb[-1:], pad, 0)])
+    yield jnp.asarray(xb), jnp.asarray(tb), count
+
+
+def _save_npz(path: pathlib.Path, **arrays) -> None:
+  path.parent.mkdir(parents=True, exist_ok=True)
+  temporary = path.with_name(f".{path.name}.tmp.npz")
+  np.savez_compressed(temporary, **arrays)
+  os.replace(temporary, path)
+
+
+def _table(result: sanity.RandomizationResult, *, method: str, mode: str,
+           measures) -> pd.DataFrame:
+  table = sanity.similarity_table(result, measures=tuple(measures))
+  table.insert(0, "mode", mode)
+  table.insert(0, "method", method)
+  return table
+
+
+def _run_table(config, workdir: pathlib.Path, mode: str, compute_result, *,
+               progress: bool) -> pd.DataFrame:
+  """One shard per method; a shard counts as finished when its CSV and its grid maps exist."""
+  names = list(config.methods)
+  for index, name in enumerate(names):
+    if not (workdir / "explanations" / mode / f"{name}.npz").exists():
+      runner.shard_path(workdir, f"similarity_{mode}", index).unlink(missing_ok=True)
+
+  def compute_shard(index: int) -> pd.DataFrame:
+    name = names[index]
+    logging.info("sanity checks: %s randomisation of %s", mode, name)
+    result = compute_result(name)
+    _save_npz(workdir / "explanations" / mode / f"{name}.npz",
+              stages=np.asarray(result.stages),
+              explanations=result.explanations[:, :config.grid_images].astype(np.float32))
+    return _table(result, method=name, mode=mode, measures=config.measures)
+
+  return runner.run_shards(workdir, f"similarity_{mode}", range(len(names)), compute_shard,
+                           progress=progress, description=f"{mode} randomisation")
+
+
+def fresh_variables(model, variables, x, config):
+  """The one draw of re-initialised parameters shared by every stage, method, batch and
+  mode (`sanity.fresh_variables` with `randomization.init` and `std`)."""
+  settings = config.randomization
+  key = jax.random.fold_in(jax.random.key(config.seed), 4)
+  return sanity.fresh_variables(model, variables, jnp.asarray(x[:1]), key=key,
+                                init=settings.init, std=settings.std)
+
+
+def stage_variables(variables, fresh, *, mode: str, layers, config):
+  """The randomised variables of every stage after "original", and the stage names.
+
+  The same construction as `sanity.cascading_randomization` / `independent_randomization`
+  (`sanity.randomize` with one shared draw), done once for all methods and image batches so
+  the model's initialiser and each explainer compile once per run.
+
+  Args:
+    variables: the trained variables.
+    fresh: from `fresh_variables`.
+    mode: "cascading" (layers re-initialised from the logits down, cumulatively) or
+      "independent" (one layer at a time).
+    layers: layer names from the logits down (`sanity.layer_order`).
+    config: the experiment config (`randomization.keep_batch_stats`).
+
+  Returns:
+    `(stage names, list of variables)`, one entry per randomised stage.
+  """
+  settings = config.randomization
+  groups = ([tuple(layers[:i + 1]) for i in range(len(layers))] if mode == "cascading"
+            else [(name,) for name in layers])
+  return tuple(layers), [sanity.randomize(variables, group, fresh=fresh,
+                                          keep_batch_stats=settings.keep_batch_stats)
+                         for group in groups]
+
+
+def explain_stages(compiled, model, stage_list, x, target, *, batch_size: int,
+                   stage_names) -> sanity.RandomizationResult:
+  """Explanations of all images at every stage, in fixed-size batches.
+
+  Args:
+    compiled: `jax.jit(explainer, static_argnums=0)` (one compilation for all stages).
+    model: the Flax module.
+    stage_list: variables of each stage, the trained ones first.
+    x: `float32[N, H, W, C]`; target: `int32[N]` (None: each stage's own prediction).
+    batch_size: images per call.
+    stage_names: names of all stages (the first is the trained model).
+
+  Returns:
+    A `sanity.RandomizationResult` with explanations `float32[S, N, ...]`.
+  """
+  outputs = []
+  for params in stage_list:
+    parts = []
+    for xb, tb, count in _batches(x, np.zeros(len(x), np.int32) if target is None else target,
+                                  batch_size):
+      if target is None:
+        tb = explain.predicted_class(model, params, xb)
+      parts.append(np.asarray(compiled(model, params, xb, tb))[:count])
+    outputs.append(np.concatenate(parts))
+  return sanity.RandomizationResult(tuple(stage_names), np.stack(outputs))
+
+
+# --------------------------------------------------------------------------------------------
+# Summary, figures, report
+
+
+def summarize(tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
+  """Mean, standard deviation and count (NaN excluded) over images per stage and measure."""
+  frame = pd.concat(list(tables.values()), ignore_index=True)
+  grouped = frame.groupby(["mode", "method", "stage_index", "stage", "measure"], sort=False)
+  return grouped.value.agg(["mean", "std", "count"]).reset_index()
+
+
+def _figures(config, workdir: pathlib.Path, tables: Mapping[str, pd.DataFrame]) -> list[str]:
+  written = []
+  for mode, table in tables.items():
+    explanations, stages = {}, None
+    for name in config.methods:
+      with np.load(workdir / "explanations" / mode / f"{name}.npz") as data:
+        explanations[name] = data["explanations"]
+        stages = [str(s) for s in data["stages"]]
+    for image in range(config.grid_images):
+      path = workdir / f"grid_{mode}_{image}.png"
+      sanity_figures.randomization_grid(
+          explanations, stages, path, image=image,
+          title={"cascading": "Cascading randomisation", "independent": "Independent randomisation",
+                 "data": "Data randomisation"}.get(mode, mode))
+      written.append(path.name)
+    path = workdir / f"curves_{mode}.png"
+    sanity_figures.similarity_curves(
+        {name: table[table.method == name] for name in config.methods}, path,
+        measures=tuple(config.measures))
+    written.append(path.name)
+  return written
+
+
+def _markdown_table(frame: pd.DataFrame) -> str:
+  header = "| " + " | ".join(str(c) for c in frame.columns) + " |"
+  rule = "|" + "|".join("---" for _ in frame.columns) + "|"
+  rows = ["| " + " | ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in row)
+          + " |" for row in frame.itertuples(index=False)]
+  return "\n".join([header, rule, *rows])
+
+
+def last_stage_means(summary: pd.DataFrame, mode: str, config) -> pd.DataFrame:
+  """Method x measure table of the mean similarity at the last stage of a mode."""
+  rows = summary[summary["mode"] == mode]
+  last = rows[rows.stage_index == rows.stage_index.max()]
+  table = last.pivot(index="method", columns="measure", values="mean")
+  table = table.reindex(index=list(config.methods), columns=list(config.measures))
+  return table.reset_index()
+
+
+def write_report(config, workdir: pathlib.Path, summary: pd.DataFrame, info: Mapping,
+                 figures: list[str]) -> pathlib.Path:
+  """`WORKDIR/report.md`: the model, links to the tables and figures, last-stage means."""
+  lines = ["# Sanity checks for saliency maps (Adebayo et al. 2018)", "",
+           f"Config variant `{config.variant}`, model `{info['model']['arch']}`, "
+           f"{config.data.num_explain} images of {config.data.size}x{config.data.size} "
+           f"({config.data.source}); full config in [config.json](config.json).", ""]
+  model_info = {k: v for k, v in info["model"].items() if k != "layers"}
+  lines += ["Model: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
+                                  for k, v in model_info.items()) + ".",
+            "Layers from the logits down: " + ", ".join(info["model"]["layers"]) + ".", ""]
+  if "random_labels_model" in info:
+    random_info = info["random_labels_model"]
+    lines += [f"Permuted-label model: {random_info['steps']} steps, training accuracy on "
+              f"the permuted labels {random_info['train_accuracy']:.3f}.", ""]
+  lines += ["Tables: " + ", ".join(f"[{name}]({name})" for name in
+                                   [f"similarity_{m}.csv" for m in info["modes"]]
+                                   + ["summary.csv"]) + ".", ""]
+  titles = {"cascading": "Cascading randomisation (all layers re-initialised at the last stage)",
+            "independent": "Independent randomisation (the last stage: only the first layer "
+                           "re-initialised)",
+            DATA_MODE: "Data randomisation (model trained on permuted labels)"}
+  for mode in info["modes"]:
+    lines += [f"## {titles[mode]}", "",
+              "Mean similarity to the original explanation at the last stage:", "",
+              _markdown_table(last_stage_means(summary, mode, config)), ""]
+    lines += [f"![{name}]({name})" for name in figures if f"_{mode}" in name]
+    lines.append("")
+  path = workdir / "report.md"
+  temporary = path.with_name(f".{path.name}.tmp")
+  temporary.write_text("\n".join(lines))
+  os.replace(temporary, path)
+  return path
+
+
+# --------------------------------------------------------------------------------------------
+# The experiment
+
+
+def run(config, workdir, *, progress: bool = True) -> dict[str, pd.DataFrame]:
+  """Runs the sanity checks of `config` into `workdir` (resumable; see the module docstring).
+
+  Args:
+    config: from `configs/sanity_checks.py` (`get_config(variant)`).
+    workdir: the output folder.
+    progress: show progress bars.
+
+  Returns:
+    `{mode: similarity table}` for every mode run, plus `"summary"`.
+
+  Raises:
+    ValueError: a bad config (`check_config`), or a workdir holding another config.
+  """
+  check_config(config)
+  workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  _write_config(config, workdir)
+
+  model, variables, model_info = load_or_train_model(config, workdir, progress=progress)
+  x = explain_images(config)
+  target = np.asarray(explain.predicted_class(model, variables, jnp.asarray(x)))
+  layers = tuple(config.randomization.layers) or sanity.layer_order(model, variables,
+                                                                     jnp.asarray(x[:1]))
+  arch = config.model.name
+  if config.model.checkpoint:
+    arch = json.loads((pathlib.Path(config.model.checkpoint) / port.METADATA_FILE)
+                      .read_text())["arch"]
+  info = {"model": {"arch": arch, **model_info, "layers": list(layers)},
+          "modes": list(config.randomization.modes)}
+  compiled = {name: jax.jit(explainer, static_argnums=0)
+              for name, explainer in explainers(config).items()}
+  batch_size = config.data.explain_batch_size
+
+  # Built on first use, so a rerun whose shards are all finished computes nothing.
+  @functools.cache
+  def fresh():
+    return fresh_variables(model, variables, x, config)
+
+  @functools.cache
+  def stages(mode):
+    return stage_variables(variables, fresh(), mode=mode, layers=layers, config=config)
+
+  @functools.cache
+  def random_labels_variables():
+    return train_random_labels(config, model, workdir, progress=progress)[0]
+
+  tables = {}
+  for mode in config.randomization.modes:
+    tables[mode] = _run_table(
+        config, workdir, mode,
+        lambda name, mode=mode: explain_stages(
+            compiled[name], model, [variables, *stages(mode)[1]], x, target,
+            batch_size=batch_size, stage_names=("original", *stages(mode)[0])),
+        progress=progress)
+  if config.data_randomization.enabled:
+    # Each model explains its own prediction (target None), as in the paper's Fig. 5.
+    tables[DATA_MODE] = _run_table(
+        config, workdir, DATA_MODE,
+        lambda name: explain_stages(compiled[name], model,
+                                    [variables, random_labels_variables()], x, None,
+                                    batch_size=batch_size,
+                                    stage_names=("true_labels", "random_labels")),
+        progress=progress)
+    info["random_labels_model"] = _random_labels_info(workdir)
+    info["modes"].append(DATA_MODE)
+  runner.write_json(info, workdir / "model.json")
+
+  summary = summarize(tables)
+  runner.write_table(summary, workdir / "summary.csv")
+  figures = _figures(config, workdir, tables)
+  write_report(config, workdir, summary, info, figures)
+  return {**tables, "summary": summary}
+
+
+def define_flags() -> list[str]:
+  """Defines `--config` and `--workdir` unless defined already; returns those it defined.
+
+  Flags are defined here, not at import, so several experiment modules can be imported
+  into one process (tests) without clashing definitions.
+  """
+  defined = []
+  if "config" not in flags.FLAGS:
+    config_flags.DEFINE_config_file(
+        "config", None, "Config file and variant, e.g. configs/sanity_checks.py:quick.",
+        lock_config=True)
+    defined.append("config")
+  if "workdir" not in flags.FLAGS:
+    flags.DEFINE_string("workdir", None, "Output folder (a rerun resumes).")
+    defined.append("workdir")
+  return defined
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if flags.FLAGS.config is None or not flags.FLAGS.workdir:
+    raise app.UsageError("pass --config=configs/sanity_checks.py:<variant> and --workdir=DIR")
+  logging.info("devices: %s", jax.devices())
+  run(flags.FLAGS.config, flags.FLAGS.workdir)
+  print(pathlib.Path(flags.FLAGS.workdir) / "report.md")
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)

@@ -1,0 +1,297 @@
+"""End-to-end tests of `experiments/localization.py` and `experiments/pixel_removal.py`.
+
+Two kinds of checks:
+
+* closed forms through the whole experiment (`run`): a linear two-class model, a hand-built
+  source and "oracle" saliency methods registered for the test, whose IOU / IOU* and
+  AOPC / AFOC / n_MoRF / n_LeRF / win rates are known exactly;
+* the "tiny" configs on the synthetic cells with a trained CNN: every output is written, and
+  the IOU column equals an independent numpy implementation of Gattas' procedure applied to
+  the gradient maps recomputed here.
+"""
+
+import json
+
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+import pytest
+
+from configs import localization as localization_config
+from configs import pixel_removal as pixel_removal_config
+from experiments import localization
+from experiments import pixel_removal
+from xai_jax import explain
+from xai_jax.data import cell_source
+
+SIDE = 4  # 4x4 images: P = 16 pixels
+
+
+def linear_apply(variables, x):
+  """Two logits: f_0 = sum_p w_p x_p (channel 0), f_1 = b."""
+  f0 = jnp.sum(x[..., 0] * variables["w"], axis=(1, 2))
+  return jnp.stack([f0, jnp.full_like(f0, variables["b"])], axis=-1)
+
+
+class ArraySource(cell_source.RandomAccessSource):
+  """A source over in-memory arrays."""
+
+  def __init__(self, **arrays):
+    self.arrays = arrays
+
+  def __len__(self):
+    return len(self.arrays["image"])
+
+  def _get_batch(self, indices):
+    return {k: v[indices] for k, v in self.arrays.items()}
+
+
+def _channel(c):
+  return lambda model, variables, x, target, **_: x[..., c]
+
+
+@pytest.fixture
+def oracles(monkeypatch):
+  """Test-only methods: maps read from image channels or from the model's weights."""
+  monkeypatch.setitem(explain.METHODS, "oracle_map", _channel(1))
+  monkeypatch.setitem(explain.METHODS, "oracle_mask", _channel(2))
+  monkeypatch.setitem(explain.METHODS, "oracle_weights",
+                      lambda model, variables, x, target, **_: jnp.broadcast_to(
+                          variables["w"], x.shape[:3]))
+  monkeypatch.setitem(explain.METHODS, "oracle_reversed",
+                      lambda model, variables, x, target, **_: -jnp.broadcast_to(
+                          variables["w"], x.shape[:3]))
+
+
+def _use(monkeypatch, source, variables):
+  monkeypatch.setattr(localization, "build_source", lambda config: source)
+  monkeypatch.setattr(localization, "build_model",
+                      lambda config, workdir, progress=True: (linear_apply, variables, "linear"))
+
+
+def _unlocked(config):
+  config.unlock()
+  return config
+
+
+def test_localization_closed_form(tmp_path, monkeypatch, oracles):
+  # Mask: the top half. Designed map (channel 1): A = 1 on row 0, B = 0.5 on row 1 (both inside
+  # the mask), C = 0.25 on row 2 (outside), 0 on row 3. Channel 2 is the mask itself.
+  mask = np.zeros((SIDE, SIDE), bool)
+  mask[:2] = True
+  designed = np.zeros((SIDE, SIDE), np.float32)
+  designed[0], designed[1], designed[2] = 1.0, 0.5, 0.25
+  std = designed.std()
+  assert 0.5 * std < 0.25 < 1.0 * std < 0.5  # IOU keeps A, B, C; IOU* keeps A, B
+  alphas = np.array([1.0, 0.75, 1.0], np.float32)  # f_0 = 16 alpha vs b = 11.6
+  image = np.zeros((3, SIDE, SIDE, 3), np.float32)
+  image[..., 0] = alphas[:, None, None]
+  image[..., 1] = designed
+  image[..., 2] = mask
+  source = ArraySource(image=image, label=np.array([0, 1, 0], np.int32),
+                       mask=np.repeat(mask[None], 3, 0))
+  variables = {"w": jnp.ones((SIDE, SIDE)), "b": jnp.float32(11.6)}
+  _use(monkeypatch, source, variables)
+  config = _unlocked(localization_config.get_config("tiny"))
+  config.methods = {"oracle_map": {}, "oracle_mask": {}}
+  config.evaluate.update(shard_size=2, gallery_size=2)
+  out = localization.run(config, tmp_path, progress=False)
+
+  samples = out["samples"]
+  assert len(samples) == 6
+  by = samples.set_index(["method", "index"])
+  np.testing.assert_allclose(by.loc["oracle_mask", "iou"], 1.0)
+  np.testing.assert_allclose(by.loc["oracle_mask", "iou_star"], 1.0)
+  np.testing.assert_allclose(by.loc["oracle_map", "iou"], 8 / 12, rtol=1e-6)
+  np.testing.assert_allclose(by.loc["oracle_map", "iou_star"], (4 * 1 + 4 * 0.5) / 8, rtol=1e-6)
+  # Confidence = softmax of [16 alpha, 11.6]: image 1 (12 vs 11.6) is the low-confidence one.
+  logits = np.stack([16 * alphas, np.full(3, 11.6)], 1)
+  expected = np.exp(logits.max(1) - np.logaddexp(logits[:, 0], logits[:, 1]))
+  np.testing.assert_allclose(by.loc["oracle_map", "confidence"], expected, rtol=1e-5)
+  np.testing.assert_array_equal(by.loc["oracle_map", "correct"], [1, 0, 1])
+  table = out["confidence"].set_index(["metric", "method", "group"])
+  assert table.loc[("iou", "oracle_map", "high"), "count"] == 2
+  assert table.loc[("iou", "oracle_map", "low"), "count"] == 1
+  np.testing.assert_allclose(table.loc[("iou_star", "oracle_map", "all"), "mean"], 0.75)
+  assert table.loc[("iou", "oracle_mask", "high"), "std"] == 0.0
+  wide = localization.confidence_wide(out["confidence"]).set_index("method")
+  assert wide.loc["oracle_map", "iou_all"] == "0.667 +- 0.000"
+  assert wide.loc["oracle_mask", "iou_star_high"] == "1.000 +- 0.000"
+  assert (wide.loc["oracle_map", "n_high"], wide.loc["oracle_map", "n_low"]) == (2, 1)
+  np.testing.assert_allclose(out["accuracy"]["accuracy"], [2 / 3])
+  summary = out["summary"].set_index("method")
+  np.testing.assert_allclose(summary.loc["oracle_map", "iou"], 8 / 12, rtol=1e-6)
+  for name in ("config.json", "samples.csv", "summary.csv", "summary.md", "confidence.csv",
+               "confidence.md", "accuracy.csv", "report.md", "figures/iou_by_confidence.png",
+               "figures/gallery.png"):
+    assert (tmp_path / name).is_file(), name
+  assert "oracle_map" in (tmp_path / "report.md").read_text()
+
+
+def test_pixel_removal_closed_form(tmp_path, monkeypatch, oracles):
+  # w_p = p + 1 in raster order (sum 136), b = 100, images of ones, fill 0.
+  # MoRF removes 16, 15, 14, ...: f_0 = 120, 105, 91 < 100 at k = 3.
+  # LeRF removes 1, 2, 3, ...: f_0 = 136 - k (k + 1) / 2 < 100 first at k = 9.
+  # AOPC at 25% (k = 0..4): drops 0, 16, 31, 45, 58 -> 150 / 5 = 30.
+  # AFOC at 25%: MoRF 58 / 136, LeRF 10 / 136. Three equal images: every delta is 0.
+  w = jnp.arange(1, SIDE * SIDE + 1, dtype=jnp.float32).reshape(SIDE, SIDE)
+  variables = {"w": w, "b": jnp.float32(100.0)}
+  source = ArraySource(image=np.ones((3, SIDE, SIDE, 3), np.float32),
+                       label=np.zeros(3, np.int32))
+  _use(monkeypatch, source, variables)
+  config = _unlocked(pixel_removal_config.get_config("tiny"))
+  config.methods = {"oracle_weights": {}, "oracle_reversed": {}}
+  config.pixel_removal.update(fraction=0.25, step=1, fill="0", delta_k=1)
+  config.evaluate.update(shard_size=3)
+  config.figures = False
+  out = pixel_removal.run(config, tmp_path, progress=False)
+
+  by = out["samples"].set_index("method")
+  expected = {"oracle_weights": dict(aopc=30.0, afoc_morf=58 / 136, afoc_lerf=10 / 136,
+                                     n_morf=3 / 16, n_lerf=9 / 16),
+              "oracle_reversed": dict(aopc=(0 + 1 + 3 + 6 + 10) / 5, afoc_morf=10 / 136,
+                                      afoc_lerf=58 / 136, n_morf=9 / 16, n_lerf=3 / 16)}
+  for method, values in expected.items():
+    for column, value in values.items():
+      np.testing.assert_allclose(by.loc[method, column], value, rtol=1e-6, err_msg=column)
+      np.testing.assert_allclose(by.loc[method, f"delta_{column}"], 0.0, atol=1e-5)
+    np.testing.assert_array_equal(by.loc[method, "flipped_morf"], 1.0)
+  wins = out["win_rates"].set_index(["metric", "method", "opponent"])["win_rate"]
+  # The weights' own order is better on every metric: +0.5 (all images won). (The deltas are
+  # 0 up to float rounding, so their win rates are not asserted beyond antisymmetry.)
+  for metric in pixel_removal.METRICS:
+    assert wins[(metric, "oracle_weights", "oracle_reversed")] == 0.5
+    assert wins[(metric, "oracle_reversed", "oracle_weights")] == -0.5
+    delta = f"delta_{metric}"
+    assert wins[(delta, "oracle_weights", "oracle_reversed")] == -wins[
+        (delta, "oracle_reversed", "oracle_weights")]
+  curves = out["curves"]
+  morf = curves[(curves.method == "oracle_weights") & (curves.order == "morf")]
+  np.testing.assert_allclose(morf["score"].to_numpy()[:4], [136, 120, 105, 91])
+  np.testing.assert_allclose(morf["flip_rate"].to_numpy()[:4], [0, 0, 0, 1])
+  for name in ("config.json", "samples.csv", "curves.csv", "summary.csv", "summary.md",
+               "win_rates.csv", "accuracy.csv", "report.md"):
+    assert (tmp_path / name).is_file(), name
+
+
+def _numpy_iou(maps, masks, n_std, weighted):
+  """Gattas' procedure, written independently: normalise, abs, threshold, count."""
+  out = []
+  for s, m in zip(maps, masks):
+    peak = np.abs(s).max()
+    v = np.abs(s / peak) if peak > 0 else np.zeros_like(s)
+    kept = (v >= n_std * v.std()) & (v > 0)
+    union = (kept | m).sum()
+    inter = (v * (kept & m)).sum() if weighted else (kept & m).sum()
+    out.append(inter / union if union else 0.0)
+  return np.array(out)
+
+
+@pytest.fixture(scope="module")
+def trained_npz(tmp_path_factory):
+  """The tiny configs' CNN, trained once on the cells (the experiments' training path) and
+  saved as the flat `.npz` that `model.npz` loads."""
+  folder = tmp_path_factory.mktemp("trained")
+  config = localization_config.get_config("tiny")
+  model, variables, described = localization.build_model(config, folder, progress=False)
+  assert "trained on 64 cells" in described
+  assert (folder / "train").is_dir()  # orbax checkpoints of the resumable training
+  path = folder / "cnn.npz"
+  localization.save_npz(variables, path)
+  return str(path)
+
+
+def _with_npz(config, path):
+  config.unlock()
+  config.model.npz = path
+  return config
+
+
+def test_tiny_localization_on_cells_matches_numpy(tmp_path, trained_npz):
+  config = _with_npz(localization_config.get_config("tiny"), trained_npz)
+  out = localization.run(config, tmp_path, progress=False)
+  samples = pd.read_csv(tmp_path / "samples.csv")
+  assert len(samples) == 8 * 2 and set(samples["method"]) == {"gradient", "random"}
+  assert samples[["iou", "iou_star"]].notna().all().all()
+  assert samples["iou"].between(0, 1).all() and samples["iou_star"].between(0, 1).all()
+  assert json.loads((tmp_path / "config.json").read_text())["variant"] == "tiny"
+  assert (tmp_path / "figures" / "gallery.png").is_file()
+  # Recompute the gradient maps and IOU / IOU* here.
+  model, variables, _ = localization.build_model(config, tmp_path, progress=False)
+  batch = localization.build_source(config).get_batch(np.arange(8))
+  x = jnp.asarray(batch["image"])
+  target = jnp.argmax(model.apply(variables, x), axis=-1)
+  maps = np.asarray(explain.to_map(explain.explain("gradient", model, variables, x, target),
+                                   "sum"), np.float64)
+  masks = batch["heatmap"] > 0
+  rows = samples[samples["method"] == "gradient"].sort_values("index")
+  np.testing.assert_allclose(rows["iou"], _numpy_iou(maps, masks, 0.5, False), atol=1e-5)
+  np.testing.assert_allclose(rows["iou_star"], _numpy_iou(maps, masks, 1.0, True), atol=1e-5)
+  # A rerun resumes (every shard exists) and gives the same table; another config is refused.
+  again = localization.run(config, tmp_path, progress=False)
+  pd.testing.assert_frame_equal(again["samples"], out["samples"])
+  other = _with_npz(localization_config.get_config("tiny"), trained_npz)
+  other.seed = 1
+  with pytest.raises(ValueError, match=r"different config \(fields \['seed'\]"):
+    localization.run(other, tmp_path, progress=False)
+
+
+def test_tiny_pixel_removal_on_cells(tmp_path, trained_npz):
+  config = _with_npz(pixel_removal_config.get_config("tiny"), trained_npz)
+  out = pixel_removal.run(config, tmp_path, progress=False)
+  samples = pd.read_csv(tmp_path / "samples.csv")
+  assert len(samples) == 8 * 2
+  for column in (*pixel_removal.METRICS, *pixel_removal.DELTA_METRICS):
+    assert samples[column].notna().all(), column
+  assert samples["n_morf"].between(0, 1).all() and samples["n_lerf"].between(0, 1).all()
+  curves = pd.read_csv(tmp_path / "curves.csv")
+  assert set(curves["order"]) == {"morf", "lerf"}
+  # Grid of step 64 on 32x32 = 1024 pixels: 17 points from 0 to 1.
+  assert curves.groupby(["method", "order"]).size().eq(17).all()
+  wins = pd.read_csv(tmp_path / "win_rates.csv")
+  # Antisymmetric: W[a, b] = -W[b, a].
+  pivot = wins.set_index(["metric", "method", "opponent"])["win_rate"]
+  for (metric, a, b), value in pivot.items():
+    assert pivot[(metric, b, a)] == pytest.approx(-value)
+  assert "Pixel removal" in out["report"].read_text()
+  for name in ("figures/perturbation_curves.png", "figures/flip_rate.png",
+               "figures/win_rates_n_morf.png", "accuracy.csv", "summary.md"):
+    assert (tmp_path / name).is_file(), name
+
+
+def test_configs_are_locked_and_validated():
+  for module in (localization_config, pixel_removal_config):
+    for variant in module.VARIANTS:
+      config = module.get_config(variant)
+      with pytest.raises(AttributeError):
+        config.data.sizee = 3
+    with pytest.raises(ValueError, match="valid: quick, tiny, paper"):
+      module.get_config("huge")
+  paper = pixel_removal_config.get_config("paper")
+  assert tuple(paper.data.keep_labels) == tuple(range(100)) and paper.data.per_class == 50
+  options = pixel_removal.removal_options(paper)
+  assert options["fill"] == 0.0  # the ImageNet mean after ImageNet normalisation
+  assert options["step"] is None and options["delta_k"] == 5
+  paper.pixel_removal.fill = "0.5,0.5,0.5"
+  assert pixel_removal.removal_options(paper)["fill"] == 0.5
+  paper.pixel_removal.fill = "0.5,0.25,0"
+  with pytest.raises(ValueError, match="accepts only a single number"):
+    pixel_removal.removal_options(paper)
+  paper.pixel_removal.fill = "grey"
+  with pytest.raises(ValueError, match="unknown pixel_removal.fill 'grey'"):
+    pixel_removal.removal_options(paper)
+  paper.pixel_removal.fill = "blur"
+  assert pixel_removal.removal_options(paper)["fill"] == "blur"
+
+
+def test_bad_data_source_is_named(tmp_path):
+  config = _unlocked(localization_config.get_config("tiny"))
+  config.data.source = "parquet"
+  with pytest.raises(ValueError, match="unknown data.source 'parquet'; valid: cells, "
+                                       "image_folder, tfds"):
+    localization.build_source(config)
+  config.data.source = "image_folder"
+  with pytest.raises(ValueError, match="needs --config.data.image_folder"):
+    localization.build_source(config)
+  with pytest.raises(ValueError, match="a model is needed"):
+    localization.build_model(config, tmp_path)

@@ -1,0 +1,238 @@
+"""`runner.evaluate`: every column against a direct computation, resuming, devices, errors."""
+
+import functools
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+import pytest
+
+from xai_jax import explain, models, runner
+from xai_jax.data import cells
+from xai_jax.metrics import ground_truth, pixel_removal
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SIZE = 32
+SHARD = 6
+KEY_SEED = 3
+METHODS = {"gradient": {}, "noisy": {"method_name": "smoothgrad", "samples": 2,
+                                     "stdev_spread": 0.1},
+           "gradcam": {}}
+REMOVAL = {"step": 128, "delta_k": 2, "chunk": 4}
+
+
+@pytest.fixture(scope="module")
+def setup():
+  model = models.get("small_vgg", num_classes=10, widths=(8, 16))
+  variables = models.init(model, jax.random.key(0), (1, SIZE, SIZE, 3))
+  source = cells.source("test", size=SIZE, num_examples=2 * SHARD)
+  # A random network predicts one class for every image. Centring each logit over the data
+  # (through the last bias) and scaling it makes the predictions vary and lets pixel removal
+  # flip them, so the pixel-removal columns are not trivially 0 / 1.
+  logits = model.apply(variables, jnp.asarray(source.get_batch(np.arange(2 * SHARD))["image"]))
+  fc2 = variables["params"]["fc2"]
+  fc2 = {"kernel": 30.0 * fc2["kernel"], "bias": 30.0 * (fc2["bias"] - logits.mean(0))}
+  variables = {**variables, "params": {**variables["params"], "fc2": fc2}}
+  return model, variables, source
+
+
+def _evaluate(workdir, setup, **overrides):
+  model, variables, source = setup
+  kwargs = dict(source=source, model=model, variables=variables, methods=METHODS,
+                metric_options={"pixel_removal": REMOVAL}, shard_size=SHARD,
+                key=jax.random.key(KEY_SEED), model_name="m", progress=False, gallery_size=4)
+  kwargs.update(overrides)
+  return runner.evaluate(workdir, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def result(setup, tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("evaluate")
+  return workdir, _evaluate(workdir, setup)
+
+
+def test_tables_have_one_row_per_sample_and_method(result):
+  _, tables = result
+  samples = tables.samples
+  assert len(samples) == 2 * SHARD * len(METHODS)
+  assert list(samples.columns[:11]) == ["model", "method", "shard", "position", "index", "label",
+                                        "background", "predicted", "confidence", "correct",
+                                        "Amu"]
+  for method in METHODS:
+    rows = samples[samples["method"] == method]
+    assert sorted(rows["index"]) == list(range(2 * SHARD))
+  for column in ("iou", "iou_star", "aopc", "n_lerf", "delta_aopc", "Pu1_clamp"):
+    assert column in samples.columns
+  assert set(tables.roc["setting"]) == {"soft", "clamped"}
+  assert set(tables.curves["order"]) == {"morf", "lerf"}
+  assert tables.gallery["map/noisy"].shape == (4, SIZE, SIZE)
+
+
+def test_columns_equal_a_direct_computation(result, setup):
+  _, tables = result
+  model, variables, source = setup
+  indices = np.arange(SHARD, 2 * SHARD)  # shard 1
+  batch = source.get_batch(indices)
+  x = jnp.asarray(batch["image"])
+  logits = model.apply(variables, x)
+  target = jnp.argmax(logits, axis=-1)
+  attributions = explain.gradient(model, variables, x, target)
+  maps = attributions.sum(-1)
+  rows = tables.samples[(tables.samples["method"] == "gradient") & (tables.samples["shard"] == 1)]
+  np.testing.assert_array_equal(rows["index"], indices)
+  np.testing.assert_array_equal(rows["label"], batch["label"])
+  np.testing.assert_array_equal(rows["predicted"], np.asarray(target))
+  np.testing.assert_allclose(rows["confidence"], np.max(jax.nn.softmax(logits), -1), rtol=1e-5)
+  for setting, suffix in (("soft", ""), ("clamped", "_clamp")):
+    scores = ground_truth.five_band_scores(attributions, batch["heatmap"], thresholds=setting)
+    for column, values in ground_truth.five_band_summary(scores).items():
+      np.testing.assert_allclose(rows[column + suffix], np.asarray(values), rtol=1e-6,
+                                 err_msg=column + suffix)
+  mask = batch["heatmap"] > 0
+  np.testing.assert_allclose(rows["iou"], ground_truth.iou(maps, mask, n_std=0.5), rtol=1e-6)
+  np.testing.assert_allclose(rows["iou_star"], ground_truth.iou_star(maps, mask, n_std=1.0),
+                             rtol=1e-6)
+  metric_fn = functools.partial(pixel_removal.pixel_removal_metrics, fraction=0.1, step=128,
+                                chunk=4, fill="mean")
+  direct = metric_fn(model, variables, x, maps)
+  # The runner's own curves share a batch with the delta partners: same fill mean up to
+  # rounding, so allow float tolerance.
+  for column in ("aopc", "afoc_morf", "afoc_lerf", "n_morf", "n_lerf", "flipped_morf"):
+    np.testing.assert_allclose(rows[column], np.asarray(direct[column]), rtol=1e-4, atol=1e-5,
+                               err_msg=column)
+  method_key = runner._method_key(jax.random.key(KEY_SEED), "gradient", 1)  # pylint: disable=protected-access
+  deltas = pixel_removal.delta(metric_fn, model, variables, x, maps, k=REMOVAL["delta_k"],
+                               key=jax.random.fold_in(method_key, 1))
+  for column in ("aopc", "afoc_morf", "afoc_lerf", "n_morf", "n_lerf"):
+    np.testing.assert_allclose(rows["delta_" + column], np.asarray(deltas.delta[column]),
+                               rtol=1e-4, atol=1e-5, err_msg="delta_" + column)
+  assert rows["flipped_morf"].sum() > 0, "the test model should flip some decisions"
+
+
+def test_roc_and_curves_are_means_over_all_samples(result, setup):
+  _, tables = result
+  model, variables, source = setup
+  batch = source.get_batch(np.arange(2 * SHARD))
+  x = jnp.asarray(batch["image"])
+  target = jnp.argmax(model.apply(variables, x), axis=-1)
+  attributions = explain.gradient(model, variables, x, target)
+  scores = ground_truth.five_band_scores(attributions, batch["heatmap"], thresholds="soft")
+  roc = tables.roc[(tables.roc["method"] == "gradient") & (tables.roc["setting"] == "soft")]
+  np.testing.assert_allclose(roc["recall"], np.asarray(scores.recall).mean(0), rtol=1e-5)
+  np.testing.assert_allclose(roc["fpr"], np.asarray(scores.fpr).mean(0), rtol=1e-5)
+  curve_scores = []
+  for shard in range(2):  # fill "mean" is the mean of each shard's batch
+    part = slice(shard * SHARD, (shard + 1) * SHARD)
+    curve = pixel_removal.perturbation_curve(model, variables, x[part],
+                                             attributions[part].sum(-1), order="lerf",
+                                             step=128, chunk=4)
+    curve_scores.append(np.asarray(curve.scores))
+  curve_scores = np.concatenate(curve_scores)
+  got = tables.curves[(tables.curves["method"] == "gradient") & (tables.curves["order"] == "lerf")]
+  np.testing.assert_allclose(got["score"], curve_scores.mean(0), rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(got["drop"], (curve_scores[:, :1] - curve_scores).mean(0),
+                             rtol=1e-4, atol=1e-5)
+
+
+def test_resuming_after_losing_a_shard_gives_identical_bytes(result, setup, tmp_path):
+  workdir, _ = result
+  copy = tmp_path / "copy"
+  shutil.copytree(workdir, copy)
+  for table in ("samples", "roc", "curves"):
+    (copy / "shards" / "m" / table / "shard_00001.csv").unlink()
+    (copy / "m" / f"{table}.csv").unlink()
+  (copy / "m" / "gallery.npz").unlink()  # shard 0 is redone to rewrite the gallery
+  _evaluate(copy, setup)
+  for table in ("samples", "roc", "curves"):
+    assert (copy / "m" / f"{table}.csv").read_bytes() == (workdir / "m" / f"{table}.csv").read_bytes()
+  before = runner.load_gallery(workdir / "m" / "gallery.npz")
+  after = runner.load_gallery(copy / "m" / "gallery.npz")
+  assert sorted(before) == sorted(after)
+  for name in before:
+    np.testing.assert_array_equal(before[name], after[name])
+
+
+class _ImagesOnly:
+  """A source without ground truth."""
+
+  def __init__(self, source):
+    self.source = source
+
+  def __len__(self):
+    return len(self.source)
+
+  def get_batch(self, indices):
+    batch = self.source.get_batch(indices)
+    return {"image": batch["image"], "label": batch["label"]}
+
+
+class _WithNaN(_ImagesOnly):
+
+  def get_batch(self, indices):
+    batch = super().get_batch(indices)
+    batch["image"][0, 0, 0, 0] = np.nan
+    return batch
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(methods={"nope": {}}), "unknown explanation method 'nope'"),
+    (dict(metrics=("five_band", "psnr")), "unknown metrics"),
+    (dict(metric_options={"pixel_removal": {"steps": 3}}), "unknown pixel_removal options"),
+    (dict(metric_options={"pixel_removal": {"delta_k": SHARD}}), "delta_k = 6 needs shards"),
+    (dict(num_examples=100), "num_examples must be in"),
+])
+def test_bad_arguments_raise_clear_errors(setup, tmp_path, overrides, message):
+  with pytest.raises(ValueError, match=message):
+    _evaluate(tmp_path, setup, **overrides)
+
+
+def test_missing_ground_truth_and_nan_images_raise(setup, tmp_path):
+  model, variables, source = setup
+  with pytest.raises(ValueError, match="'five_band' needs a source with 'heatmap'"):
+    _evaluate(tmp_path / "a", setup, source=_ImagesOnly(source))
+  with pytest.raises(ValueError, match="NaN"):
+    _evaluate(tmp_path / "b", setup, source=_WithNaN(source), metrics=("pixel_removal",))
+  tables = _evaluate(tmp_path / "c", setup, source=_ImagesOnly(source), metrics=("pixel_removal",),
+                     methods={"gradient": {}})
+  assert tables.roc.empty and not tables.curves.empty
+  assert "Amu" not in tables.samples.columns
+
+
+_DEVICES_SCRIPT = textwrap.dedent("""
+    import sys, jax
+    from xai_jax import models, runner
+    from xai_jax.data import cells
+    model = models.get("small_vgg", num_classes=10, widths=(8,))
+    variables = models.init(model, jax.random.key(0), (1, 32, 32, 3))
+    tables = runner.evaluate(sys.argv[1], source=cells.source("test", size=32, num_examples=10),
+                             model=model, variables=variables,
+                             methods={"smoothgrad": {"samples": 2}},
+                             metric_options={"pixel_removal": {"step": 256, "delta_k": 2}},
+                             shard_size=5, key=jax.random.key(1), progress=False,
+                             gallery_size=0)
+    print(jax.device_count())
+""")
+
+
+def test_eight_fake_devices_give_the_same_tables_as_one(tmp_path):
+  tables = {}
+  for devices in (1, 8):
+    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+           "JAX_PLATFORMS": "cpu"}
+    out = subprocess.run([sys.executable, "-c", _DEVICES_SCRIPT, str(tmp_path / str(devices))],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split()[-1] == str(devices)
+    tables[devices] = pd.read_csv(tmp_path / str(devices) / "model" / "samples.csv")
+  one, eight = tables[1], tables[8]
+  assert list(one.columns) == list(eight.columns) and len(one) == len(eight) == 10
+  numeric = one.select_dtypes("number").columns
+  np.testing.assert_allclose(eight[numeric], one[numeric], rtol=1e-5, atol=1e-6)
+  pd.testing.assert_series_equal(one["method"], eight["method"])
