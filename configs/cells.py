@@ -105,7 +105,7 @@ def _base() -> ml_collections.ConfigDict:
       schedule="cosine",  # "cosine" (warm-up then cosine decay) or "constant" (the paper)
       warmup_steps=50,
       weight_decay=0.0,
-      base_epochs=8,
+      base_epochs=9,
       base_max_steps=1200,  # 0: no limit
       num_branches=1,
       branch_learning_rate=3e-4,

@@ -190,6 +190,8 @@ def method_statistics(samples: pd.DataFrame, out_dir: pathlib.Path) -> pd.DataFr
     for metric, higher in metrics.items():
       scores = group.pivot(index="index", columns="method", values=metric)[methods].to_numpy(
           np.float64)
+      if np.isnan(scores).any():  # not computed for this model (e.g. pixel removal)
+        continue
       wins = stats.win_rate_matrix(scores, higher_is_better=higher)
       p_values = stats.wilcoxon_matrix(scores)
       for i, a in enumerate(methods):
@@ -343,7 +345,6 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   print(f"devices: {jax.devices()}", flush=True)
   outputs = run(flags.FLAGS.config, flags.FLAGS.workdir)
-  print(outputs["accuracy"].to_string(index=False))
   print(report.to_markdown(outputs["summary"]))
   print(f"report: {outputs['report']}")
 

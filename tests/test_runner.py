@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import jax
@@ -116,3 +117,33 @@ def test_eight_fake_devices_give_the_same_numbers_as_one(tmp_path):
     assert out.stdout.split() == [str(devices), str(devices)]
     results[devices] = np.load(tmp_path / f"{devices}.npy")
   np.testing.assert_allclose(results[8], results[1], rtol=1e-6, atol=1e-6)
+
+
+def test_two_processes_split_the_shards_and_return_the_same_tables(tmp_path):
+  computed = {0: [], 1: []}
+
+  def compute(process):
+    def shard_rows(shard):
+      computed[process].append(shard)
+      return {"t": pd.DataFrame({"shard": [shard] * 2, "value": [shard * 0.5, shard + 1.0]})}
+    return shard_rows
+
+  results = {}
+  other = threading.Thread(target=lambda: results.__setitem__(1, runner.run_shard_tables(
+      tmp_path / "shared", ("t",), range(5), compute(1), progress=False, process_index=1,
+      process_count=2, poll_seconds=0.01)))
+  other.start()
+  results[0] = runner.run_shard_tables(tmp_path / "shared", ("t",), range(5), compute(0),
+                                       progress=False, process_index=0, process_count=2,
+                                       poll_seconds=0.01)
+  other.join(timeout=60)
+  assert sorted(computed[0]) == [0, 2, 4] and sorted(computed[1]) == [1, 3]
+  single = runner.run_shard_tables(tmp_path / "single", ("t",), range(5),
+                                   lambda s: compute(0)(s), progress=False)
+  for process in (0, 1):
+    pd.testing.assert_frame_equal(results[process]["t"], single["t"])
+  assert ((tmp_path / "shared" / "t.csv").read_bytes()
+          == (tmp_path / "single" / "t.csv").read_bytes())
+  with pytest.raises(ValueError, match="process_index must be in"):
+    runner.run_shard_tables(tmp_path / "x", ("t",), range(2), compute(0), progress=False,
+                            process_index=2, process_count=2)

@@ -134,12 +134,19 @@ def run_shards(workdir, table: str, shards: Iterable[int],
 def run_shard_tables(workdir, tables: Sequence[str], shards: Iterable[int],
                      compute_shard: Callable[[int], Mapping[str, pd.DataFrame]], *,
                      images_per_shard: int | None = None, progress: bool = True,
-                     description: str | None = None) -> dict[str, pd.DataFrame]:
+                     description: str | None = None, process_index: int | None = None,
+                     process_count: int | None = None, poll_seconds: float = 2.0
+                     ) -> dict[str, pd.DataFrame]:
   """`run_shards` for several tables computed together, one file per (table, shard).
 
   A shard counts as finished when the files of all its tables exist. They are written in the
   order of `tables`, each atomically; a shard interrupted between two writes is recomputed
   and its files rewritten with the same bytes (`compute_shard` is deterministic).
+
+  Several hosts (`jax.distributed.initialize()`, one process per host) sharing `workdir` on
+  a common file system split the work: process `i` of `n` computes the missing shards at
+  positions `p` with `p % n == i`, then waits until every shard file exists, and all
+  processes return the same tables.
 
   Args:
     workdir: the experiment's output folder.
@@ -147,6 +154,9 @@ def run_shard_tables(workdir, tables: Sequence[str], shards: Iterable[int],
     shards: shard ids, in the order of the final tables.
     compute_shard: `shard id -> {table: DataFrame}` with every name of `tables`.
     images_per_shard, progress, description: as in `run_shards`.
+    process_index, process_count: this process and the number of processes (default
+      `jax.process_index()`, `jax.process_count()`).
+    poll_seconds: how often a process that finished its shards looks for the others'.
 
   Returns:
     `{table: concatenated DataFrame}`, each also written to `WORKDIR/<table>.csv`.
@@ -156,9 +166,14 @@ def run_shard_tables(workdir, tables: Sequence[str], shards: Iterable[int],
     raise ValueError(f"shard ids must be unique; got {shards}")
   if not tables or len(set(tables)) != len(tables):
     raise ValueError(f"need at least one table and unique table names; got {tables}")
+  index = jax.process_index() if process_index is None else int(process_index)
+  count = jax.process_count() if process_count is None else int(process_count)
+  if not 0 <= index < count:
+    raise ValueError(f"process_index must be in [0, {count}); got {index}")
   finished = lambda s: all(shard_path(workdir, t, s).exists() for t in tables)
-  missing = [s for s in shards if not finished(s)]
-  bar = tqdm.tqdm(total=len(shards), initial=len(shards) - len(missing),
+  own = [s for position, s in enumerate(shards) if position % count == index]
+  missing = [s for s in own if not finished(s)]
+  bar = tqdm.tqdm(total=len(own), initial=len(own) - len(missing),
                   desc=description or ",".join(tables), unit="shard", disable=not progress,
                   dynamic_ncols=True)
   started, done = time.perf_counter(), 0
@@ -179,6 +194,8 @@ def run_shard_tables(workdir, tables: Sequence[str], shards: Iterable[int],
         rate = done * images_per_shard / max(time.perf_counter() - started, 1e-9)
         bar.set_postfix_str(f"{rate:.1f} images/s")
       bar.update(1)
+  while not all(finished(s) for s in shards):  # other processes' shards
+    time.sleep(poll_seconds)
   results = {}
   for table in tables:
     frames = [_read_shard(shard_path(workdir, table, s)) for s in shards]
