@@ -331,8 +331,10 @@ def make_figures(results, samples, roc, curves, folder: pathlib.Path) -> dict[st
   if not curves.empty:
     figures[f"Perturbation curves ({first})"] = report.perturbation_curves_figure(
         curves, folder / "perturbation_curves.png", model=first)
+  first_samples = samples[samples["model"] == first]
+  several_methods = first_samples["method"].nunique() >= 2
   for metric in ("aopc", "Amu"):
-    if metric in samples.columns:
+    if several_methods and metric in samples.columns and first_samples[metric].notna().all():
       figures[f"Win rates on {metric} ({first}; DeepMaps Fig. 7)"] = report.win_rate_figure(
           samples, folder / f"win_rates_{metric}.png", metric=metric,
           higher_is_better=STAT_METRICS[metric], model=first)
@@ -343,6 +345,8 @@ def main(argv):
   del argv
   if not flags.FLAGS["verbosity"].present:  # orbax logs every checkpoint step at INFO
     logging.set_verbosity(logging.WARNING)
+  if flags.FLAGS.distributed:  # one process per host; the cluster comes from the environment
+    jax.distributed.initialize()
   print(f"devices: {jax.devices()}", flush=True)
   outputs = run(flags.FLAGS.config, flags.FLAGS.workdir)
   print(report.to_markdown(outputs["summary"]))
@@ -356,4 +360,7 @@ if __name__ == "__main__":
       "config", os.path.join(os.path.dirname(__file__), os.pardir, "configs", "cells.py:quick"),
       "Experiment config (configs/cells.py:<variant>).")
   flags.DEFINE_string("workdir", "workdir/cells_quick", "Output folder (a rerun resumes).")
+  flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (multi-host: "
+                    "every host runs the command on a shared workdir and takes a share of the "
+                    "evaluation shards).")
   app.run(main)

@@ -124,13 +124,16 @@ def test_paper_configs_follow_the_paper_settings(variant):
 
 def test_bfloat16_evaluation_reuses_the_trained_models(finished):
   workdir, config, outputs = finished
-  checkpoints = sorted(p for p in (workdir / "train").rglob("*") if p.is_file())
+  files = sorted(p for p in (workdir / "train").rglob("*") if p.is_file())
+  checkpoints = [p for p in files if not p.name.startswith("history")]
+  histories = {p: p.read_bytes() for p in files if p.name.startswith("history")}
   stamps = [p.stat().st_mtime_ns for p in checkpoints]
   bf16 = cells_configs.get_config("tiny")
   bf16.dtype = "bfloat16"
   bf16.methods = {"gradient": {}}
   result = experiment.run(bf16, workdir, progress=False)
   assert [p.stat().st_mtime_ns for p in checkpoints] == stamps  # no retraining
+  assert {p: p.read_bytes() for p in histories} == histories  # rewritten, unchanged
   samples = pd.read_csv(workdir / "bfloat16" / "samples.csv")
   assert set(samples["method"]) == {"gradient"}
   float32 = outputs["samples"]

@@ -484,8 +484,8 @@ def evaluate(workdir, *, source, model, variables, methods: Mapping[str, Mapping
     return {tables[0]: pd.concat(sample_frames, ignore_index=True),
             tables[1]: with_model(roc_frames), tables[2]: with_model(curve_frames)}
 
-  if gallery_size and not gallery_path.exists():
-    for table in tables:  # shard 0 writes the gallery: make sure it runs again
+  if gallery_size and not gallery_path.exists() and jax.process_index() == 0:
+    for table in tables:  # shard 0 (process 0's) writes the gallery: make sure it runs again
       shard_path(workdir, table, 0).unlink(missing_ok=True)
   raw = run_shard_tables(workdir, tables, range(num_shards), compute_shard,
                          images_per_shard=shard_size, progress=progress,
