@@ -52,6 +52,8 @@ field fails).
 
 import ml_collections
 
+from configs import common
+
 VARIANTS = ("quick", "tiny", "paper")
 
 QUICK_METHODS = {
@@ -90,20 +92,9 @@ def get_config(variant: str = "quick") -> ml_collections.ConfigDict:
   config.variant = variant
   config.seed = 0
   config.model_name = "model"
-  # source: "cells" (generator; mask = heatmap > 0), "image_folder" (JPEG/PNG files, masks
-  # from VOC XMLs in annotations_dir) or "tfds" (a prepared TFDS dataset; masks from bbox).
-  config.data = ml_collections.ConfigDict(dict(
-      source="cells", split="test", size=48, num_examples=200,
-      image_folder="", annotations_dir="", class_names=(), class_names_file="",
-      tfds_name="", tfds_dir="", crop="resize", normalize="none", include_difficult=True,
-      keep_labels=(), per_class=0))
-  # checkpoint: a folder of `port.save`; npz: flat variables for `name`; neither: train `name`
-  # on the cells (data.source="cells" only).
-  config.model = ml_collections.ConfigDict(dict(
-      name="cnn", num_classes=10, head="", checkpoint="", npz=""))
-  config.train = ml_collections.ConfigDict(dict(
-      num_train=2560, shard_size=256, epochs=4, max_steps=300, batch_size=32,
-      learning_rate=1e-3, weight_decay=0.0, checkpoint_every=100))
+  config.data = common.image_data(num_examples=200)
+  config.model = common.model()
+  config.train = common.cells_training()
   config.methods = ml_collections.ConfigDict(QUICK_METHODS)
   config.iou = ml_collections.ConfigDict(dict(n_std=0.5, n_std_star=1.0, abs=True))
   config.confidence_threshold = 0.9

@@ -57,6 +57,8 @@ Every field can be overridden from the command line (the config is locked).
 
 import ml_collections
 
+from configs import common
+
 VARIANTS = ("quick", "tiny", "paper", "paper_resnet50")
 
 # DeepMaps' panel (their Fig. 6): random, gradients, gradient x input, Grad-CAM, FullGrad,
@@ -84,20 +86,9 @@ def get_config(variant: str = "quick") -> ml_collections.ConfigDict:
   config.variant = variant
   config.seed = 0
   config.model_name = "model"
-  # source: "cells" (generator), "image_folder" (JPEG/PNG files, optionally
-  # root/<class>/<image>) or "tfds" (a prepared TFDS image dataset, e.g. imagenet2012).
-  config.data = ml_collections.ConfigDict(dict(
-      source="cells", split="test", size=48, num_examples=100,
-      image_folder="", annotations_dir="", class_names=(), class_names_file="",
-      tfds_name="", tfds_dir="", crop="resize", normalize="none", include_difficult=True,
-      keep_labels=(), per_class=0))
-  # checkpoint: a folder of `port.save`; npz: flat variables for `name`; neither: train `name`
-  # on the cells (data.source="cells" only).
-  config.model = ml_collections.ConfigDict(dict(
-      name="cnn", num_classes=10, head="", checkpoint="", npz=""))
-  config.train = ml_collections.ConfigDict(dict(
-      num_train=2560, shard_size=256, epochs=4, max_steps=300, batch_size=32,
-      learning_rate=1e-3, weight_decay=0.0, checkpoint_every=100))
+  config.data = common.image_data(num_examples=100)
+  config.model = common.model()
+  config.train = common.cells_training()
   config.methods = ml_collections.ConfigDict(METHODS)
   # fill (a string): "mean" (batch), "image_mean", "blur", "imagenet_mean" (0 with ImageNet
   # normalisation) or a number ("0"); the runner takes no per-channel array.

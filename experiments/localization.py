@@ -379,7 +379,9 @@ def run(config: ml_collections.ConfigDict, workdir, *, progress: bool = True) ->
 
 def main(argv):
   del argv
-  logging.info("devices: %s", jax.devices())
+  if not flags.FLAGS["verbosity"].present:  # orbax logs every checkpoint step at INFO
+    logging.set_verbosity(logging.WARNING)
+  print(f"devices: {jax.devices()}", flush=True)
   outputs = run(flags.FLAGS.config, flags.FLAGS.workdir)
   print(report.to_markdown(outputs["summary"]))
   print(f"report: {outputs['report']}")

@@ -664,7 +664,9 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if flags.FLAGS.config is None or not flags.FLAGS.workdir:
     raise app.UsageError("pass --config=configs/sanity_checks.py:<variant> and --workdir=DIR")
-  logging.info("devices: %s", jax.devices())
+  if not flags.FLAGS["verbosity"].present:  # orbax logs every checkpoint step at INFO
+    logging.set_verbosity(logging.WARNING)
+  print(f"devices: {jax.devices()}", flush=True)
   run(flags.FLAGS.config, flags.FLAGS.workdir)
   print(pathlib.Path(flags.FLAGS.workdir) / "report.md")
 
