@@ -236,3 +236,13 @@ def test_eight_fake_devices_give_the_same_tables_as_one(tmp_path):
   numeric = one.select_dtypes("number").columns
   np.testing.assert_allclose(eight[numeric], one[numeric], rtol=1e-5, atol=1e-6)
   pd.testing.assert_series_equal(one["method"], eight["method"])
+
+
+def test_method_keys_differ_per_method_and_shard_and_not_by_order():
+  key = jax.random.key(0)
+  data = lambda name, shard: tuple(np.asarray(jax.random.key_data(
+      runner._method_key(key, name, shard))))  # pylint: disable=protected-access
+  names = ("gradient", "gradient_shap", "guided_backprop", "guided_gradcam")
+  drawn = {data(n, s) for n in names for s in (0, 1)}
+  assert len(drawn) == 2 * len(names)  # a shared prefix does not share a key
+  assert data("gradient_shap", 1) == data("gradient_shap", 1)

@@ -20,6 +20,7 @@ import os
 import pathlib
 import tempfile
 import time
+import zlib
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import jax
@@ -283,7 +284,7 @@ def _check_metrics(metrics: Sequence[str], metric_options: Mapping[str, Mapping]
 
 def _method_key(key: jax.Array, display: str, shard: int) -> jax.Array:
   """A key per (method, shard) that does not depend on the order of the methods."""
-  salt = int.from_bytes(display.encode()[:4].ljust(4, b"\0"), "little") % (2**31 - 1)
+  salt = zlib.crc32(display.encode()) % (2**31 - 1)  # stable across processes and runs
   return jax.random.fold_in(jax.random.fold_in(key, salt), shard)
 
 
