@@ -12,7 +12,7 @@ Variants (`--config=configs/cells.py:<variant>`):
 
       python -m experiments.cells --workdir=workdir/cells_quick
 
-  Measured on a 2-core CPU: 7 min 04 s from a fresh clone including the 31 s install
+  Measured on a 2-core CPU: 7 min 15 s from a fresh clone including the 31 s install
   (training 3 min 20 s, explaining and scoring about 3 min). Test accuracy 0.97 (base) and
   0.98 (branch). Expected (README table): the random map lowest on every five-band and IOU
   score with delta_aopc about 0; DeepMaps, FullGrad and GradCAM with the highest n_lerf
