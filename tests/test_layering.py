@@ -1,4 +1,4 @@
-"""Data flows one way: data -> models -> train/explain -> metrics -> reports -> runner.
+"""Data flows one way: files, data -> models -> train/explain -> metrics -> reports -> runner.
 
 Each module may import only from layers to its left (STYLE.md, habit 1). Metrics receive
 explainers as arguments; the one exception is the channel reduction in
@@ -11,8 +11,8 @@ import pathlib
 import pytest
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "xai_jax"
-LAYERS = {"data": 0, "models": 1, "train": 2, "explain": 2, "metrics": 3, "reports": 4,
-          "runner": 5}
+LAYERS = {"files": 0, "data": 0, "models": 1, "train": 2, "explain": 2, "metrics": 3,
+          "reports": 4, "runner": 5}
 # Metrics receive explainers as arguments and never import them: only postprocess.
 METRICS_MAY_USE_FROM_EXPLAIN = ("xai_jax.explain.postprocess",)
 

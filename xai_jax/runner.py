@@ -16,9 +16,7 @@ places it, and jitted functions then run data-parallel under GSPMD.
 import dataclasses
 import functools
 import json
-import os
 import pathlib
-import tempfile
 import time
 import zlib
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -29,6 +27,8 @@ import numpy as np
 import pandas as pd
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm import auto as tqdm
+
+from xai_jax import files
 
 BATCH_AXIS = "batch"
 
@@ -77,29 +77,14 @@ def unpad(tree, size: int):
   return jax.tree_util.tree_map(lambda leaf: np.asarray(leaf)[:size], tree)
 
 
-def _atomic_write_text(path: pathlib.Path, text: str) -> None:
-  path.parent.mkdir(parents=True, exist_ok=True)
-  handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-  try:
-    with os.fdopen(handle, "w") as stream:
-      stream.write(text)
-      stream.flush()
-      os.fsync(stream.fileno())
-    os.replace(temporary, path)
-  except BaseException:
-    if os.path.exists(temporary):
-      os.unlink(temporary)
-    raise
-
-
 def write_table(frame: pd.DataFrame, path) -> None:
   """Writes a CSV atomically with a fixed float format (bytes depend only on the values)."""
-  _atomic_write_text(pathlib.Path(path), frame.to_csv(index=False, float_format="%.8g"))
+  files.write_text(path, frame.to_csv(index=False, float_format="%.8g"))
 
 
 def write_json(data: Mapping[str, Any], path) -> None:
   """Writes JSON atomically, keys sorted."""
-  _atomic_write_text(pathlib.Path(path), json.dumps(data, indent=2, sort_keys=True,
+  files.write_text(path, json.dumps(data, indent=2, sort_keys=True,
                                                     default=str) + "\n")
 
 
@@ -322,16 +307,8 @@ def _gallery_positions(labels: np.ndarray, size: int) -> np.ndarray:
 
 
 def _save_npz(arrays: Mapping[str, np.ndarray], path: pathlib.Path) -> None:
-  path.parent.mkdir(parents=True, exist_ok=True)
-  handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npz")
-  os.close(handle)
-  try:
-    np.savez_compressed(temporary, **arrays)
-    os.replace(temporary, path)
-  except BaseException:
-    if os.path.exists(temporary):
-      os.unlink(temporary)
-    raise
+  with files.atomic_open(path, "wb") as stream:
+    np.savez_compressed(stream, **arrays)
 
 
 def load_gallery(path) -> dict[str, np.ndarray]:

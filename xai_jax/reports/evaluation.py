@@ -34,7 +34,6 @@ import json
 import math
 import os
 import pathlib
-import tempfile
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -43,6 +42,7 @@ from matplotlib import colormaps
 # A bare Figure (no pyplot): no global backend or figure state, works without a display.
 from matplotlib.figure import Figure
 
+from xai_jax import files
 from xai_jax.data import cells
 from xai_jax.metrics import ground_truth
 from xai_jax.metrics import stats
@@ -804,22 +804,6 @@ def to_markdown(frame: pd.DataFrame, *, floatfmt: str = ".3f") -> str:
   return "\n".join(lines) + "\n"
 
 
-def _atomic_write_text(path: pathlib.Path, text: str) -> None:
-  """Writes `text` to a temporary file beside `path`, then renames it (no partial file)."""
-  path.parent.mkdir(parents=True, exist_ok=True)
-  handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-  try:
-    with os.fdopen(handle, "w", encoding="utf-8") as stream:
-      stream.write(text)
-      stream.flush()
-      os.fsync(stream.fileno())
-    os.replace(temporary, path)
-  except BaseException:
-    if os.path.exists(temporary):
-      os.unlink(temporary)
-    raise
-
-
 def _figure_link(workdir: pathlib.Path, figure: PathLike) -> str:
   candidate = pathlib.Path(figure)
   if not candidate.is_absolute() and not candidate.exists() and (workdir / candidate).exists():
@@ -895,5 +879,5 @@ def write_report(workdir: PathLike, *, title: str, summary: pd.DataFrame,
     parts.append("## Configuration\n")
     parts.append("```json\n" + json.dumps(data, indent=2, sort_keys=True, default=str) + "\n```\n")
   path = workdir / "report.md"
-  _atomic_write_text(path, "\n".join(parts))
+  files.write_text(path, "\n".join(parts))
   return path
