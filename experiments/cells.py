@@ -125,8 +125,10 @@ def train_models(config, workdir: pathlib.Path, sources, model, *, progress: boo
   t, data = config.train, config.data
   get_train, num_train = _shard_getter(sources["train"], data.shard_size)
   get_val, num_val = _shard_getter(sources["validation"], data.shard_size)
+  shard_sizes = [min(data.shard_size, len(sources["train"]) - i * data.shard_size)
+                 for i in range(num_train)]  # counted, not loaded
   base_steps = t.base_max_steps or t.base_epochs * sum(
-      -(-len(get_train(i)["label"]) // t.batch_size) for i in range(num_train))
+      -(-size // t.batch_size) for size in shard_sizes)
   base_tx = _optimizer(config, learning_rate=t.learning_rate, steps=base_steps)
   key = jax.random.key(config.seed)
   init_key, base_key, branch_key = jax.random.split(jax.random.fold_in(key, 1), 3)
