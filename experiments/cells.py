@@ -32,22 +32,20 @@ another config is refused.
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import time
 from typing import Any
 
 from absl import app
 from absl import flags
-from absl import logging
 import jax
 import jax.numpy as jnp
-from ml_collections import config_flags
 import ml_collections
 import numpy as np
 import optax
 import pandas as pd
 
+from experiments import launch
 from xai_jax import models, runner, train
 from xai_jax.data import cells
 from xai_jax.metrics import stats
@@ -345,11 +343,9 @@ def make_figures(results, samples, roc, curves, folder: pathlib.Path) -> dict[st
 
 def main(argv):
   del argv
-  if not flags.FLAGS["verbosity"].present:  # orbax logs every checkpoint step at INFO
-    logging.set_verbosity(logging.WARNING)
+  launch.start()
   if flags.FLAGS.distributed:  # one process per host; the cluster comes from the environment
     jax.distributed.initialize()
-  print(f"devices: {jax.devices()}", flush=True)
   outputs = run(flags.FLAGS.config, flags.FLAGS.workdir)
   print(report.to_markdown(outputs["summary"]))
   print(f"report: {outputs['report']}")
@@ -358,10 +354,7 @@ def main(argv):
 if __name__ == "__main__":
   # Flags are defined here, not at import, so that experiment modules can be imported together
   # (tests) without clashing `--config` / `--workdir` definitions.
-  config_flags.DEFINE_config_file(
-      "config", os.path.join(os.path.dirname(__file__), os.pardir, "configs", "cells.py:quick"),
-      "Experiment config (configs/cells.py:<variant>).")
-  flags.DEFINE_string("workdir", "workdir/cells_quick", "Output folder (a rerun resumes).")
+  launch.define_config_and_workdir("cells")
   flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (multi-host: "
                     "every host runs the command on a shared workdir and takes a share of the "
                     "evaluation shards).")

@@ -58,6 +58,7 @@ import ml_collections
 import numpy as np
 import pandas as pd
 
+from experiments import launch
 from xai_jax import models, runner, train
 from xai_jax.data import cells
 from xai_jax.data import images
@@ -379,9 +380,7 @@ def run(config: ml_collections.ConfigDict, workdir, *, progress: bool = True) ->
 
 def main(argv):
   del argv
-  if not flags.FLAGS["verbosity"].present:  # orbax logs every checkpoint step at INFO
-    logging.set_verbosity(logging.WARNING)
-  print(f"devices: {jax.devices()}", flush=True)
+  launch.start()
   outputs = run(flags.FLAGS.config, flags.FLAGS.workdir)
   print(report.to_markdown(outputs["summary"]))
   print(f"report: {outputs['report']}")
@@ -390,10 +389,5 @@ def main(argv):
 if __name__ == "__main__":
   # Flags are defined here, not at import, so that several experiment modules can be imported
   # in one process (tests) without clashing `--config` / `--workdir` definitions.
-  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-  config_flags.DEFINE_config_file(
-      "config", os.path.join(os.path.dirname(__file__), os.pardir, "configs",
-                             "localization.py:quick"),
-      "Experiment config (configs/localization.py:<variant>).")
-  flags.DEFINE_string("workdir", "workdir/localization_quick", "Output folder.")
+  launch.define_config_and_workdir("localization")
   app.run(main)

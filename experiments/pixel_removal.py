@@ -36,7 +36,6 @@ DeepMaps Fig. 7; `stats.win_rate_matrix`); `figures/perturbation_curves.png`,
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import time
 from typing import Any
@@ -44,11 +43,11 @@ from typing import Any
 from absl import app
 from absl import flags
 from absl import logging
-import jax
 import ml_collections
 import numpy as np
 import pandas as pd
 
+from experiments import launch
 from experiments import localization as common
 from xai_jax import runner
 from xai_jax.data import images
@@ -186,9 +185,7 @@ def run(config: ml_collections.ConfigDict, workdir, *, progress: bool = True) ->
 
 def main(argv):
   del argv
-  if not flags.FLAGS["verbosity"].present:  # orbax logs every checkpoint step at INFO
-    logging.set_verbosity(logging.WARNING)
-  print(f"devices: {jax.devices()}", flush=True)
+  launch.start()
   outputs = run(flags.FLAGS.config, flags.FLAGS.workdir)
   print(report.to_markdown(outputs["summary"]))
   print(f"report: {outputs['report']}")
@@ -197,10 +194,5 @@ def main(argv):
 if __name__ == "__main__":
   # Flags are defined here, not at import, so that several experiment modules can be imported
   # in one process (tests) without clashing `--config` / `--workdir` definitions.
-  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-  config_flags.DEFINE_config_file(
-      "config", os.path.join(os.path.dirname(__file__), os.pardir, "configs",
-                             "pixel_removal.py:quick"),
-      "Experiment config (configs/pixel_removal.py:<variant>).")
-  flags.DEFINE_string("workdir", "workdir/pixel_removal_quick", "Output folder.")
+  launch.define_config_and_workdir("pixel_removal")
   app.run(main)

@@ -47,7 +47,9 @@ from ml_collections import config_flags
 import numpy as np
 import pandas as pd
 
+from experiments import launch
 from xai_jax import explain
+from xai_jax import files
 from xai_jax import models
 from xai_jax import runner
 from xai_jax import train
@@ -56,6 +58,7 @@ from xai_jax.data import cells
 from xai_jax.metrics import sanity
 from xai_jax.metrics import similarity
 from xai_jax.models import port
+from xai_jax.reports import evaluation as report
 from xai_jax.reports import sanity as sanity_figures
 
 MODES = ("cascading", "independent")
@@ -379,10 +382,8 @@ def _batches(x: np.ndarray, target: np.ndarray, batch_size: int):
 
 
 def _save_npz(path: pathlib.Path, **arrays) -> None:
-  path.parent.mkdir(parents=True, exist_ok=True)
-  temporary = path.with_name(f".{path.name}.tmp.npz")
-  np.savez_compressed(temporary, **arrays)
-  os.replace(temporary, path)
+  with files.atomic_open(path, "wb") as stream:
+    np.savez_compressed(stream, **arrays)
 
 
 def _table(result: sanity.RandomizationResult, *, method: str, mode: str,
@@ -510,14 +511,6 @@ def _figures(config, workdir: pathlib.Path, tables: Mapping[str, pd.DataFrame]) 
   return written
 
 
-def _markdown_table(frame: pd.DataFrame) -> str:
-  header = "| " + " | ".join(str(c) for c in frame.columns) + " |"
-  rule = "|" + "|".join("---" for _ in frame.columns) + "|"
-  rows = ["| " + " | ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in row)
-          + " |" for row in frame.itertuples(index=False)]
-  return "\n".join([header, rule, *rows])
-
-
 def last_stage_means(summary: pd.DataFrame, mode: str, config) -> pd.DataFrame:
   """Method x measure table of the mean similarity at the last stage of a mode."""
   rows = summary[summary["mode"] == mode]
@@ -552,13 +545,11 @@ def write_report(config, workdir: pathlib.Path, summary: pd.DataFrame, info: Map
   for mode in info["modes"]:
     lines += [f"## {titles[mode]}", "",
               "Mean similarity to the original explanation at the last stage:", "",
-              _markdown_table(last_stage_means(summary, mode, config)), ""]
+              report.to_markdown(last_stage_means(summary, mode, config)), ""]
     lines += [f"![{name}]({name})" for name in figures if f"_{mode}" in name]
     lines.append("")
   path = workdir / "report.md"
-  temporary = path.with_name(f".{path.name}.tmp")
-  temporary.write_text("\n".join(lines))
-  os.replace(temporary, path)
+  files.write_text(path, "\n".join(lines))
   return path
 
 
@@ -664,9 +655,7 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if flags.FLAGS.config is None or not flags.FLAGS.workdir:
     raise app.UsageError("pass --config=configs/sanity_checks.py:<variant> and --workdir=DIR")
-  if not flags.FLAGS["verbosity"].present:  # orbax logs every checkpoint step at INFO
-    logging.set_verbosity(logging.WARNING)
-  print(f"devices: {jax.devices()}", flush=True)
+  launch.start()
   run(flags.FLAGS.config, flags.FLAGS.workdir)
   print(pathlib.Path(flags.FLAGS.workdir) / "report.md")
 
