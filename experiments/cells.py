@@ -219,18 +219,6 @@ def method_statistics(samples: pd.DataFrame, out_dir: pathlib.Path) -> pd.DataFr
 # The run.
 
 
-def _check_same_run(path: pathlib.Path, current: dict, what: str) -> None:
-  """Refuses `path` if it records a different `current`; writes it otherwise."""
-  if path.exists():
-    previous = json.loads(path.read_text())
-    if previous != current:
-      changed = sorted(k for k in set(previous) | set(current)
-                       if previous.get(k) != current.get(k))
-      raise ValueError(f"{path.parent} holds {what} of a different config (fields {changed} "
-                       "differ); use another --workdir or delete it")
-  runner.write_json(current, path)
-
-
 def _check_workdir(config, workdir: pathlib.Path, out: pathlib.Path) -> None:
   """Training (seed, data, model, train) must match the workdir's; the rest must match `out`'s.
 
@@ -238,10 +226,9 @@ def _check_workdir(config, workdir: pathlib.Path, out: pathlib.Path) -> None:
   no output folder ever mixes results of two configs.
   """
   current = json.loads(config.to_json())
-  _check_same_run(workdir / "train_config.json",
-                  {k: current[k] for k in _TRAINING_FIELDS}, "trained models")
-  _check_same_run(out / "config.json",
-                  {k: v for k, v in current.items() if k not in _VOLATILE_FIELDS}, "results")
+  runner.record_config(workdir / "train_config.json",
+                       {k: current[k] for k in _TRAINING_FIELDS}, what="trained models")
+  runner.record_config(out / "config.json", current, ignore=_VOLATILE_FIELDS, what="results")
 
 
 def run(config: ml_collections.ConfigDict, workdir, *, progress: bool = True) -> dict[str, Any]:

@@ -190,17 +190,8 @@ def method_options(config) -> dict[str, dict]:
 
 def check_workdir(config, workdir: pathlib.Path) -> None:
   """Refuses a workdir that holds a run of another config; writes `config.json`."""
-  current = json.loads(config.to_json())
-  path = workdir / "config.json"
-  if path.exists():
-    previous = json.loads(path.read_text())
-    strip = lambda c: {k: v for k, v in c.items() if k not in _VOLATILE_FIELDS}
-    if strip(previous) != strip(current):
-      changed = sorted(k for k in set(previous) | set(current)
-                       if k not in _VOLATILE_FIELDS and previous.get(k) != current.get(k))
-      raise ValueError(f"workdir {workdir} holds a run with a different config (fields "
-                       f"{changed} differ); use another --workdir or delete it")
-  runner.write_json(current, path)
+  runner.record_config(workdir / "config.json", json.loads(config.to_json()),
+                       ignore=_VOLATILE_FIELDS)
 
 
 def accuracy_of(samples: pd.DataFrame, split: str) -> pd.DataFrame:

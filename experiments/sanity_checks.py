@@ -160,23 +160,6 @@ def check_config(config) -> None:
                      f"16); data.size is {data.size}: drop 'hog' from measures or enlarge")
 
 
-def _plain(value):
-  """JSON-comparable form of a config (tuples become lists)."""
-  return json.loads(json.dumps(value, sort_keys=True, default=str))
-
-
-def _write_config(config, workdir: pathlib.Path) -> None:
-  data = config.to_dict()
-  path = workdir / "config.json"
-  if path.exists():
-    existing = json.loads(path.read_text())
-    if existing != _plain(data):
-      raise ValueError(f"{workdir} holds a run with another config (see {path}); use a new "
-                       "workdir or the same config")
-    return
-  runner.write_json(data, path)
-
-
 # --------------------------------------------------------------------------------------------
 # Data and model
 
@@ -574,7 +557,7 @@ def run(config, workdir, *, progress: bool = True) -> dict[str, pd.DataFrame]:
   check_config(config)
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  _write_config(config, workdir)
+  runner.record_config(workdir / "config.json", json.loads(config.to_json()))
 
   model, variables, model_info = load_or_train_model(config, workdir, progress=progress)
   x = explain_images(config)

@@ -1,5 +1,6 @@
 """Resumable shards (kill -9 and rerun gives identical tables) and batch sharding."""
 
+import json
 import os
 import pathlib
 import signal
@@ -147,3 +148,15 @@ def test_two_processes_split_the_shards_and_return_the_same_tables(tmp_path):
   with pytest.raises(ValueError, match="process_index must be in"):
     runner.run_shard_tables(tmp_path / "x", ("t",), range(2), compute(0), progress=False,
                             process_index=2, process_count=2)
+
+
+def test_record_config_refuses_a_different_config_and_names_the_fields(tmp_path):
+  path = tmp_path / "run" / "config.json"
+  runner.record_config(path, {"seed": 0, "data": {"size": 32}, "figures": True})
+  runner.record_config(path, {"seed": 0, "data": {"size": 32}, "figures": False},
+                       ignore=("figures",))
+  assert json.loads(path.read_text())["figures"] is False  # ignored fields are still written
+  with pytest.raises(ValueError, match=r"holds results of a different config \(fields "
+                                       r"\['data', 'figures'\] differ\)"):
+    runner.record_config(path, {"seed": 0, "data": {"size": 64}, "figures": True},
+                         what="results")

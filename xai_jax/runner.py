@@ -88,6 +88,35 @@ def write_json(data: Mapping[str, Any], path) -> None:
                                                     default=str) + "\n")
 
 
+def record_config(path, config: Mapping[str, Any], *, ignore: Sequence[str] = (),
+                  what: str = "a run") -> None:
+  """Writes `config` as JSON to `path`, or refuses if `path` records a different one.
+
+  A resumable output folder must never mix results of two configs: the first run records
+  its config, and a later run with the same folder must bring the same one (fields in
+  `ignore`, such as whether to draw figures, may differ).
+
+  Args:
+    path: the record, e.g. `WORKDIR/config.json`.
+    config: JSON-serialisable mapping (e.g. `json.loads(config_dict.to_json())`).
+    ignore: top-level fields left out of the comparison (still written).
+    what: what the folder holds, for the error message.
+
+  Raises:
+    ValueError: the recorded config differs; the message names the differing fields.
+  """
+  current = json.loads(json.dumps(dict(config), sort_keys=True, default=str))
+  path = pathlib.Path(path)
+  if path.exists():
+    previous = json.loads(path.read_text())
+    changed = sorted(k for k in set(previous) | set(current)
+                     if k not in ignore and previous.get(k) != current.get(k))
+    if changed:
+      raise ValueError(f"{path.parent} holds {what} of a different config (fields {changed} "
+                       "differ); use another config, another --workdir, or delete it")
+  write_json(current, path)
+
+
 def shard_path(workdir, table: str, shard: int) -> pathlib.Path:
   return pathlib.Path(workdir) / "shards" / table / f"shard_{shard:05d}.csv"
 
