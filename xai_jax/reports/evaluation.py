@@ -474,6 +474,37 @@ def precision_recall_scatter(samples: pd.DataFrame, path: PathLike, *, model: st
   return _save(fig, path)
 
 
+def _panel_lines(frame: pd.DataFrame, *, panel: str, valid: Sequence[str], table: str,
+                 order_by: str):
+  """The panels and lines of a line figure: one panel per `panel` value, one line per
+  (model, method).
+
+  Returns:
+    `(panels, lines, styles, colours)`: the panel values present, in `valid`'s order;
+    `{panel value: [(model, method, rows sorted by order_by)]}`; a line style per model and
+    a colour per method.
+
+  Raises:
+    ValueError: a `panel` value outside `valid`.
+  """
+  present = _unique(frame[panel])
+  unknown = [v for v in present if v not in valid]
+  if unknown:
+    raise ValueError(f"unknown {panel} {unknown} in the {table} table; valid: {list(valid)}")
+  panels = [v for v in valid if v in present]
+  models = _unique(frame["model"])
+  methods = _unique(frame["method"])
+  colours = dict(zip(methods, _colors(len(methods))))
+  styles = dict(zip(models, ["-", "--", ":", "-."] * (len(models) // 4 + 1)))
+  lines = {}
+  for value in panels:
+    rows = frame[frame[panel] == value]
+    lines[value] = [(name, method, line) for name in models for method in methods
+                    if not (line := rows[(rows["model"] == name) & (rows["method"] == method)]
+                            .sort_values(order_by)).empty]
+  return panels, lines, styles, colours
+
+
 def roc_figure(roc: pd.DataFrame, path: PathLike, *, model: str | None = None) -> pathlib.Path:
   """Mean recall against mean FPR over the thresholds (Tjoa & Guan, Fig. 4).
 
@@ -496,33 +527,22 @@ def roc_figure(roc: pd.DataFrame, path: PathLike, *, model: str | None = None) -
   """
   frame = _check_frame(roc, "roc", ["model", "method", "setting", "threshold", "recall", "fpr"])
   frame = _select_model(frame, model, "roc")
-  present = _unique(frame["setting"])
-  unknown = [s for s in present if s not in SETTINGS]
-  if unknown:
-    raise ValueError(f"unknown setting {unknown} in the roc table; valid: {list(SETTINGS)}")
+  settings, lines, styles, colours = _panel_lines(frame, panel="setting", valid=SETTINGS,
+                                                  table="roc", order_by="threshold")
   if frame.duplicated(["model", "method", "setting", "threshold"]).any():
     raise ValueError("roc table has duplicate (model, method, setting, threshold) rows")
-  settings = [s for s in SETTINGS if s in present]
-  models = _unique(frame["model"])
-  methods = _unique(frame["method"])
-  colours = dict(zip(methods, _colors(len(methods))))
-  styles = dict(zip(models, ["-", "--", ":", "-."] * (len(models) // 4 + 1)))
+  several_models = len(styles) > 1
   fig, axes = _panel_grid(len(settings), size=4.2)
   for axis, setting in zip(axes, settings):
-    rows = frame[frame["setting"] == setting]
-    for name in models:
-      for method in methods:
-        line = rows[(rows["model"] == name) & (rows["method"] == method)].sort_values("threshold")
-        if line.empty:
-          continue
-        recall = line["recall"].to_numpy(np.float64)
-        fpr = line["fpr"].to_numpy(np.float64)
-        area = ground_truth.roc_auc((recall, fpr))
-        label = f"{method} (AUC {area:.3f})"
-        if len(models) > 1:
-          label = f"{name}: {label}"
-        axis.plot(fpr, recall, styles[name], color=colours[method], marker=".", markersize=3,
-                  linewidth=1.2, label=label)
+    for name, method, line in lines[setting]:
+      recall = line["recall"].to_numpy(np.float64)
+      fpr = line["fpr"].to_numpy(np.float64)
+      area = ground_truth.roc_auc((recall, fpr))
+      label = f"{method} (AUC {area:.3f})"
+      if several_models:
+        label = f"{name}: {label}"
+      axis.plot(fpr, recall, styles[name], color=colours[method], marker=".", markersize=3,
+                linewidth=1.2, label=label)
     axis.plot([0, 1], [0, 1], color="grey", linewidth=0.6, linestyle=":")
     axis.set_xlim(-0.02, 1.02)
     axis.set_ylim(-0.02, 1.02)
@@ -564,26 +584,14 @@ def perturbation_curves_figure(curves: pd.DataFrame, path: PathLike, *, model: s
     raise ValueError(f"unknown quantity {quantity!r}; valid: {list(CURVE_QUANTITIES)}")
   frame = _check_frame(curves, "curves", ["model", "method", "order", "fraction", quantity])
   frame = _select_model(frame, model, "curves")
-  present = _unique(frame["order"])
-  unknown = [o for o in present if o not in ORDERS]
-  if unknown:
-    raise ValueError(f"unknown order {unknown} in the curves table; valid: {list(ORDERS)}")
-  orders = [o for o in ORDERS if o in present]
-  models = _unique(frame["model"])
-  methods = _unique(frame["method"])
-  colours = dict(zip(methods, _colors(len(methods))))
-  styles = dict(zip(models, ["-", "--", ":", "-."] * (len(models) // 4 + 1)))
+  orders, lines, styles, colours = _panel_lines(frame, panel="order", valid=ORDERS,
+                                                table="curves", order_by="fraction")
   fig, axes = _panel_grid(len(orders), size=4.2)
   for axis, order in zip(axes, orders):
-    rows = frame[frame["order"] == order]
-    for name in models:
-      for method in methods:
-        line = rows[(rows["model"] == name) & (rows["method"] == method)].sort_values("fraction")
-        if line.empty:
-          continue
-        label = method if len(models) == 1 else f"{name}: {method}"
-        axis.plot(line["fraction"].to_numpy(np.float64), line[quantity].to_numpy(np.float64),
-                  styles[name], color=colours[method], linewidth=1.2, label=label)
+    for name, method, line in lines[order]:
+      label = method if len(styles) == 1 else f"{name}: {method}"
+      axis.plot(line["fraction"].to_numpy(np.float64), line[quantity].to_numpy(np.float64),
+                styles[name], color=colours[method], linewidth=1.2, label=label)
     axis.set_xlabel("fraction of pixels removed")
     axis.set_ylabel(_CURVE_LABELS[quantity])
     axis.set_title(_ORDER_TITLES[order], fontsize=9)
