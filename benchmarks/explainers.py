@@ -11,7 +11,7 @@ or copied by hand for the small CNN), their ratio, and for the step methods
 (integrated gradients, SmoothGrad, GradientShap) the ratio to xai_jax's own
 floor: S batched forward+backward passes (S = steps or samples) of the batch.
 
-Step loops are timed in both forms (`loop="python"`: a jitted chunk called from
+Step loops are timed in both forms unless `--loops` names one (`loop="python"`: a jitted chunk called from
 a Python loop; `loop="lax"`: one jitted `lax.scan` over chunks); the row marked
 `*` is the form `loop="auto"` picks on this backend (see
 `xai_jax.explain.common`). On XLA:CPU the Python loop is the default because a
@@ -212,7 +212,8 @@ def run(args) -> list[dict]:
     grad_pass = _time(lambda: common.jit_target_gradient(model, variables, x, target),
                       args.repeats)
     for name in names:
-      loops = ("python", "lax") if name in STEP_METHODS and name != "deeplift_shap" else (None,)
+      loops = (tuple(args.loops.split(",")) if name in STEP_METHODS and name != "deeplift_shap"
+               else (None,))
       captum_s = None
       captum_note = ""
       fn = (_captum_call(name, net, layer, xt, tt, bt, args, chunk * batch, chunk)
@@ -271,10 +272,15 @@ def main(argv=None) -> None:
   parser.add_argument("--steps", type=int, default=50, help="integrated-gradients steps")
   parser.add_argument("--samples", type=int, default=20, help="SmoothGrad / GradientShap samples")
   parser.add_argument("--chunk", type=int, default=0, help="steps per call (default: auto)")
+  parser.add_argument("--loops", default="python,lax",
+                      help="step-loop forms to time for the step methods (python, lax or both)")
   parser.add_argument("--repeats", type=int, default=3, help="timed calls (median)")
   parser.add_argument("--no-captum", action="store_true", help="time xai_jax only")
   parser.add_argument("--json", default="", help="also write the rows to this JSON file")
   args = parser.parse_args(argv)
+  bad_loops = set(args.loops.split(",")) - {"python", "lax"}
+  if bad_loops:
+    parser.error(f"unknown --loops {sorted(bad_loops)}; valid: python, lax")
   print(f"# jax {jax.__version__} devices {jax.devices()}", flush=True)
   rows = run(args)
   if args.json:

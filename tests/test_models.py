@@ -541,3 +541,29 @@ def test_bfloat16_compute():
   out = jax.jit(lambda v, x: taps.tap_gradients(model16, v, x, jnp.array([0, 1])))(v, x)
   assert out.activations["relu1"].dtype == jnp.bfloat16
   assert out.biases["conv1/bias"].dtype == jnp.float32
+
+
+def test_shape_cached_recomputes_only_for_new_shapes_and_stays_bounded():
+  from xai_jax.models import base  # pylint: disable=import-outside-toplevel
+  calls = []
+
+  @base.shape_cached
+  def logits_shape(model, variables, x, extra=()):
+    calls.append(x.shape)
+    return jax.eval_shape(model.apply, variables, x).shape[1] + len(extra)
+
+  model = models.get("mlp", num_classes=3, hidden=(4,))
+  variables = models.init(model, jax.random.key(0), (1, 2, 2, 1))
+  assert logits_shape(model, variables, jnp.ones((2, 2, 2, 1))) == 3
+  assert logits_shape(model, variables, jax.ShapeDtypeStruct((2, 2, 2, 1), jnp.float32)) == 3
+  assert len(calls) == 1  # same shapes: cached, even for a different array type
+  assert logits_shape(model, variables, jnp.ones((5, 2, 2, 1)), (0,)) == 4
+  assert len(calls) == 2
+  for _ in range(2):  # an unhashable argument: computed every time
+    assert logits_shape(model, variables, jnp.ones((2, 2, 2, 1)), [0]) == 4
+  assert len(calls) == 4
+  for n in range(base._SHAPE_CACHE_SIZE + 1):  # pylint: disable=protected-access
+    logits_shape(model, variables, jax.ShapeDtypeStruct((n + 10, 2, 2, 1), jnp.float32))
+  before = len(calls)
+  logits_shape(model, variables, jnp.ones((2, 2, 2, 1)))  # the oldest entry was evicted
+  assert len(calls) == before + 1

@@ -29,6 +29,7 @@ from flax import traverse_util
 
 from xai_jax.explain import common, guided, postprocess
 from xai_jax.models import taps
+from xai_jax.models.base import shape_cached
 
 Array = jax.Array
 
@@ -48,8 +49,9 @@ def _check_contract(model, method: str) -> None:
         f"activations, see xai_jax.models.taps); got {type(model).__name__}")
 
 
+@shape_cached
 def activation_probe_shapes(model: nn.Module, variables: Any, x: Array) -> dict[str, Any]:
-  """Flat name -> `ShapeDtypeStruct` of every activation site (no FLOPs)."""
+  """Flat name -> `ShapeDtypeStruct` of every activation site (no FLOPs; cached per shapes)."""
   _, state = jax.eval_shape(
       lambda v, x: model.apply(v, x, mutable=[taps.ACTIVATION_PROBES]), _plain(variables), x)
   return traverse_util.flatten_dict(dict(state.get(taps.ACTIVATION_PROBES, {})), sep="/")

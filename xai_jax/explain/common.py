@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from xai_jax.models.base import ApplyFn, as_apply
+from xai_jax.models.base import ApplyFn, as_apply, shape_cached
 
 PyTree = Any
 Model = nn.Module | ApplyFn
@@ -94,26 +94,11 @@ def check_images(x, *, name: str = "x") -> jax.Array:
 
 def num_classes(model: Model, variables: PyTree, x: jax.Array) -> int:
   """Number of logits of `model` on `x`, from shapes only (no FLOPs; cached per shapes)."""
-  leaves, treedef = jax.tree_util.tree_flatten(variables)
-  signature = (treedef, tuple((jnp.shape(a), jnp.result_type(a)) for a in leaves),
-               tuple(x.shape), jnp.dtype(x.dtype))
-  try:
-    return _num_classes_cached(model, signature, variables, x)
-  except TypeError:  # an unhashable model callable: no caching
-    return _num_classes_uncached(model, variables, x)
+  return _num_classes(model, variables, x)
 
 
-_NUM_CLASSES_CACHE: dict = {}
-
-
-def _num_classes_cached(model, signature, variables, x) -> int:
-  key = (model, signature)
-  if key not in _NUM_CLASSES_CACHE:
-    _NUM_CLASSES_CACHE[key] = _num_classes_uncached(model, variables, x)
-  return _NUM_CLASSES_CACHE[key]
-
-
-def _num_classes_uncached(model, variables, x) -> int:
+@shape_cached
+def _num_classes(model, variables, x) -> int:
   apply = as_apply(model)
   out = jax.eval_shape(apply, variables, jax.ShapeDtypeStruct(x.shape, x.dtype))
   if len(out.shape) != 2 or out.shape[0] != x.shape[0]:

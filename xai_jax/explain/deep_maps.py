@@ -31,6 +31,7 @@ import jax.numpy as jnp
 
 from xai_jax.explain import common, postprocess
 from xai_jax.models import taps
+from xai_jax.models.base import shape_cached
 
 Array = jax.Array
 
@@ -73,6 +74,19 @@ def psi(a: Array, size: tuple[int, int], *, align_corners: bool = True) -> Array
   return postprocess.resize_bilinear(normed, size, align_corners=align_corners)
 
 
+def psi_per_channel_sum(a: Array, size: tuple[int, int], *,
+                        align_corners: bool = True) -> Array:
+  """`psi(a, size).sum(-1)` for `a: float[N, h, w, C]`, resizing one map instead of C.
+
+  Equal up to float rounding because bilinear resizing is linear and the same
+  for every channel.
+  """
+  n, h, w, c = a.shape
+  flat = jnp.moveaxis(jnp.abs(a), -1, 1).reshape(n * c, h, w)
+  summed = jnp.sum(_normalize(flat).reshape(n, c, h, w), axis=1)
+  return postprocess.resize_bilinear(summed, size, align_corners=align_corners)
+
+
 def _layer_maps(model, variables, x, target, *, per_channel, align_corners, normalize):
   out = taps.tap_gradients(model, variables, x, target)
   size = x.shape[1:3]
@@ -85,8 +99,8 @@ def _layer_maps(model, variables, x, target, *, per_channel, align_corners, norm
     if not normalize:
       maps[name] = postprocess.resize_bilinear(jnp.sum(a, axis=-1), size,
                                                align_corners=align_corners)
-    elif per_channel:
-      maps[name] = jnp.sum(psi(a, size, align_corners=align_corners), axis=-1)
+    elif per_channel:  # resizing is linear: sum the normalised channels, resize once
+      maps[name] = psi_per_channel_sum(a, size, align_corners=align_corners)
     else:
       maps[name] = psi(jnp.sum(a, axis=-1), size, align_corners=align_corners)
   return maps
@@ -99,6 +113,7 @@ def _layer_maps_jit(model, variables, x, target, *, per_channel, align_corners, 
                      align_corners=align_corners, normalize=normalize)
 
 
+@shape_cached
 def layer_names(model: nn.Module, variables: Any, x: Array) -> tuple[str, ...]:
   """DeepMaps layer order: `("input", spatial activation names in forward order...)`.
 

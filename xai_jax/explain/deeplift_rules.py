@@ -65,7 +65,7 @@ import jax
 import jax.numpy as jnp
 
 from xai_jax.explain import common
-from xai_jax.models import taps
+from xai_jax.models import pooling, taps
 
 Array = jax.Array
 
@@ -91,34 +91,8 @@ class _Pool:
   padding: int
 
 
-def _pool_out_size(size: int, spec: _Pool) -> int:
-  return (size + 2 * spec.padding - spec.window) // spec.stride + 1
-
-
-def _window_patches(z: Array, spec: _Pool) -> Array:
-  """`float[B, H, W, C] -> float[B, Ho, Wo, C, window**2]`, window elements in row-major order."""
-  k, s, p = spec.window, spec.stride, spec.padding
-  ho, wo = _pool_out_size(z.shape[1], spec), _pool_out_size(z.shape[2], spec)
-  zp = jnp.pad(z, ((0, 0), (p, p), (p, p), (0, 0)), constant_values=-jnp.inf)
-  cols = []
-  for di in range(k):
-    for dj in range(k):
-      cols.append(jax.lax.slice(
-          zp, (0, di, dj, 0),
-          (zp.shape[0], di + s * (ho - 1) + 1, dj + s * (wo - 1) + 1, zp.shape[3]),
-          (1, s, s, 1)))
-  return jnp.stack(cols, axis=-1)
-
-
-def _place(v: Array, di: int, dj: int, spec: _Pool, h: int, w: int) -> Array:
-  """Puts `v[:, oh, ow]` at input position `(oh*s + di - p, ow*s + dj - p)` (zeros elsewhere)."""
-  s, p = spec.stride, spec.padding
-  ho, wo = v.shape[1], v.shape[2]
-  lo_h, lo_w = di - p, dj - p
-  hi_h = h - lo_h - (s * (ho - 1) + 1)
-  hi_w = w - lo_w - (s * (wo - 1) + 1)
-  zero = jnp.zeros((), v.dtype)
-  return jax.lax.pad(v, zero, ((0, 0, 0), (lo_h, hi_h, s - 1), (lo_w, hi_w, s - 1), (0, 0, 0)))
+def _geometry(spec: _Pool) -> dict:
+  return dict(window=spec.window, stride=spec.stride, padding=spec.padding)
 
 
 def _unpool(values: Array, argmax: Array, spec: _Pool, h: int, w: int, *, mode: str) -> Array:
@@ -128,15 +102,17 @@ def _unpool(values: Array, argmax: Array, spec: _Pool, h: int, w: int, *, mode: 
   mode "last" keeps only the last such window in row-major order, like torch's
   `F.max_unpool2d` on CPU.
   """
+  if mode == "add" or pooling.is_tiling(**_geometry(spec)):  # tiles never share a position
+    return pooling.scatter_to_windows(values, argmax, height=h, width=w, **_geometry(spec))
   k = spec.window
   offsets = [(di, dj) for di in range(k) for dj in range(k)]
-  placed = [_place(jnp.where(argmax == i, values, 0), di, dj, spec, h, w)
+  place = functools.partial(pooling.place_window_offset, stride=spec.stride,
+                            padding=spec.padding, height=h, width=w)
+  placed = [place(jnp.where(argmax == i, values, 0), di, dj)
             for i, (di, dj) in enumerate(offsets)]
-  if mode == "add":
-    return functools.reduce(jnp.add, placed)
   ho, wo = values.shape[1], values.shape[2]
   rank = (jnp.arange(ho * wo, dtype=jnp.int32).reshape(1, ho, wo, 1) + 1)
-  claims = [_place(jnp.where(argmax == i, rank, 0), di, dj, spec, h, w)
+  claims = [place(jnp.where(argmax == i, rank, 0), di, dj)
             for i, (di, dj) in enumerate(offsets)]
   winner = functools.reduce(jnp.maximum, claims)
   out = jnp.zeros_like(placed[0])
@@ -149,10 +125,8 @@ def _forward(spec, u: Array) -> tuple[Array, Any]:
   """Output of one op and what its backward pass needs besides input/output."""
   if isinstance(spec, _Rescale):
     return jnp.where(u > 0, u, spec.slope * u), None
-  patches = _window_patches(u, spec)
-  argmax = jnp.argmax(patches, axis=-1)  # first maximum, like torch
-  out = jnp.take_along_axis(patches, argmax[..., None], axis=-1)[..., 0]
-  return out, argmax
+  argmax = pooling.window_argmax(u, **_geometry(spec))  # first maximum, like torch
+  return pooling.select_window_element(u, argmax, **_geometry(spec)), argmax
 
 
 def _halves_diff(a: Array) -> Array:

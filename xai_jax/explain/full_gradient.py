@@ -84,8 +84,11 @@ def _saliency(input_term: Array, bias_maps: dict[str, Array]) -> Array:
   for term in bias_maps.values():
     if term.ndim != 4:
       continue  # dense sites: completeness only (as idiap)
-    up = postprocess.resize_bilinear(post_process(term), size, align_corners=True)
-    cam = cam + jnp.sum(up, axis=-1)
+    # Bilinear resizing is linear and acts on each channel alike, so summing the
+    # channels first gives idiap's `upsample(...).sum(C)` while resizing one map
+    # instead of C (ResNet50 at 224x224 otherwise ran out of 24 GiB at batch 8).
+    cam = cam + postprocess.resize_bilinear(jnp.sum(post_process(term), axis=-1), size,
+                                            align_corners=True)
   return cam
 
 

@@ -70,7 +70,9 @@ import flax.linen as nn
 from flax import traverse_util
 import jax
 import jax.numpy as jnp
-import numpy as np
+
+from xai_jax.models.base import shape_cached
+from xai_jax.models.pooling import max_pool
 
 Array = jax.Array
 
@@ -79,38 +81,6 @@ ACTIVATION_PROBES = "activation_probes"
 BIASES = "biases"
 BIAS_PROBES = "bias_probes"
 _TAP_COLLECTIONS = (ACTIVATIONS, ACTIVATION_PROBES, BIASES, BIAS_PROBES)
-
-
-def max_pool(x: Array, *, window: int, stride: int, padding: int = 0) -> Array:
-  """Max-pooling with torch's `nn.MaxPool2d` semantics (NHWC).
-
-  Floor mode (`ceil_mode=False`), implicit `-inf` padding, square windows. The
-  gradient goes to the first maximum of each window in row-major order, as in
-  torch (reference-semantics A.4, A.11).
-
-  Args:
-    x: `float[N, H, W, C]`.
-    window: window size (square).
-    stride: stride (both axes).
-    padding: `-inf` padding on each side of H and W.
-
-  Returns:
-    `float[N, (H + 2p - window) // stride + 1, (W + 2p - window) // stride + 1, C]`.
-
-  Raises:
-    ValueError: if the input is not 4-D or smaller than the window.
-  """
-  if x.ndim != 4:
-    raise ValueError(f"max_pool expects NHWC input, got shape {x.shape}")
-  h, w = x.shape[1] + 2 * padding, x.shape[2] + 2 * padding
-  if h < window or w < window:
-    raise ValueError(
-        f"max_pool: padded input {h}x{w} is smaller than the window {window}")
-  return jax.lax.reduce_window(
-      x, np.array(-np.inf, dtype=x.dtype), jax.lax.max,
-      window_dimensions=(1, window, window, 1),
-      window_strides=(1, stride, stride, 1),
-      padding=((0, 0), (padding, padding), (padding, padding), (0, 0)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -270,13 +240,14 @@ def forward(model: nn.Module, variables: Any, x: Array, *,
   return logits, acts
 
 
+@shape_cached
 def _trace_sites(model, variables, x):
-  """Shapes of all probes plus site names in forward order (no FLOPs)."""
+  """Shapes of all probes plus site names in forward order (no FLOPs; cached per shapes)."""
   with _recording() as records:
     _, state = jax.eval_shape(
         lambda v, x: model.apply(v, x, mutable=[ACTIVATION_PROBES, BIAS_PROBES]),
         _model_variables(variables), x)
-  return state, records
+  return state, tuple(records)
 
 
 def activation_names(model: nn.Module, variables: Any, x: Array) -> tuple[str, ...]:

@@ -1,0 +1,27 @@
+"""The explainer benchmark runs end to end on a tiny configuration (xai_jax only)."""
+
+import argparse
+
+import pytest
+
+from benchmarks import explainers as bench
+
+
+def test_explainer_benchmark_tiny_run_reports_times_and_floor_ratios(capsys):
+  rows = bench.run(argparse.Namespace(
+      models="cnn", methods="gradient,integrated_gradients,deeplift", size=16, batch=2,
+      steps=4, samples=2, chunk=2, loops="python,lax", repeats=1, no_captum=True))
+  assert [(r["method"], r["loop"]) for r in rows] == [
+      ("gradient", "-"), ("integrated_gradients", "python"), ("integrated_gradients", "lax"),
+      ("deeplift", "-")]
+  assert all(r["xai_s"] > 0 and "error" not in r for r in rows)
+  assert all(r["ratio_floor"] > 0 for r in rows if r["method"] == "integrated_gradients")
+  assert "integrated_gradients" in capsys.readouterr().out
+
+
+def test_explainer_benchmark_rejects_unknown_names():
+  with pytest.raises(SystemExit):
+    bench.main(["--loops", "scan"])
+  with pytest.raises(ValueError, match="unknown methods"):
+    bench.main(["--methods", "gradient,nope", "--no-captum", "--models", "cnn", "--size", "8",
+                "--batch", "1"])
