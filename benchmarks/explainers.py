@@ -34,6 +34,7 @@ import json
 import statistics
 import sys
 import time
+import types
 from typing import Any, Callable
 
 import jax
@@ -101,6 +102,31 @@ def _cnn_variables(net) -> dict:
                      "fc1": dense("fc1"), "fc2": dense("fc2")}}
 
 
+def _split_resnet_relus(torch, torchvision, net):
+  """One ReLU module per call site in torchvision's ResNet blocks.
+
+  torchvision reuses each block's `relu` module two or three times, which
+  Captum's DeepLift rejects ("A Module ReLU(inplace=True) was detected that
+  does not contain some of the input"). The forward pass is unchanged.
+  """
+  resnet = torchvision.models.resnet
+  for block in net.modules():
+    if isinstance(block, (resnet.BasicBlock, resnet.Bottleneck)):
+      bottleneck = isinstance(block, resnet.Bottleneck)
+      block.relus = torch.nn.ModuleList(torch.nn.ReLU() for _ in range(3 if bottleneck else 2))
+
+      def forward(self, x, bottleneck=bottleneck):
+        out = self.relus[0](self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        if bottleneck:
+          out = self.bn3(self.conv3(self.relus[1](out)))
+        identity = x if self.downsample is None else self.downsample(x)
+        return self.relus[-1](out + identity)
+
+      block.forward = types.MethodType(forward, block)
+  return net
+
+
 def build(name: str, size: int, with_torch: bool):
   """(flax model, variables, torch net or None, Grad-CAM torch layer or None)."""
   model = models.get(name, num_classes=CLASSES)
@@ -114,6 +140,8 @@ def build(name: str, size: int, with_torch: bool):
     net = _torch_cnn(torch, size)
     return model, _cnn_variables(net), net, net.relu2
   net = getattr(torchvision.models, name)(weights=None, num_classes=CLASSES).eval()
+  if name.startswith("resnet"):
+    net = _split_resnet_relus(torch, torchvision, net)
   variables = port.from_torchvision(name, net.state_dict())
   layer = net.features[-2] if name.startswith("vgg") else net.layer4
   return model, variables, net, layer
