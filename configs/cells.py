@@ -46,6 +46,8 @@ Every field can be overridden from the command line, e.g.
 
 import ml_collections
 
+from configs import common
+
 # The explainer panel of the quick run: every method of `xai_jax.explain.METHODS` that needs
 # no extra data, with step counts that keep the run within minutes on a CPU.
 QUICK_METHODS = {
@@ -144,8 +146,7 @@ def _base() -> ml_collections.ConfigDict:
 
 def get_config(variant: str = "quick") -> ml_collections.ConfigDict:
   """The config of `variant` (one of `VARIANTS`)."""
-  if variant not in VARIANTS:
-    raise ValueError(f"unknown cells config variant {variant!r}; valid: {', '.join(VARIANTS)}")
+  common.check_variant("cells", variant, VARIANTS)
   config = _base()
   if variant == "tiny":
     config.data.update(size=32, num_train=64, num_validation=32, num_test=16, shard_size=32)

@@ -1,6 +1,37 @@
-"""Config blocks shared by the image experiments (`pixel_removal`, `localization`)."""
+"""Config blocks shared by the experiments (the variant check; the image experiments' base)."""
+
+from typing import Sequence
 
 import ml_collections
+
+
+def check_variant(experiment: str, variant: str, variants: Sequence[str]) -> None:
+  """Raises `ValueError` naming the valid variants when `variant` is not one of them."""
+  if variant not in variants:
+    raise ValueError(f"unknown {experiment} config variant {variant!r}; valid: "
+                     f"{', '.join(variants)}")
+
+
+def image_experiment(variant: str, *, num_examples: int) -> ml_collections.ConfigDict:
+  """The fields `pixel_removal` and `localization` start from: variant, seed, data, model,
+  training on the cells."""
+  config = ml_collections.ConfigDict()
+  config.variant = variant
+  config.seed = 0
+  config.model_name = "model"
+  config.data = image_data(num_examples=num_examples)
+  config.model = model()
+  config.train = cells_training()
+  return config
+
+
+def shrink_to_tiny(config: ml_collections.ConfigDict) -> None:
+  """The `tiny` variant of an image experiment (tests): 8 images of 32x32, 4 training steps,
+  the gradient and random maps."""
+  config.data.update(size=32, num_examples=8)
+  config.train.update(num_train=64, shard_size=32, epochs=1, max_steps=4, batch_size=16,
+                      checkpoint_every=0)
+  config.methods = ml_collections.ConfigDict({"gradient": {}, "random": {}})
 
 
 def image_data(*, num_examples: int, size: int = 48) -> ml_collections.ConfigDict:

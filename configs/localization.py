@@ -85,26 +85,15 @@ def get_config(variant: str = "quick") -> ml_collections.ConfigDict:
   Raises:
     ValueError: an unknown variant, listing the valid ones.
   """
-  if variant not in VARIANTS:
-    raise ValueError(f"unknown localization config variant {variant!r}; valid: "
-                     f"{', '.join(VARIANTS)}")
-  config = ml_collections.ConfigDict()
-  config.variant = variant
-  config.seed = 0
-  config.model_name = "model"
-  config.data = common.image_data(num_examples=200)
-  config.model = common.model()
-  config.train = common.cells_training()
+  common.check_variant("localization", variant, VARIANTS)
+  config = common.image_experiment(variant, num_examples=200)
   config.methods = ml_collections.ConfigDict(QUICK_METHODS)
   config.iou = ml_collections.ConfigDict(dict(n_std=0.5, n_std_star=1.0, abs=True))
   config.confidence_threshold = 0.9
   config.evaluate = ml_collections.ConfigDict(dict(shard_size=50, gallery_size=10))
   config.figures = True
   if variant == "tiny":
-    config.data.update(size=32, num_examples=8)
-    config.train.update(num_train=64, shard_size=32, epochs=1, max_steps=4, batch_size=16,
-                        checkpoint_every=0)
-    config.methods = ml_collections.ConfigDict({"gradient": {}, "random": {}})
+    common.shrink_to_tiny(config)
     config.evaluate.update(shard_size=4, gallery_size=2)
   elif variant == "paper":
     config.model_name = "vgg16"

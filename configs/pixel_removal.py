@@ -79,16 +79,8 @@ def get_config(variant: str = "quick") -> ml_collections.ConfigDict:
   Raises:
     ValueError: an unknown variant, listing the valid ones.
   """
-  if variant not in VARIANTS:
-    raise ValueError(f"unknown pixel_removal config variant {variant!r}; valid: "
-                     f"{', '.join(VARIANTS)}")
-  config = ml_collections.ConfigDict()
-  config.variant = variant
-  config.seed = 0
-  config.model_name = "model"
-  config.data = common.image_data(num_examples=100)
-  config.model = common.model()
-  config.train = common.cells_training()
+  common.check_variant("pixel_removal", variant, VARIANTS)
+  config = common.image_experiment(variant, num_examples=100)
   config.methods = ml_collections.ConfigDict(METHODS)
   # fill (a string): "mean" (batch), "image_mean", "blur", "imagenet_mean" (0 with ImageNet
   # normalisation) or a number ("0"); the runner takes no per-channel array.
@@ -98,10 +90,7 @@ def get_config(variant: str = "quick") -> ml_collections.ConfigDict:
   config.evaluate = ml_collections.ConfigDict(dict(shard_size=50, gallery_size=0))
   config.figures = True
   if variant == "tiny":
-    config.data.update(size=32, num_examples=8)
-    config.train.update(num_train=64, shard_size=32, epochs=1, max_steps=4, batch_size=16,
-                        checkpoint_every=0)
-    config.methods = ml_collections.ConfigDict({"gradient": {}, "random": {}})
+    common.shrink_to_tiny(config)
     config.pixel_removal.update(step=64, chunk=4, delta_k=2)
     config.evaluate.update(shard_size=4)
   elif variant in ("paper", "paper_resnet50"):

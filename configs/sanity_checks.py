@@ -64,6 +64,8 @@ Variants (`get_config(variant)`):
 
 import ml_collections
 
+from configs import common
+
 VARIANTS = ("quick", "tiny", "paper")
 
 _QUICK_METHODS = {
@@ -95,9 +97,7 @@ def get_config(variant: str = "quick") -> ml_collections.ConfigDict:
   Raises:
     ValueError: an unknown variant (listing the valid ones).
   """
-  if variant not in VARIANTS:
-    raise ValueError(f"unknown sanity_checks config variant {variant!r}; valid: "
-                     f"{', '.join(VARIANTS)}")
+  common.check_variant("sanity_checks", variant, VARIANTS)
   config = ml_collections.ConfigDict()
   config.variant = variant
   config.seed = 0

@@ -333,9 +333,7 @@ def main(argv):
   launch.start()
   if flags.FLAGS.distributed:  # one process per host; the cluster comes from the environment
     jax.distributed.initialize()
-  outputs = run(flags.FLAGS.config, flags.FLAGS.workdir)
-  print(report.to_markdown(outputs["summary"]))
-  print(f"report: {outputs['report']}")
+  launch.run_and_print(run)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,14 @@
 """What every experiment's `main` does first, and the flags the config-driven ones share."""
 
 import os
+from typing import Any, Callable
 
 from absl import flags
 from absl import logging
 import jax
 from ml_collections import config_flags
+
+from xai_jax.reports import evaluation as report
 
 
 def start() -> None:
@@ -26,3 +29,14 @@ def define_config_and_workdir(name: str) -> None:
       "config", os.path.join(os.path.dirname(__file__), os.pardir, "configs", f"{name}.py:quick"),
       f"Experiment config (configs/{name}.py:<variant>).")
   flags.DEFINE_string("workdir", f"workdir/{name}_quick", "Output folder (a rerun resumes).")
+
+
+def run_and_print(run: Callable[[Any, str], dict]) -> dict:
+  """Calls `run(--config, --workdir)` and prints the summary table and the report's path.
+
+  `run` returns at least `{"summary": DataFrame, "report": path}`.
+  """
+  outputs = run(flags.FLAGS.config, flags.FLAGS.workdir)
+  print(report.to_markdown(outputs["summary"]))
+  print(f"report: {outputs['report']}")
+  return outputs

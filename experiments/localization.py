@@ -51,7 +51,6 @@ import time
 from typing import Any
 
 from absl import app
-from absl import flags
 from absl import logging
 import jax
 import ml_collections
@@ -372,9 +371,7 @@ def run(config: ml_collections.ConfigDict, workdir, *, progress: bool = True) ->
 def main(argv):
   del argv
   launch.start()
-  outputs = run(flags.FLAGS.config, flags.FLAGS.workdir)
-  print(report.to_markdown(outputs["summary"]))
-  print(f"report: {outputs['report']}")
+  launch.run_and_print(run)
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ import dataclasses
 import operator
 import os
 import pathlib
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 import xml.etree.ElementTree as ElementTree
 
 import numpy as np
@@ -331,6 +331,38 @@ def _is_image(path: pathlib.Path) -> bool:
   return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS
 
 
+def _filtered_positions(count: int, labels: Callable[[], np.ndarray], *,
+                        keep_labels, per_class, num_examples, what: str) -> np.ndarray:
+  """Positions `int64[M]` of the `count` records left by the filters, in record order.
+
+  Keeps records whose label is in `keep_labels`, then the first `per_class` of each label,
+  then the first `num_examples`. `labels()` gives every record's label and is called only
+  when a label filter is set (reading TFDS labels means a pass over the records).
+
+  Raises:
+    ValueError: when no record is left (`what` names the records).
+  """
+  positions = np.arange(count)
+  if keep_labels is not None or per_class is not None:
+    all_labels = labels()
+    if keep_labels is not None:
+      positions = positions[np.isin(all_labels, np.asarray(list(keep_labels), np.int64))]
+    if per_class is not None:
+      seen: dict[int, int] = {}
+      chosen = []
+      for i in positions:
+        seen[int(all_labels[i])] = seen.get(int(all_labels[i]), 0) + 1
+        if seen[int(all_labels[i])] <= per_class:
+          chosen.append(i)
+      positions = np.asarray(chosen, np.int64)
+  if num_examples is not None:
+    positions = positions[:operator.index(num_examples)]
+  if not len(positions):
+    raise ValueError(f"no {what} are left after the filters (keep_labels={keep_labels}, "
+                     f"per_class={per_class}, num_examples={num_examples})")
+  return positions
+
+
 class ImageFolderSource(cell_source.RandomAccessSource):
   """Random access to the images of a folder, resized to `size x size`, with labels and masks.
 
@@ -411,28 +443,13 @@ class ImageFolderSource(cell_source.RandomAccessSource):
                               if self.annotations_dir is not None else None)
     self._annotations: dict[int, VocAnnotation] = {}
     all_labels = self._labels(files, labels)
-    keep = np.arange(len(files))
-    if keep_labels is not None or per_class is not None:
-      if (all_labels < 0).any():
-        unknown = [files[i].name for i in np.flatnonzero(all_labels < 0)[:5]]
-        raise ValueError(f"keep_labels / per_class need a label for every image; none for "
-                         f"{unknown}")
-      if keep_labels is not None:
-        keep = keep[np.isin(all_labels[keep], np.asarray(list(keep_labels), np.int64))]
-      if per_class is not None:
-        seen: dict[int, int] = {}
-        chosen = []
-        for i in keep:
-          seen[int(all_labels[i])] = seen.get(int(all_labels[i]), 0) + 1
-          if seen[int(all_labels[i])] <= per_class:
-            chosen.append(i)
-        keep = np.asarray(chosen, np.int64)
-    if num_examples is not None:
-      keep = keep[:operator.index(num_examples)]
-    if not len(keep):
-      raise ValueError(f"no images of {self.root} are left after the filters "
-                       f"(keep_labels={keep_labels}, per_class={per_class}, "
-                       f"num_examples={num_examples})")
+    if (keep_labels is not None or per_class is not None) and (all_labels < 0).any():
+      unknown = [files[i].name for i in np.flatnonzero(all_labels < 0)[:5]]
+      raise ValueError(f"keep_labels / per_class need a label for every image; none for "
+                       f"{unknown}")
+    keep = _filtered_positions(len(files), lambda: all_labels, keep_labels=keep_labels,
+                               per_class=per_class, num_examples=num_examples,
+                               what=f"images of {self.root}")
     self._positions = keep
     self.files = tuple(files[i] for i in keep)
     self.labels = all_labels[keep].astype(np.int32)
@@ -595,31 +612,18 @@ class TfdsImageSource(cell_source.RandomAccessSource):
       raise ValueError(f"TFDS dataset {name!r} has no 'image' feature; it has "
                        f"{sorted(features.keys())}")
     self.has_labels = features is None or "label" in features
-    positions = np.arange(len(self._records))
-    if keep_labels is not None or per_class is not None:
-      if not self.has_labels:
-        raise ValueError(f"keep_labels / per_class need a 'label' feature; {name!r} has none")
+    if (keep_labels is not None or per_class is not None) and not self.has_labels:
+      raise ValueError(f"keep_labels / per_class need a 'label' feature; {name!r} has none")
+
+    def all_labels():
       undecoded = tfds.data_source(name, split=split, data_dir=data_dir, download=False,
                                    decoders={"image": tfds.decode.SkipDecoding()})
-      labels = np.array([int(r["label"]) for r in undecoded.__getitems__(list(positions))],
-                        np.int64).reshape(-1)
-      if keep_labels is not None:
-        positions = positions[np.isin(labels, np.asarray(list(keep_labels), np.int64))]
-      if per_class is not None:
-        seen: dict[int, int] = {}
-        chosen = []
-        for i in positions:
-          seen[int(labels[i])] = seen.get(int(labels[i]), 0) + 1
-          if seen[int(labels[i])] <= per_class:
-            chosen.append(i)
-        positions = np.asarray(chosen, np.int64)
-    if num_examples is not None:
-      positions = positions[:operator.index(num_examples)]
-    if not len(positions):
-      raise ValueError(f"no records of {name!r} {split!r} are left after the filters "
-                       f"(keep_labels={keep_labels}, per_class={per_class}, "
-                       f"num_examples={num_examples})")
-    self._positions = positions
+      records = undecoded.__getitems__(list(range(len(self._records))))
+      return np.array([int(r["label"]) for r in records], np.int64).reshape(-1)
+
+    self._positions = _filtered_positions(
+        len(self._records), all_labels, keep_labels=keep_labels, per_class=per_class,
+        num_examples=num_examples, what=f"records of {name!r} {split!r}")
 
   def __len__(self) -> int:
     return len(self._positions)

@@ -260,6 +260,24 @@ def _gallery_rows(labels: np.ndarray | None, count: int) -> list[int]:
   return [first[label] for label in sorted(first)] + unknown
 
 
+def _show_sample_image(axis, sample: int, images, labels, predicted, name) -> tuple[str, str]:
+  """Draws gallery image `sample`; returns its caption (class, prediction) and colour (red
+  when the prediction is wrong)."""
+  shown, cmap = _displayable(images[sample])
+  axis.imshow(shown, cmap=cmap, interpolation="nearest")
+  text = name(int(labels[sample])) if labels is not None else f"#{sample}"
+  colour = "black"
+  if predicted is not None:
+    text += f"\npred {name(int(predicted[sample]))}"
+    if labels is not None and labels[sample] >= 0 and predicted[sample] != labels[sample]:
+      colour = "tab:red"
+  return text, colour
+
+
+def _show_truth(axis, heatmap) -> None:
+  axis.imshow(heatmap, cmap="Reds", vmin=0.0, vmax=1.0, interpolation="nearest")
+
+
 def method_class_gallery(gallery: Mapping[str, np.ndarray], path: PathLike, *,
                          methods: Sequence[str] | None = None, title: str | None = None,
                          class_names: Sequence[str] | None = None) -> pathlib.Path:
@@ -312,18 +330,10 @@ def method_class_gallery(gallery: Mapping[str, np.ndarray], path: PathLike, *,
       axis = axes[r, c]
       _bare(axis)
       if column == "image":
-        shown, cmap = _displayable(images[sample])
-        axis.imshow(shown, cmap=cmap, interpolation="nearest")
-        label = name(int(labels[sample])) if labels is not None else f"#{sample}"
-        text = label
-        colour = "black"
-        if predicted is not None:
-          text += f"\npred {name(int(predicted[sample]))}"
-          if labels is not None and labels[sample] >= 0 and predicted[sample] != labels[sample]:
-            colour = "tab:red"
+        text, colour = _show_sample_image(axis, sample, images, labels, predicted, name)
         axis.set_ylabel(text, fontsize=7, color=colour)
       elif column == "ground truth":
-        axis.imshow(heatmaps[sample], cmap="Reds", vmin=0.0, vmax=1.0, interpolation="nearest")
+        _show_truth(axis, heatmaps[sample])
       else:
         _show_map(axis, maps[column][sample])
       if r == 0:
@@ -382,17 +392,10 @@ def method_gallery(gallery: Mapping[str, np.ndarray], method: str, path: PathLik
       axis = axes[block * len(kinds) + k, column]
       axis.axis("on")
       if kind == "image":
-        shown, cmap = _displayable(images[sample])
-        axis.imshow(shown, cmap=cmap, interpolation="nearest")
-        text = name(int(labels[sample])) if labels is not None else f"#{sample}"
-        colour = "black"
-        if predicted is not None:
-          text += f"\npred {name(int(predicted[sample]))}"
-          if labels is not None and labels[sample] >= 0 and predicted[sample] != labels[sample]:
-            colour = "tab:red"
+        text, colour = _show_sample_image(axis, sample, images, labels, predicted, name)
         axis.set_title(text, fontsize=6, color=colour)
       elif kind == "truth":
-        axis.imshow(heatmaps[sample], cmap="Reds", vmin=0.0, vmax=1.0, interpolation="nearest")
+        _show_truth(axis, heatmaps[sample])
       else:
         _show_map(axis, maps[key][sample])
       if column == 0:
