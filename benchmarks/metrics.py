@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from xai_jax import models
+from xai_jax import xla
 from xai_jax.metrics import pixel_removal as pr
 
 
@@ -52,7 +53,7 @@ def _median_time(fn, repeats):
 
 def _forward_seconds(apply, variables, x, repeats, inner=5):
   """Seconds of one jitted forward pass of the batch (median over repeats of `inner` calls)."""
-  fwd = jax.jit(apply)
+  fwd = xla.jit(apply)
 
   def run():
     out = None

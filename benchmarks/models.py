@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from xai_jax import models
+from xai_jax import xla
 from xai_jax.models import port
 
 PAPER_CELLS = (("alexnet", 224), ("vgg16", 224), ("resnet34", 512), ("resnet50", 224))
@@ -63,9 +64,9 @@ def _random_torch_model(torch, torchvision, name, num_classes, seed=0):
 
 
 def _jax_fns(model):
-  fwd = jax.jit(model.apply)
+  fwd = xla.jit(model.apply)
 
-  @jax.jit
+  @xla.jit
   def fwd_bwd(variables, x):
     return jax.grad(lambda x: model.apply(variables, x)[:, 0].sum())(x)
 

@@ -53,6 +53,7 @@ from xai_jax import files
 from xai_jax import models
 from xai_jax import runner
 from xai_jax import train
+from xai_jax import xla
 from xai_jax.data import cell_source
 from xai_jax.data import cells
 from xai_jax.metrics import sanity
@@ -570,7 +571,7 @@ def run(config, workdir, *, progress: bool = True) -> dict[str, pd.DataFrame]:
                       .read_text())["arch"]
   info = {"model": {"arch": arch, **model_info, "layers": list(layers)},
           "modes": list(config.randomization.modes)}
-  compiled = {name: jax.jit(explainer, static_argnums=0)
+  compiled = {name: xla.jit(explainer, static_argnums=0)
               for name, explainer in explainers(config).items()}
   batch_size = config.data.explain_batch_size
 

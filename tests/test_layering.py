@@ -1,4 +1,4 @@
-"""Data flows one way: files, data -> models -> train/explain -> metrics -> reports -> runner.
+"""Data flows one way: files, xla -> data -> models -> train/explain -> metrics -> reports -> runner.
 
 Each module may import only from layers to its left (STYLE.md, habit 1). Metrics receive
 explainers as arguments; the one exception is the channel reduction in
@@ -11,8 +11,8 @@ import pathlib
 import pytest
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "xai_jax"
-LAYERS = {"files": 0, "data": 0, "models": 1, "train": 2, "explain": 2, "metrics": 3,
-          "reports": 4, "runner": 5}
+LAYERS = {"files": 0, "xla": 0, "data": 1, "models": 2, "train": 3, "explain": 3,
+          "metrics": 4, "reports": 5, "runner": 6}
 # Metrics receive explainers as arguments and never import them: only postprocess.
 METRICS_MAY_USE_FROM_EXPLAIN = ("xai_jax.explain.postprocess",)
 
@@ -62,4 +62,6 @@ def test_the_checker_catches_a_backward_import():
   assert _violations("metrics", ["xai_jax.explain.gradients"]) == ["xai_jax.explain.gradients"]
   assert _violations("metrics", ["xai_jax.explain.postprocess"]) == []
   assert _violations("explain", ["xai_jax.train"]) == ["xai_jax.train"]
+  assert _violations("data", ["xai_jax.xla"]) == []
+  assert _violations("xla", ["xai_jax.data.cells"]) == ["xai_jax.data.cells"]
   assert _violations("reports", ["xai_jax.metrics.stats", "xai_jax.data.cells"]) == []

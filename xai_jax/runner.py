@@ -28,6 +28,7 @@ import pandas as pd
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm import auto as tqdm
 
+from xai_jax import xla
 from xai_jax import files
 
 BATCH_AXIS = "batch"
@@ -507,7 +508,7 @@ def evaluate(workdir, *, source, model, variables, methods: Mapping[str, Mapping
   return EvaluationTables(samples=raw[tables[0]], roc=roc, curves=curves, gallery=gallery)
 
 
-@functools.partial(jax.jit, static_argnames=("model",))
+@functools.partial(xla.jit, static_argnames=("model",))
 def _predict(model, variables, x):
   """`(argmax f(x), softmax probability of it)`, the target of every explanation."""
   from xai_jax.models.base import as_apply  # pylint: disable=import-outside-toplevel
@@ -516,7 +517,7 @@ def _predict(model, variables, x):
   return target, jnp.max(jax.nn.softmax(logits, axis=-1), axis=-1)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "n", "metrics", "removal", "iou_options",
+@functools.partial(xla.jit, static_argnames=("model", "n", "metrics", "removal", "iou_options",
                                              "delta_k"))
 def _score(model, variables, x, attributions, heatmap, mask, key, *, n, metrics, removal,
            iou_options, delta_k):

@@ -67,6 +67,8 @@ import optax
 import orbax.checkpoint as ocp
 import tqdm
 
+from xai_jax import xla
+
 # Table I and section III of Tjoa & Guan, and the seed code (spec cells.md section 3).
 PAPER_WEIGHT_DECAY = 1e-5
 PAPER_LEARNING_RATES = {"resnet": 1e-3, "alexnet": 1e-4, "vgg": 1e-4}
@@ -243,7 +245,7 @@ def init_train_state(model: nn.Module, *, tx: optax.GradientTransformation, key:
   return TrainState.create(variables, tx=tx, key=state_key)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "input_shape"))
+@functools.partial(xla.jit, static_argnames=("model", "input_shape"))
 def _init_variables(model, init_key, dropout_key, input_shape):
   return model.init({"params": init_key, "dropout": dropout_key},
                     jnp.zeros(input_shape, jnp.float32), train=False)
@@ -260,7 +262,7 @@ def _cross_entropy(logits, labels):
   return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "tx"))
+@functools.partial(xla.jit, static_argnames=("model", "tx"))
 def _train_step(model, tx, state, images, labels):
   dropout_key = jax.random.fold_in(state.rng, state.step)
 
@@ -305,7 +307,7 @@ def _apply_eval(model, variables, images):
   return model(variables, images)
 
 
-@functools.partial(jax.jit, static_argnames=("model",))
+@functools.partial(xla.jit, static_argnames=("model",))
 def _eval_sums(model, variables, images, labels):
   logits = _apply_eval(model, variables, images)
   return {"loss_sum": _cross_entropy(logits, labels).sum(),

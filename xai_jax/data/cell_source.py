@@ -43,6 +43,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from xai_jax import xla
+
 # The paper's split layout (`L/pipeline/data/prepare_10classes_data.py`):
 # number of shards per split, each of `SHARD_SIZE` samples.
 SPLITS: Mapping[str, int] = {"train": 32, "validation": 8, "test": 8}
@@ -122,7 +124,7 @@ def _labels_of(the_split_key: jax.Array, index: jax.Array):
   return label, background
 
 
-@jax.jit
+@xla.jit
 def _labels_batch(the_split_key, indices):
   return jax.vmap(_labels_of, in_axes=(None, 0))(the_split_key, indices)
 
@@ -175,7 +177,7 @@ def _make_cell():
   return cells.make_cell
 
 
-@functools.partial(jax.jit, static_argnames=("size",))
+@functools.partial(xla.jit, static_argnames=("size",))
 def _generate_batch(the_split_key, indices, *, size):
   make_cell = _make_cell()
 

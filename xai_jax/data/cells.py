@@ -71,7 +71,7 @@ Typical use:
 
   image, heatmap = cells.make_cell(jax.random.key(0), 3, 1, size=224)
   batch = cells.make_batch(jax.random.key(1), 64, size=224)   # jitted inside
-  gen = jax.jit(jax.vmap(functools.partial(cells.make_cell, size=224)))
+  gen = xla.jit(jax.vmap(functools.partial(cells.make_cell, size=224)))
   images, heatmaps = gen(keys, labels, backgrounds)   # traced labels are fine
 """
 
@@ -85,6 +85,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+
+from xai_jax import xla
 
 CLASS_NAMES = (
     "CCell", "CCellM", "CCellP", "RCell", "RCellB", "RCellC",
@@ -604,7 +606,7 @@ def make_cell(key: jax.Array, label: Any, background: Any, *,
   return _make_cell(key, label, background, size)
 
 
-@functools.partial(jax.jit, static_argnames=("n", "size"))
+@functools.partial(xla.jit, static_argnames=("n", "size"))
 def _make_batch(key, n, labels, backgrounds, size):
   keys = jax.random.split(key, n)
   generate = jax.vmap(functools.partial(_make_cell, size=size))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from xai_jax import xla
 from xai_jax.explain import common
 
 _SMOOTH = jnp.array([1.0, 2.0, 1.0])
@@ -52,7 +53,7 @@ def _sobel(img: jax.Array, axis: int) -> jax.Array:
   return out
 
 
-@jax.jit
+@xla.jit
 def _edge(x):
   magnitude = jnp.hypot(_sobel(x, 1), _sobel(x, 2))
   return jnp.mean(magnitude, axis=-1)

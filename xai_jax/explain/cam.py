@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 from flax import traverse_util
 
+from xai_jax import xla
 from xai_jax.explain import common, guided, postprocess
 from xai_jax.models import taps
 from xai_jax.models.base import shape_cached
@@ -128,7 +129,7 @@ def _resolve(mode: str, relu, upsample) -> tuple[bool, str]:
   return bool(relu), upsample
 
 
-@functools.partial(jax.jit, static_argnames=("model", "layer", "relu", "upsample", "mode"))
+@functools.partial(xla.jit, static_argnames=("model", "layer", "relu", "upsample", "mode"))
 def _gradcam(model, variables, x, target, *, layer, relu, upsample, mode):
   act, grad = layer_gradient(model, variables, x, target, layer)
   cam = layer_gradcam(act, grad)
@@ -177,7 +178,7 @@ def gradcam(model: nn.Module, variables: Any, x: Array, target: Array | int | No
                   mode=mode)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "layer", "upsample"))
+@functools.partial(xla.jit, static_argnames=("model", "layer", "upsample"))
 def _guided_gradcam(model, variables, x, target, *, layer, upsample):
   act, grad = layer_gradient(model, variables, x, target, layer)
   cam = postprocess.resize(jax.nn.relu(layer_gradcam(act, grad)), x.shape[1:3], mode=upsample)

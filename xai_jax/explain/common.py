@@ -38,6 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from xai_jax import xla
 from xai_jax.models.base import ApplyFn, as_apply, shape_cached
 
 PyTree = Any
@@ -107,7 +108,7 @@ def _num_classes(model, variables, x) -> int:
   return int(out.shape[1])
 
 
-@functools.partial(jax.jit, static_argnames=("model",))
+@functools.partial(xla.jit, static_argnames=("model",))
 def _predicted_class(model, variables, x):
   return jnp.argmax(as_apply(model)(variables, x), axis=-1).astype(jnp.int32)
 
@@ -243,13 +244,13 @@ def target_logits(model: Model, variables: PyTree, x: jax.Array,
   return jnp.take_along_axis(logits, target[:, None], axis=1)[:, 0]
 
 
-@functools.partial(jax.jit, static_argnames=("model",))
+@functools.partial(xla.jit, static_argnames=("model",))
 def jit_target_gradient(model, variables, x, target):
   """Jitted `target_gradient` (one compilation per model and shapes)."""
   return target_gradient(model, variables, x, target)
 
 
-@functools.partial(jax.jit, static_argnames=("model",))
+@functools.partial(xla.jit, static_argnames=("model",))
 def jit_target_logits(model, variables, x, target):
   """Jitted `target_logits`."""
   return target_logits(model, variables, x, target)

@@ -29,6 +29,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from xai_jax import xla
 from xai_jax.explain import common, postprocess
 from xai_jax.models import taps
 from xai_jax.models.base import shape_cached
@@ -106,7 +107,7 @@ def _layer_maps(model, variables, x, target, *, per_channel, align_corners, norm
   return maps
 
 
-@functools.partial(jax.jit, static_argnames=("model", "per_channel", "align_corners",
+@functools.partial(xla.jit, static_argnames=("model", "per_channel", "align_corners",
                                              "normalize"))
 def _layer_maps_jit(model, variables, x, target, *, per_channel, align_corners, normalize):
   return _layer_maps(model, variables, x, target, per_channel=per_channel,
@@ -156,7 +157,7 @@ def layer_attributions(model: nn.Module, variables: Any, x: Array,
   return {name: maps[name] for name in layer_names(model, variables, x)}
 
 
-@functools.partial(jax.jit, static_argnames=("model", "layers", "per_channel", "align_corners"))
+@functools.partial(xla.jit, static_argnames=("model", "layers", "per_channel", "align_corners"))
 def _deepmaps(model, variables, x, target, *, layers, per_channel, align_corners):
   maps = _layer_maps(model, variables, x, target, per_channel=per_channel,
                      align_corners=align_corners, normalize=True)

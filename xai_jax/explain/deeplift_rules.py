@@ -64,6 +64,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from xai_jax import xla
 from xai_jax.explain import common
 from xai_jax.models import pooling, taps
 
@@ -308,7 +309,7 @@ def deeplift_multipliers(model: nn.Module, variables: Any, x: Array, baseline: A
   return multipliers, picked.reshape(2, n)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "captum_compat", "eps"))
+@functools.partial(xla.jit, static_argnames=("model", "captum_compat", "eps"))
 def _deeplift(model, variables, x, baseline, target, *, captum_compat, eps):
   multipliers, picked = deeplift_multipliers(
       model, variables, x, baseline, target, captum_compat=captum_compat, eps=eps)

@@ -29,6 +29,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from xai_jax import xla
 from xai_jax.explain import common, postprocess
 from xai_jax.models import taps
 
@@ -92,7 +93,7 @@ def _saliency(input_term: Array, bias_maps: dict[str, Array]) -> Array:
   return cam
 
 
-@functools.partial(jax.jit, static_argnames=("model", "simple"))
+@functools.partial(xla.jit, static_argnames=("model", "simple"))
 def _fullgrad(model, variables, x, target, *, simple):
   _, input_term, terms, grads = fullgrad_terms(model, variables, x, target)
   return _saliency(input_term, grads if simple else terms)
@@ -141,7 +142,7 @@ def simple_fullgrad(model: nn.Module, variables: Any, x: Array,
   return _fullgrad(model, variables, x, target, simple=True)
 
 
-@functools.partial(jax.jit, static_argnames=("model",))
+@functools.partial(xla.jit, static_argnames=("model",))
 def _completeness(model, variables, x, target):
   picked, input_term, terms, _ = fullgrad_terms(model, variables, x, target)
   axes = lambda a: tuple(range(1, a.ndim))

@@ -23,6 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from xai_jax import xla
 from xai_jax.explain import common
 from xai_jax.models import taps
 
@@ -73,7 +74,7 @@ def _check_contract(model, method: str) -> None:
         f"see xai_jax.models.taps) to replace its ReLUs; got {type(model).__name__}")
 
 
-@functools.partial(jax.jit, static_argnames=("model",))
+@functools.partial(xla.jit, static_argnames=("model",))
 def _modified_gradient(model, variables, x, target):
   grad, _ = common.target_gradient(model, variables, x, target)
   return grad

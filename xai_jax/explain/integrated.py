@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from xai_jax import xla
 from xai_jax.explain import common
 
 RULES = ("gausslegendre", "riemann_left", "riemann_right", "riemann_middle",
@@ -105,7 +106,7 @@ def _weighted_step_sum(grad_fn, model, variables, x, baseline, target, alphas, w
   return jnp.sum(weights.reshape(expand) * grad, axis=0)
 
 
-@functools.partial(jax.jit, static_argnames=("model",))
+@functools.partial(xla.jit, static_argnames=("model",))
 def _ig_unit(operands, chunked, *, model):
   variables, x, baseline, target = operands
 

@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from xai_jax import xla
 from xai_jax.explain import common
 
 KINDS = ("mean", "squared", "var")
@@ -84,7 +85,7 @@ def _smooth_body(method, model, static_options, ops, args):
   return jnp.sum(attr, axis=0), jnp.sum(attr * attr, axis=0)
 
 
-@functools.partial(jax.jit, static_argnames=("method", "model", "static_options"))
+@functools.partial(xla.jit, static_argnames=("method", "model", "static_options"))
 def _smooth_unit(operands, chunked, *, method, model, static_options):
   body = functools.partial(_smooth_body, method, model, static_options)
   return common.sum_over_chunks(body, operands, chunked)
@@ -195,7 +196,7 @@ def _shap_body(grad_fn, model, ops, args):
   return jnp.sum((noisy - base) * grad, axis=0)
 
 
-@functools.partial(jax.jit, static_argnames=("model",))
+@functools.partial(xla.jit, static_argnames=("model",))
 def _shap_unit(operands, chunked, *, model):
   body = functools.partial(_shap_body, common.target_gradient, model)
   return common.sum_over_chunks(body, operands, chunked)

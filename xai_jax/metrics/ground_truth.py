@@ -46,6 +46,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from xai_jax import xla
 from xai_jax.explain.postprocess import to_map
 
 EPS = 1e-6
@@ -401,7 +402,7 @@ def _band_counts(values: jax.Array, truth_bands: jax.Array, g: jax.Array) -> tup
   return tp + tn, tp, fp, tn, fn
 
 
-@functools.partial(jax.jit, static_argnames=("clamp",))
+@functools.partial(xla.jit, static_argnames=("clamp",))
 def _five_band_scores(saliency, heatmap, g, *, clamp):
   n = saliency.shape[0]
   values = _channel_adjust(saliency, clamp).reshape(n, -1)
@@ -512,7 +513,7 @@ def _kept_pixels(saliency: jax.Array, n_std: float, take_abs: bool) -> tuple[jax
   return values, kept
 
 
-@functools.partial(jax.jit, static_argnames=("take_abs", "weighted"))
+@functools.partial(xla.jit, static_argnames=("take_abs", "weighted"))
 def _iou(saliency, mask, n_std, *, take_abs, weighted):
   values, kept = _kept_pixels(saliency.astype(jnp.float32), n_std, take_abs)
   inside = mask > 0

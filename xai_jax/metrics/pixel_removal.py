@@ -47,6 +47,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from xai_jax import xla
 from xai_jax.explain.postprocess import to_map
 from xai_jax.models.base import as_apply
 
@@ -258,11 +259,11 @@ def _evaluate_counts(model, variables, x, rank, fill_img, target, counts, *, sco
 
 
 _STATIC = ("model", "order", "fill_kind", "blur_sigma", "score")
-_prepare_jit = jax.jit(_prepare, static_argnames=_STATIC)
-_evaluate_counts_jit = jax.jit(_evaluate_counts, static_argnames=("model", "score"))
+_prepare_jit = xla.jit(_prepare, static_argnames=_STATIC)
+_evaluate_counts_jit = xla.jit(_evaluate_counts, static_argnames=("model", "score"))
 
 
-@functools.partial(jax.jit, static_argnames=_STATIC + ("counts", "chunk"))
+@functools.partial(xla.jit, static_argnames=_STATIC + ("counts", "chunk"))
 def _curve_lax_map(model, variables, x, sal, fill_value, key, *, order, fill_kind, blur_sigma,
                    score, counts, chunk):
   target, score0, rank, fill_img = _prepare(
@@ -527,7 +528,7 @@ def pixel_removal_metrics(
   return _metrics_from_curves(morf, lerf, fraction=fraction)
 
 
-@functools.partial(jax.jit, static_argnames=("fraction",))
+@functools.partial(xla.jit, static_argnames=("fraction",))
 def _metrics_from_curves(morf: PerturbationCurve, lerf: PerturbationCurve, *,
                          fraction: float) -> dict[str, jax.Array]:
   n_morf, flipped_morf = pixels_to_flip(morf)
@@ -547,7 +548,7 @@ def _metrics_from_curves(morf: PerturbationCurve, lerf: PerturbationCurve, *,
 deepmaps_metrics = pixel_removal_metrics
 
 
-@functools.partial(jax.jit, static_argnames=("num_images", "pool_size", "k"))
+@functools.partial(xla.jit, static_argnames=("num_images", "pool_size", "k"))
 def draw_others(key: jax.Array, num_images: int, pool_size: int, k: int,
                 self_index: jax.Array | None = None) -> jax.Array:
   """Draws `k` distinct pool indices per image, uniformly, excluding the image's own index.
@@ -641,7 +642,7 @@ def delta(
                      other_index=index)
 
 
-@jax.jit
+@xla.jit
 def _delta_inputs(x, saliency, pool, index):
   """`x` followed by each image repeated k times; own maps followed by the borrowed maps."""
   k = index.shape[1]
@@ -649,7 +650,7 @@ def _delta_inputs(x, saliency, pool, index):
   return x_all, jnp.concatenate([saliency, pool[index.reshape(-1)]], axis=0)
 
 
-@functools.partial(jax.jit, static_argnames=("n", "k"))
+@functools.partial(xla.jit, static_argnames=("n", "k"))
 def _delta_split(values, *, n, k):
   own = jax.tree.map(lambda v: jnp.asarray(v, jnp.float32)[:n], values)
   others = jax.tree.map(

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
+from xai_jax import xla
 from xai_jax.metrics import similarity
 
 Explainer = Callable[[Any, Any, jax.Array, jax.Array], jax.Array]
@@ -96,7 +97,7 @@ def fresh_variables(model, variables, x, *, key: jax.Array, init: str = "model",
   if init == "model":
     if model is None:
       raise ValueError('init="model" needs the model whose initialisers to re-run')
-    initialised = jax.jit(model.init)(key, jnp.zeros((1,) + tuple(x.shape[1:]), x.dtype))
+    initialised = xla.jit(model.init)(key, jnp.zeros((1,) + tuple(x.shape[1:]), x.dtype))
     params = flax.core.unfreeze(initialised)["params"]
   else:
     leaves, treedef = jax.tree_util.tree_flatten(variables["params"])
@@ -174,7 +175,7 @@ class RandomizationResult(NamedTuple):
 
 
 def _run_stages(explainer, model, variables, x, target, stage_variables, stage_names):
-  compiled = jax.jit(explainer, static_argnums=0)
+  compiled = xla.jit(explainer, static_argnums=0)
   outputs = [np.asarray(compiled(model, variables, x, target))]
   for stage in stage_variables:
     outputs.append(np.asarray(compiled(model, stage, x, target)))
@@ -356,7 +357,7 @@ def data_randomization(explainer: Explainer, model, variables, train_images, tra
     raise ValueError(f"the permuted-label model reached training accuracy {accuracy:.3f} < "
                      f"{target_accuracy} after {max_epochs} epochs; raise max_epochs or the "
                      "learning rate")
-  compiled = jax.jit(explainer, static_argnums=0)
+  compiled = xla.jit(explainer, static_argnums=0)
   return DataRandomizationResult(
       true_labels=np.asarray(compiled(model, variables, x, target)),
       random_labels=np.asarray(compiled(model, state.variables, x, target)),

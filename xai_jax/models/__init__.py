@@ -24,6 +24,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from xai_jax import xla
 from xai_jax.models.alexnet import AlexNet
 from xai_jax.models.base import ApplyFn, as_apply
 from xai_jax.models.resnet import ResNet
@@ -111,7 +112,7 @@ def init(model: nn.Module, key: jax.Array, input_shape: tuple[int, ...]) -> dict
     `{"params": ..., ["batch_stats": ...]}` (float32).
   """
   x = jnp.zeros(input_shape, jnp.float32)
-  variables = jax.jit(lambda k: model.init(k, x))(key)
+  variables = xla.jit(lambda k: model.init(k, x))(key)
   return dict(variables)
 
 
