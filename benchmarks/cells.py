@@ -3,7 +3,7 @@ r"""Throughput of the synthetic cell generator: images per second.
   python -m benchmarks.cells [--sizes=64,224,512] [--batch=64] [--repeats=5]
   python -m benchmarks.cells --sizes=32 --batch=8 --repeats=2     # a quick check
 
-For each size, `jax.jit(jax.vmap(make_cell))` runs on batches of `--batch`
+For each size, `xla.jit(jax.vmap(make_cell))` (as `cells.make_batch` compiles it) runs on batches of `--batch`
 random keys with uniformly drawn (traced) labels and backgrounds, as the
 dataset is built. The first call (compilation) is timed separately; the table
 gives the median over `--repeats` timed batches and the projected time to
@@ -20,6 +20,7 @@ from absl import app
 from absl import flags
 import jax
 
+from xai_jax import xla
 from xai_jax.data import cells
 
 _SIZES = flags.DEFINE_list("sizes", ["64", "224", "512"], "Image sizes to time.")
@@ -44,7 +45,7 @@ def time_generator(size: int, *, batch: int, repeats: int, seed: int = 0) -> dic
     (images per second of process CPU time, all threads: a figure that a
     machine shared with other jobs distorts less than wall time).
   """
-  generate = jax.jit(jax.vmap(functools.partial(cells.make_cell, size=size)))
+  generate = xla.jit(jax.vmap(functools.partial(cells.make_cell, size=size)))
   key = jax.random.key(seed)
   k_labels, k_backgrounds = jax.random.split(jax.random.fold_in(key, size))
   labels = jax.random.randint(k_labels, (batch,), 0, cells.NUM_CLASSES)
