@@ -35,7 +35,6 @@ import json
 import math
 import os
 import pathlib
-import zlib
 from typing import Any, Mapping
 
 from absl import app
@@ -334,11 +333,6 @@ def _random_labels_info(workdir: pathlib.Path) -> dict[str, Any]:
 # Explanations and similarity tables
 
 
-def _method_key(seed: int, display: str) -> jax.Array:
-  """A key per method that does not depend on the order of the methods."""
-  return jax.random.fold_in(jax.random.key(seed), zlib.crc32(display.encode()) % (2**31 - 1))
-
-
 def explainers(config) -> dict[str, Any]:
   """`{display name: explainer(model, variables, x, target)}` for every configured method.
 
@@ -348,7 +342,7 @@ def explainers(config) -> dict[str, Any]:
   result = {}
   for display, (name, options) in method_options(config).items():
     if name in _KEYED_METHODS and "key" not in options:
-      options["key"] = _method_key(config.seed, display)
+      options["key"] = runner.method_key(jax.random.key(config.seed), display)
     result[display] = functools.partial(explain.METHODS[name], **options)
   return result
 

@@ -19,6 +19,7 @@ import pytest
 from configs import sanity_checks as sanity_config
 from experiments import sanity_checks
 from xai_jax import explain
+from xai_jax import runner
 from xai_jax.metrics import sanity
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -200,3 +201,21 @@ def test_a_workdir_with_another_config_is_refused(finished, tmp_path):
     other.seed = 1
   with pytest.raises(ValueError, match="another config"):
     sanity_checks.run(other, tmp_path)
+
+
+def test_noise_keys_are_per_method_and_independent_of_the_method_order():
+  config = sanity_config.get_config("tiny")
+  config.methods = ("smoothgrad", "gradient", "random")
+  forward = sanity_checks.explainers(config)
+  config.methods = ("random", "smoothgrad", "gradient")
+  backward = sanity_checks.explainers(config)
+  key_data = lambda fn: np.asarray(jax.random.key_data(fn.keywords["key"]))  # noqa: E731
+  for name in ("smoothgrad", "random"):
+    np.testing.assert_array_equal(key_data(forward[name]), key_data(backward[name]))
+  assert not np.array_equal(key_data(forward["smoothgrad"]), key_data(forward["random"]))
+  assert "key" not in forward["gradient"].keywords
+  # the runner derives its per-shard keys from the same per-method key
+  np.testing.assert_array_equal(
+      key_data(forward["random"]),
+      np.asarray(jax.random.key_data(
+          runner.method_key(jax.random.key(config.seed), "random"))))

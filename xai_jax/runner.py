@@ -297,10 +297,17 @@ def _check_metrics(metrics: Sequence[str], metric_options: Mapping[str, Mapping]
   return tuple(metrics), removal, iou_options
 
 
+def method_key(key: jax.Array, display: str) -> jax.Array:
+  """`key` folded with a hash of the method's display name: independent of the methods' order.
+
+  The hash (CRC-32) is stable across processes and runs, unlike Python's `hash`.
+  """
+  return jax.random.fold_in(key, zlib.crc32(display.encode()) % (2**31 - 1))
+
+
 def _method_key(key: jax.Array, display: str, shard: int) -> jax.Array:
   """A key per (method, shard) that does not depend on the order of the methods."""
-  salt = zlib.crc32(display.encode()) % (2**31 - 1)  # stable across processes and runs
-  return jax.random.fold_in(jax.random.fold_in(key, salt), shard)
+  return jax.random.fold_in(method_key(key, display), shard)
 
 
 def _explain_options(name: str, options: dict, x: jax.Array, key: jax.Array) -> dict:
