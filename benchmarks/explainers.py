@@ -22,7 +22,8 @@ Defaults follow the issue: small CNN at 64x64 batch 64; VGG16 and ResNet50 at
 samples. Captum gets `internal_batch_size` / `nt_samples_batch_size` equal to
 xai_jax's rows per call, so both hold the same number of images in memory
 (Captum's GradientShap has no such option and runs all samples at once).
-Timings: one warm-up call, then the median of `--repeats` calls. Methods
+Timings: one warm-up call, then the median of at least `--repeats` calls, repeated
+until they add up to `--min-seconds` (2 s) for cheap methods. Methods
 without a Captum counterpart (FullGrad, DeepMaps, the baselines) print
 xai_jax only; a method that fails prints its error instead of a time.
 """
@@ -58,11 +59,19 @@ def _block(out):
   return out
 
 
-def _time(fn: Callable[[], Any], repeats: int) -> float:
-  """Median wall seconds of `fn()` after one warm-up call (torch CUDA work synchronised)."""
+MAX_CALLS = 100
+
+
+def _time(fn: Callable[[], Any], repeats: int, min_seconds: float) -> float:
+  """Median wall seconds of `fn()` after one warm-up call (torch CUDA work synchronised).
+
+  Calls `fn` at least `repeats` times and, for cheap calls, until the timed calls add up to
+  `min_seconds` (at most `MAX_CALLS`): a median of three 0.2 s calls moves by 25% between
+  runs on a 2-core VM.
+  """
   _block(fn())
   times = []
-  for _ in range(repeats):
+  while len(times) < repeats or (sum(times) < min_seconds and len(times) < MAX_CALLS):
     start = time.perf_counter()
     _block(fn())
     times.append(time.perf_counter() - start)
@@ -202,12 +211,6 @@ def _captum_call(name, net, layer, xt, tt, bt, args, internal_rows: int, chunk: 
   return table.get(name)
 
 
-def _floor_seconds(model, variables, x, target, passes: int, repeats: int) -> float:
-  """`passes` batched forward+backward passes of `x` (xai_jax's floor for step methods)."""
-  per_pass = _time(lambda: common.jit_target_gradient(model, variables, x, target), repeats)
-  return passes * per_pass
-
-
 def run(args) -> list[dict]:
   """Runs the benchmark; returns one dict per (model, method, loop) row."""
   rows = []
@@ -238,7 +241,7 @@ def run(args) -> list[dict]:
     print(f"# {model_name} {size}x{size} batch {batch}, chunk {chunk} steps/call "
           f"({chunk * batch} rows), backend {jax.default_backend()}", flush=True)
     grad_pass = _time(lambda: common.jit_target_gradient(model, variables, x, target),
-                      args.repeats)
+                      args.repeats, args.min_seconds)
     for name in names:
       loops = (tuple(args.loops.split(",")) if name in STEP_METHODS and name != "deeplift_shap"
                else (None,))
@@ -248,7 +251,7 @@ def run(args) -> list[dict]:
             if with_torch else None)
       if fn is not None:
         try:
-          captum_s = _time(fn, args.repeats) / batch
+          captum_s = _time(fn, args.repeats, args.min_seconds) / batch
         except Exception as e:  # pylint: disable=broad-except
           captum_note = f"captum error: {type(e).__name__}: {str(e)[:80]}"
       for loop in loops:
@@ -257,7 +260,7 @@ def run(args) -> list[dict]:
         try:
           opts = _options(name, args, x, baselines, chunk, loop)
           row["xai_s"] = _time(_xai_call(name, model, variables, x, target, opts),
-                               args.repeats) / batch
+                               args.repeats, args.min_seconds) / batch
         except Exception as e:  # pylint: disable=broad-except
           row["error"] = f"{type(e).__name__}: {str(e)[:100]}"
         row["captum_s"] = captum_s
@@ -302,7 +305,9 @@ def main(argv=None) -> None:
   parser.add_argument("--chunk", type=int, default=0, help="steps per call (default: auto)")
   parser.add_argument("--loops", default="python,lax",
                       help="step-loop forms to time for the step methods (python, lax or both)")
-  parser.add_argument("--repeats", type=int, default=3, help="timed calls (median)")
+  parser.add_argument("--repeats", type=int, default=3, help="least timed calls (median)")
+  parser.add_argument("--min-seconds", type=float, default=2.0,
+                      help="cheap calls repeat until the timed calls add up to this")
   parser.add_argument("--no-captum", action="store_true", help="time xai_jax only")
   parser.add_argument("--json", default="", help="also write the rows to this JSON file")
   args = parser.parse_args(argv)

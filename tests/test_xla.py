@@ -1,4 +1,4 @@
-"""`xla.jit`: `jax.jit` with per-platform compiler options (no YNN fusions on XLA:CPU)."""
+"""`xla.jit`: `jax.jit` with per-platform compiler options (on XLA:CPU, YNNPACK for dots only)."""
 
 import functools
 import inspect
@@ -11,6 +11,8 @@ import pytest
 from xai_jax import xla
 
 _OPTION = "xla_cpu_experimental_ynn_fusion_type"
+_DOTS_ONLY = "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"
+_YNN_MARKER = '"kind":"__ynn_fusion"'
 
 
 def _conv(x, k):
@@ -35,7 +37,7 @@ def default_env(monkeypatch):
 def test_options_only_on_cpu(default_env):
   assert xla.compiler_options("gpu") == {}
   assert xla.compiler_options("tpu") == {}
-  assert xla.compiler_options("cpu") == {_OPTION: ""}
+  assert xla.compiler_options("cpu") == {_OPTION: _DOTS_ONLY}
 
 
 def test_user_flags_and_opt_out_win(default_env):
@@ -45,18 +47,34 @@ def test_user_flags_and_opt_out_win(default_env):
   default_env.setenv("XAI_JAX_KEEP_XLA_DEFAULTS", "1")
   assert xla.compiler_options("cpu") == {}
   default_env.setenv("XAI_JAX_KEEP_XLA_DEFAULTS", "0")
+  assert xla.compiler_options("cpu") == {_OPTION: _DOTS_ONLY}
+
+
+def test_falls_back_to_no_ynn_fusions_then_to_defaults(default_env, monkeypatch):
+  known = {("xla_cpu_experimental_ynn_fusion_type", "")}
+  monkeypatch.setattr(xla, "_option_is_known", lambda name, value: (name, value) in known)
   assert xla.compiler_options("cpu") == {_OPTION: ""}
+  known.clear()
+  assert xla.compiler_options("cpu") == {}
+
+
+def _ynn_fusions(jitted, *args) -> int:
+  return jitted.lower(*args).compile().as_text().count(_YNN_MARKER)
 
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="the options are XLA:CPU's")
-def test_cpu_compile_has_no_ynn_fusion_and_opt_out_compiles_as_jax_jit(default_env):
+def test_cpu_compile_gives_dots_not_convolutions_to_ynn_and_opt_out_compiles_as_jax_jit(
+    default_env):
   x, k = _conv_args()
-  marker = '"kind":"__ynn_fusion"'
-  default = jax.jit(_conv).lower(x, k).compile().as_text().count(marker)
-  assert default > 0, "this jaxlib no longer gives convolutions to YNNPACK: revisit xla.py"
-  assert xla.jit(_conv).lower(x, k).compile().as_text().count(marker) == 0
+  a, w = jnp.ones((8, 256)), jnp.ones((256, 128))
+  matmul = lambda a, w: a @ w  # noqa: E731
+  default_conv = _ynn_fusions(jax.jit(_conv), x, k)
+  assert default_conv > 0, "this jaxlib no longer gives convolutions to YNNPACK: revisit xla.py"
+  assert _ynn_fusions(xla.jit(_conv), x, k) == 0
+  assert _ynn_fusions(xla.jit(matmul), a, w) == 1
   default_env.setenv("XAI_JAX_KEEP_XLA_DEFAULTS", "1")
-  assert xla.jit(_conv).lower(x, k).compile().as_text().count(marker) == default
+  assert _ynn_fusions(xla.jit(_conv), x, k) == default_conv
+  assert _ynn_fusions(xla.jit(matmul), a, w) == _ynn_fusions(jax.jit(matmul), a, w)
 
 
 def test_results_match_jax_jit_and_eager(default_env):
@@ -67,6 +85,12 @@ def test_results_match_jax_jit_and_eager(default_env):
   np.testing.assert_allclose(
       grad(x, k), jax.grad(lambda x, k: jnp.sum(jax.nn.relu(_conv(x, k)) ** 2))(x, k),
       rtol=1e-5, atol=1e-3)
+  a = jax.random.normal(jax.random.key(2), (8, 256))
+  w = jax.random.normal(jax.random.key(3), (256, 128))
+  dense_loss = lambda a, w: jnp.sum(jax.nn.relu(a @ w) ** 2)  # noqa: E731
+  for argnum in (0, 1):  # the transposed dots of the backward pass
+    np.testing.assert_allclose(xla.jit(jax.grad(dense_loss, argnum))(a, w),
+                               jax.grad(dense_loss, argnum)(a, w), rtol=1e-4, atol=1e-2)
 
 
 def test_jit_arguments_decorators_and_metadata(default_env):

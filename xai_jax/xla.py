@@ -7,23 +7,31 @@ function is called; on other platforms nothing changes.
 
 XLA:CPU (jaxlib 0.10) hands convolutions, dots and elementwise fusions to YNNPACK. On the
 2-core AVX-512 machines this project measures on, some of its convolutions are far slower
-than XLA's own (Eigen) kernels: a 5x5 convolution from 3 to 24 channels on 64 images of
-64x64 took 137 ms against 14 ms, from 3 to 32 channels 49-65 ms against 21 ms. Whole models,
-same process, ms/image, YNN fusions on -> off (benchmarks/RESULTS.md):
+than XLA's own (Eigen) kernels (a 5x5 convolution from 3 to 24 channels on 64 images of
+64x64: 137 ms against 14 ms), while its dots are faster, above all the transposed ones of a
+backward pass (the small CNN's dense layer, [64, 1024] x [1024, 16384]: 9 ms against 40 ms).
+So on CPU `xla.jit` sets `xla_cpu_experimental_ynn_fusion_type` to
+`LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT`: YNNPACK for single dot instructions, XLA for the rest.
+Whole models, one process, ms/image, XLA defaults / no YNN fusions / YNN dots only (the
+choice; benchmarks/RESULTS.md):
 
-  ResNet50 224 input gradient, batch 8     127 -> 95     AlexNet 224 forward, batch 8   9.2 -> 7.4
-  small CNN 64 input gradient, batch 64    3.2 -> 3.0    AlexNet 224 input gradient    25 -> 35
-  small_vgg 96 forward, batch 150          1.05 -> 0.91  small CNN 64 forward, b. 256  0.92 -> 1.07
-  small_vgg 96 input gradient, batch 32    2.17 -> 1.94  VGG16 224 input gradient      268 -> 269
+  small CNN 64, batch 64, input gradient     3.6 / 3.3 / 2.7
+  small CNN 64, batch 256, forward           0.9 / 1.0 / 1.0
+  small_vgg 96, batch 32, train step         4.0 / 3.3 / 3.2
+  small_vgg 96, batch 150, forward           1.0 / 0.9 / 0.9
+  AlexNet 224, batch 8, input gradient        24 /  35 /  21
+  AlexNet 224, batch 8, forward              8.8 / 7.1 / 7.7
+  ResNet50 224, batch 8, input gradient      127 /  97 /  98
+  VGG16 224, batch 8, input gradient         279 / 299 / 242
 
-The quick cells run took 363 s instead of 383 s. Turning off only the convolution fusions
-(keeping YNN dots) was worse than either (AlexNet's forward pass: 53 ms). So on CPU `xla.jit`
-sets `xla_cpu_experimental_ynn_fusion_type=""` (no YNN fusions). AlexNet-heavy CPU work is
-faster with XLA's defaults; they are kept when:
+Every other YNN fusion kind measured worse somewhere: elementwise fusions took AlexNet's
+forward pass from 7.6 to 56 ms, dot fusions (`LIBRARY_FUSION_TYPE_DOT` alone) to 53 ms. XLA's
+defaults are kept when:
 
 - `XLA_FLAGS` already sets `xla_cpu_experimental_ynn_fusion_type` (the user's choice wins);
 - `XAI_JAX_KEEP_XLA_DEFAULTS=1` is set (compile exactly as `jax.jit` would);
-- the installed jaxlib does not know the option (checked once by compiling a constant).
+- the installed jaxlib does not know the option or its value (checked once by compiling a
+  constant; a jaxlib that knows the option but not the value gets no YNN fusions at all).
 
 Under an outer `jax.jit` the outer function's options apply, as with nested `jax.jit`.
 """
@@ -35,6 +43,7 @@ from typing import Any, Callable
 import jax
 
 _YNN_OPTION = "xla_cpu_experimental_ynn_fusion_type"
+_CPU_YNN_FUSIONS = ("LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT", "")  # preferred first
 _KEEP_DEFAULTS_ENV = "XAI_JAX_KEEP_XLA_DEFAULTS"
 _NESTED_OPTIONS_ERROR = "can only be passed to top-level `jax.jit`"
 
@@ -58,11 +67,14 @@ def compiler_options(platform: str) -> dict[str, str]:
     return {}
   if _YNN_OPTION in os.environ.get("XLA_FLAGS", ""):
     return {}
-  return {_YNN_OPTION: ""} if _option_is_known(_YNN_OPTION, "") else {}
+  for fusions in _CPU_YNN_FUSIONS:
+    if _option_is_known(_YNN_OPTION, fusions):
+      return {_YNN_OPTION: fusions}
+  return {}
 
 
 class _PlatformJit:
-  """A `jax.jit` of `fun` per set of compiler options (the current platform's, or none when nested)."""
+  """A `jax.jit` of `fun` per set of compiler options (the platform's, or none when nested)."""
 
   def __init__(self, fun: Callable[..., Any], jit_kwargs: dict[str, Any]):
     if "compiler_options" in jit_kwargs:
