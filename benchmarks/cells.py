@@ -3,7 +3,8 @@ r"""Throughput of the synthetic cell generator: images per second.
   python -m benchmarks.cells [--sizes=64,224,512] [--batch=64] [--repeats=5]
   python -m benchmarks.cells --sizes=32 --batch=8 --repeats=2     # a quick check
 
-For each size, `xla.jit(jax.vmap(make_cell))` (as `cells.make_batch` compiles it) runs on batches of `--batch`
+For each size, `xla.jit(jax.vmap(make_cell))` (as `cells.make_batch` compiles it)
+runs on batches of `--batch`
 random keys with uniformly drawn (traced) labels and backgrounds, as the
 dataset is built. The first call (compilation) is timed separately; the table
 gives the median over `--repeats` timed batches and the projected time to

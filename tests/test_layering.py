@@ -1,4 +1,5 @@
-"""Data flows one way: files, xla -> data -> models -> train/explain -> metrics -> reports -> runner.
+"""Data flows one way: files, xla -> data -> models -> train/explain -> metrics -> reports ->
+runner.
 
 Each module may import only from layers to its left (STYLE.md, habit 1). Metrics receive
 explainers as arguments; the one exception is the channel reduction in

@@ -51,7 +51,7 @@ def test_user_flags_and_opt_out_win(default_env):
 
 
 def test_falls_back_to_no_ynn_fusions_then_to_defaults(default_env, monkeypatch):
-  known = {("xla_cpu_experimental_ynn_fusion_type", "")}
+  known = {(_OPTION, "")}
   monkeypatch.setattr(xla, "_option_is_known", lambda name, value: (name, value) in known)
   assert xla.compiler_options("cpu") == {_OPTION: ""}
   known.clear()

@@ -25,8 +25,8 @@ choice; benchmarks/RESULTS.md):
   VGG16 224, batch 8, input gradient         279 / 299 / 242
 
 Every other YNN fusion kind measured worse somewhere: elementwise fusions took AlexNet's
-forward pass from 7.6 to 56 ms, dot fusions (`LIBRARY_FUSION_TYPE_DOT` alone) to 53 ms. XLA's
-defaults are kept when:
+forward pass from 7.4 to 56 ms, dot fusions (`LIBRARY_FUSION_TYPE_DOT` alone) to 53 ms
+(no YNN fusions and each kind alone, one process). XLA's defaults are kept when:
 
 - `XLA_FLAGS` already sets `xla_cpu_experimental_ynn_fusion_type` (the user's choice wins);
 - `XAI_JAX_KEEP_XLA_DEFAULTS=1` is set (compile exactly as `jax.jit` would);
