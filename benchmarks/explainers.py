@@ -18,10 +18,22 @@ a Python loop; `loop="lax"`: one jitted `lax.scan` over chunks); the row marked
 gradient inside `lax.scan` loses the fast convolution paths (performance-notes).
 
 Defaults follow the issue: small CNN at 64x64 batch 64; VGG16 and ResNet50 at
-224x224 batch 8; IG 50 Gauss-Legendre steps; SmoothGrad and GradientShap 20
-samples. Captum gets `internal_batch_size` / `nt_samples_batch_size` equal to
-xai_jax's rows per call, so both hold the same number of images in memory
+224x224 batch 8 (`--models inception_v3`: 299x299 batch 8, Adebayo et al.'s network,
+with one `nn.ReLU` per BasicConv2d and `nn.MaxPool2d` modules so Captum's hooks see
+them); IG 50 Gauss-Legendre steps; SmoothGrad and GradientShap 20 samples. Captum gets
+`internal_batch_size` / `nt_samples_batch_size` equal to xai_jax's rows per call, so both
+hold the same number of images in memory
 (Captum's GradientShap has no such option and runs all samples at once).
+Perturbation methods (occlusion, feature ablation, Shapley value sampling, LIME with
+`reference="captum"`, KernelSHAP) use a `--grid` x `--grid` block feature mask (occlusion:
+windows of the block size, stride one block), `--samples` permutations for Shapley sampling
+and `--perturbation-samples` coalitions for LIME and KernelSHAP; Captum gets
+`perturbations_per_eval` equal to xai_jax's perturbations per call (its Lime and KernelShap
+still fit one image at a time). Their floor is P batched forward passes of the batch
+(P = the method's number of perturbations).
+LRP is compared with Captum's `LRP` (epsilon rule); layer SHAP, a step method with
+S = `--samples`, with `shap.GradientExplainer((net, layer))` at the Grad-CAM layer (one
+class per image; xai_jax runs the same computation: `space="input"`, `guided=False`).
 Timings: one warm-up call, then the median of at least `--repeats` calls, repeated
 until they add up to `--min-seconds` (2 s) for cheap methods. Methods
 without a Captum counterpart (FullGrad, DeepMaps, the baselines) print
@@ -45,9 +57,12 @@ import numpy as np
 from xai_jax import explain, models
 from xai_jax.explain import common
 
-STEP_METHODS = ("integrated_gradients", "smoothgrad", "gradient_shap", "deeplift_shap")
-DEFAULT_SIZES = {"cnn": 64, "vgg16": 224, "resnet50": 224}
-DEFAULT_BATCH = {"cnn": 64, "vgg16": 8, "resnet50": 8}
+STEP_METHODS = ("integrated_gradients", "smoothgrad", "gradient_shap", "deeplift_shap",
+                "layer_shap")
+PERTURBATION_METHODS = ("occlusion", "feature_ablation", "shapley_sampling", "lime",
+                        "kernel_shap")
+DEFAULT_SIZES = {"cnn": 64, "vgg16": 224, "resnet50": 224, "inception_v3": 299}
+DEFAULT_BATCH = {"cnn": 64, "vgg16": 8, "resnet50": 8, "inception_v3": 8}
 CLASSES = 10
 
 
@@ -136,6 +151,35 @@ def _split_resnet_relus(torch, torchvision, net):
   return net
 
 
+def _hookable_inception(torch, torchvision, net):
+  """torchvision Inception3 with its nonlinearities as modules Captum can hook.
+
+  BasicConv2d calls `F.relu` and InceptionB/D `F.max_pool2d`, which Captum's
+  GuidedBackprop, Deconvolution and DeepLift do not see (they would time a plain
+  gradient). Each BasicConv2d gets its own `nn.ReLU`, InceptionB/D an `nn.MaxPool2d`
+  fed a copy of the block input (Captum's DeepLift would otherwise replace the
+  gradient of that shared tensor, dropping the conv branches'). Same function.
+  """
+  inception = torchvision.models.inception
+  pool_input = lambda x: x.clone()
+  for m in net.modules():
+    if isinstance(m, inception.BasicConv2d):
+      m.relu = torch.nn.ReLU()
+      m.forward = types.MethodType(lambda self, x: self.relu(self.bn(self.conv(x))), m)
+    elif isinstance(m, inception.InceptionB):
+      m.pool = torch.nn.MaxPool2d(3, 2)
+      m._forward = types.MethodType(lambda self, x: [  # pylint: disable=protected-access
+          self.branch3x3(x), self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x))),
+          self.pool(pool_input(x))], m)
+    elif isinstance(m, inception.InceptionD):
+      m.pool = torch.nn.MaxPool2d(3, 2)
+      m._forward = types.MethodType(lambda self, x: [  # pylint: disable=protected-access
+          self.branch3x3_2(self.branch3x3_1(x)),
+          self.branch7x7x3_4(self.branch7x7x3_3(self.branch7x7x3_2(self.branch7x7x3_1(x)))),
+          self.pool(pool_input(x))], m)
+  return net
+
+
 def build(name: str, size: int, with_torch: bool):
   """(flax model, variables, torch net or None, Grad-CAM torch layer or None)."""
   model = models.get(name, num_classes=CLASSES)
@@ -148,11 +192,15 @@ def build(name: str, size: int, with_torch: bool):
   if name == "cnn":
     net = _torch_cnn(torch, size)
     return model, _cnn_variables(net), net, net.relu2
-  net = getattr(torchvision.models, name)(weights=None, num_classes=CLASSES).eval()
+  extra = {"init_weights": True} if name == "inception_v3" else {}
+  net = getattr(torchvision.models, name)(weights=None, num_classes=CLASSES, **extra).eval()
   if name.startswith("resnet"):
     net = _split_resnet_relus(torch, torchvision, net)
+  if name == "inception_v3":
+    net = _hookable_inception(torch, torchvision, net)
   variables = port.from_torchvision(name, net.state_dict())
-  layer = net.features[-2] if name.startswith("vgg") else net.layer4
+  layer = (net.features[-2] if name.startswith("vgg") else
+           net.Mixed_7c if name == "inception_v3" else net.layer4)
   return model, variables, net, layer
 
 
@@ -161,9 +209,37 @@ def build(name: str, size: int, with_torch: bool):
 # ---------------------------------------------------------------------------
 
 
+def _block_mask(size: int, grid: int) -> np.ndarray:
+  """int64 [size, size]: a grid x grid block feature mask, row-major ids."""
+  blocks = np.arange(size) * grid // size
+  return blocks[:, None] * grid + blocks[None, :]
+
+
+def _perturbations(name: str, args) -> int:
+  """Forward passes of the batch a perturbation method makes (its floor)."""
+  grid = getattr(args, "grid", 4)
+  return {"occlusion": grid * grid + 1, "feature_ablation": grid * grid + 1,
+          "shapley_sampling": args.samples * grid * grid + 1,
+          "lime": getattr(args, "perturbation_samples", 50),
+          "kernel_shap": getattr(args, "perturbation_samples", 50)}[name]
+
+
 def _options(name: str, args, x, baselines, rows_chunk: int, loop: str | None) -> dict:
   """xai_jax keyword options for `name` (mirroring the Captum call below)."""
   opts: dict[str, Any] = {}
+  if name in PERTURBATION_METHODS:
+    grid, size = getattr(args, "grid", 4), x.shape[1]
+    opts["chunk"] = rows_chunk
+    if name == "occlusion":
+      opts.update(sliding_window_shapes=(size // grid,) * 2, strides=size // grid)
+    else:
+      opts["feature_mask"] = _block_mask(size, grid)
+    if name == "shapley_sampling":
+      opts.update(samples=args.samples, key=jax.random.key(0))
+    elif name in ("lime", "kernel_shap"):
+      opts.update(samples=getattr(args, "perturbation_samples", 50), key=jax.random.key(0))
+    if name == "lime":
+      opts["reference"] = "captum"
   if name == "gradient":
     opts["abs"] = True  # Captum Saliency
   elif name == "integrated_gradients":
@@ -176,6 +252,9 @@ def _options(name: str, args, x, baselines, rows_chunk: int, loop: str | None) -
                 chunk=rows_chunk)
   elif name == "deeplift_shap":
     opts.update(baselines=baselines[:2])
+  elif name == "layer_shap":  # shap's PyTorch (model, layer) computation, no guided product
+    opts.update(background=baselines, key=jax.random.key(0), samples=args.samples,
+                space="input", guided=False, chunk=rows_chunk)
   elif name == "random":
     opts["key"] = jax.random.key(0)
   if loop is not None:
@@ -185,6 +264,33 @@ def _options(name: str, args, x, baselines, rows_chunk: int, loop: str | None) -
 
 def _xai_call(name, model, variables, x, target, opts):
   return lambda: explain.explain(name, model, variables, x, target, **opts)
+
+
+def _captum_lrp(net, xt, tt):
+  """Captum's LRP (epsilon 1e-9 everywhere); the small CNN's `nn.Flatten` gets an epsilon
+  rule (Captum has no default rule for it and removes rules after every call)."""
+  import captum.attr as ca  # pylint: disable=import-outside-toplevel
+  from captum.attr._utils.lrp_rules import EpsilonRule  # pylint: disable=import-outside-toplevel
+  import torch  # pylint: disable=import-outside-toplevel
+  for module in net.modules():
+    if isinstance(module, torch.nn.Flatten):
+      module.rule = EpsilonRule()
+  return ca.LRP(net).attribute(xt, target=tt)
+
+
+def _shap_layer_values(net, xt, bt, samples: int):
+  """shap.GradientExplainer((net, module), background) at xai_jax's default Grad-CAM layer.
+
+  shap hooks a module's input: the module after that activation (VGG/AlexNet: the last
+  max-pool; the small CNN: `pool2`; ResNet/Inception: `avgpool`). `ranked_outputs=1`
+  explains one class per image, as xai_jax does; shap runs an extra one-image forward
+  pass per sample to record the layer's input.
+  """
+  import shap  # pylint: disable=import-outside-toplevel
+  module = (net.features[-1] if hasattr(net, "features") else
+            net.pool2 if hasattr(net, "pool2") else net.avgpool)
+  explainer = shap.GradientExplainer((net, module), bt)
+  return explainer.shap_values(xt, nsamples=samples, ranked_outputs=1, rseed=0)
 
 
 def _captum_call(name, net, layer, xt, tt, bt, args, internal_rows: int, chunk: int):
@@ -207,7 +313,28 @@ def _captum_call(name, net, layer, xt, tt, bt, args, internal_rows: int, chunk: 
       "gradcam": lambda: ca.LayerAttribution.interpolate(
           ca.LayerGradCam(net, layer).attribute(xt, target=tt), size),
       "guided_gradcam": lambda: ca.GuidedGradCam(net, layer).attribute(xt, target=tt),
+      "lrp": lambda: _captum_lrp(net, xt, tt),
+      "layer_shap": lambda: _shap_layer_values(net, xt, bt, args.samples),
   }
+  if name in PERTURBATION_METHODS:
+    import torch  # pylint: disable=import-outside-toplevel
+    grid, width = getattr(args, "grid", 4), size[0] // getattr(args, "grid", 4)
+    mask = torch.from_numpy(_block_mask(size[0], grid))[None, None].to(xt.device)
+    samples = getattr(args, "perturbation_samples", 50)
+    table.update({
+        "occlusion": lambda: ca.Occlusion(net).attribute(
+            xt, sliding_window_shapes=(xt.shape[1], width, width), strides=(1, width, width),
+            target=tt, perturbations_per_eval=chunk),
+        "feature_ablation": lambda: ca.FeatureAblation(net).attribute(
+            xt, target=tt, feature_mask=mask, perturbations_per_eval=chunk),
+        "shapley_sampling": lambda: ca.ShapleyValueSampling(net).attribute(
+            xt, target=tt, feature_mask=mask, n_samples=args.samples,
+            perturbations_per_eval=chunk),
+        "lime": lambda: ca.Lime(net).attribute(
+            xt, target=tt, feature_mask=mask, n_samples=samples, perturbations_per_eval=chunk),
+        "kernel_shap": lambda: ca.KernelShap(net).attribute(
+            xt, target=tt, feature_mask=mask, n_samples=samples, perturbations_per_eval=chunk),
+    })
   return table.get(name)
 
 
@@ -242,9 +369,12 @@ def run(args) -> list[dict]:
           f"({chunk * batch} rows), backend {jax.default_backend()}", flush=True)
     grad_pass = _time(lambda: common.jit_target_gradient(model, variables, x, target),
                       args.repeats, args.min_seconds)
+    forward_pass = (_time(lambda: common.jit_target_logits(model, variables, x, target),
+                          args.repeats, args.min_seconds)
+                    if set(names) & set(PERTURBATION_METHODS) else None)
     for name in names:
-      loops = (tuple(args.loops.split(",")) if name in STEP_METHODS and name != "deeplift_shap"
-               else (None,))
+      looped = (name in STEP_METHODS and name != "deeplift_shap") or name in PERTURBATION_METHODS
+      loops = tuple(args.loops.split(",")) if looped else (None,)
       captum_s = None
       captum_note = ""
       fn = (_captum_call(name, net, layer, xt, tt, bt, args, chunk * batch, chunk)
@@ -269,9 +399,12 @@ def run(args) -> list[dict]:
         if "xai_s" in row and captum_s:
           row["ratio_captum"] = row["xai_s"] / captum_s
         passes = {"integrated_gradients": args.steps, "smoothgrad": args.samples,
-                  "gradient_shap": args.samples}.get(name)
+                  "gradient_shap": args.samples, "layer_shap": args.samples}.get(name)
         if passes and "xai_s" in row:
           row["ratio_floor"] = row["xai_s"] / (passes * grad_pass / batch)
+        if name in PERTURBATION_METHODS and "xai_s" in row:
+          row["ratio_floor"] = row["xai_s"] / (_perturbations(name, args) * forward_pass
+                                               / batch)
         rows.append(row)
         _print_row(row)
   return rows
@@ -303,6 +436,10 @@ def main(argv=None) -> None:
   parser.add_argument("--steps", type=int, default=50, help="integrated-gradients steps")
   parser.add_argument("--samples", type=int, default=20, help="SmoothGrad / GradientShap samples")
   parser.add_argument("--chunk", type=int, default=0, help="steps per call (default: auto)")
+  parser.add_argument("--grid", type=int, default=4,
+                      help="perturbation methods: grid x grid block features / windows")
+  parser.add_argument("--perturbation-samples", type=int, default=50,
+                      help="LIME / KernelSHAP coalitions per image")
   parser.add_argument("--loops", default="python,lax",
                       help="step-loop forms to time for the step methods (python, lax or both)")
   parser.add_argument("--repeats", type=int, default=3, help="least timed calls (median)")

@@ -10,12 +10,14 @@ float32 on CPU (or the default JAX device and CUDA for torch when available):
   cost of a saliency map / one integrated-gradients step).
 
 Cells (papers): AlexNet 224 and VGG16 224 and ResNet34 512 (Tjoa & Guan),
-VGG16 224 and ResNet50 224 (DeepMaps). Timings: median of `--repeats` timed
-calls after `--warmup` untimed ones (compilation excluded); blocked on results.
+VGG16 224 and ResNet50 224 (DeepMaps), Inception v3 299 (Adebayo et al.).
+Timings: median of `--repeats` timed calls after `--warmup` untimed ones
+(compilation excluded); blocked on results.
 
 Usage:
   python -m benchmarks.models                                  # paper cells, batch 8
   python -m benchmarks.models --archs=resnet18 --size=64 --batch=2 --repeats=2  # tiny
+  python -m benchmarks.models --archs=inception_v3 --batch=2   # at its paper size, 299
   python -m benchmarks.models --no-torch                       # JAX only
 
 On a quiet 2-core CPU the paper cells take a few minutes (VGG16 forward is
@@ -34,7 +36,8 @@ from xai_jax import models
 from xai_jax import xla
 from xai_jax.models import port
 
-PAPER_CELLS = (("alexnet", 224), ("vgg16", 224), ("resnet34", 512), ("resnet50", 224))
+PAPER_CELLS = (("alexnet", 224), ("vgg16", 224), ("resnet34", 512), ("resnet50", 224),
+               ("inception_v3", 299))
 
 
 def _median_seconds(fn, *, warmup, repeats):
@@ -50,7 +53,9 @@ def _median_seconds(fn, *, warmup, repeats):
 
 def _random_torch_model(torch, torchvision, name, num_classes, seed=0):
   torch.manual_seed(seed)
-  net = getattr(torchvision.models, name)(weights=None, num_classes=num_classes)
+  # Inception3 warns unless told how to initialise; its auxiliary head is unused in eval mode.
+  extra = {"init_weights": True} if name == "inception_v3" else {}
+  net = getattr(torchvision.models, name)(weights=None, num_classes=num_classes, **extra)
   with torch.no_grad():
     for m in net.modules():
       if isinstance(m, torch.nn.BatchNorm2d):
@@ -140,7 +145,8 @@ def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--archs", default=None,
                       help="comma list (default: the paper cells, each at its size)")
-  parser.add_argument("--size", type=int, default=None, help="override every input size")
+  parser.add_argument("--size", type=int, default=None,
+                      help="override every input size (default: the paper cell's, else 224)")
   parser.add_argument("--batch", type=int, default=8)
   parser.add_argument("--num-classes", type=int, default=1000)
   parser.add_argument("--warmup", type=int, default=2)
@@ -148,7 +154,7 @@ def main(argv=None):
   parser.add_argument("--no-torch", action="store_true", help="JAX only")
   args = parser.parse_args(argv)
   if args.archs:
-    cells = [(a, args.size or 224) for a in args.archs.split(",")]
+    cells = [(a, args.size or dict(PAPER_CELLS).get(a, 224)) for a in args.archs.split(",")]
   else:
     cells = [(a, args.size or s) for a, s in PAPER_CELLS]
   for a, _ in cells:

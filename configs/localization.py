@@ -48,6 +48,11 @@ Variants (`--config=configs/localization.py:<variant>`):
 
 Every field can be overridden from the command line (the config is locked, so a misspelt
 field fails).
+`experiments.localization.validate` checks the whole config before any data is read or a
+model trained (methods and their options, IOU options, data, model, shards); a refused config
+writes nothing. On a workdir whose model was trained here, changing only evaluation fields
+reuses the model and writes the new outputs to `WORKDIR/eval_<hash>/`; other training fields
+are refused (see `experiments/launch.py`).
 """
 
 import ml_collections

@@ -60,6 +60,12 @@ Variants (`get_config(variant)`):
   near the top. The ordering by similarity decay, fastest first: gradient ~ SmoothGrad ~
   VarGrad ~ Grad-CAM < integrated gradients ~ input x gradient < guided backprop ~ guided
   Grad-CAM.
+
+`experiments.sanity_checks.check_config` checks the whole config (methods and their options,
+measures, modes, data, model) before anything is trained; a refused config writes nothing.
+On a trained workdir, changing only evaluation fields (methods, measures, randomisation,
+images explained, ...) reuses the trained models (`train/`, `train_random_labels/`) and writes
+the new outputs to `WORKDIR/eval_<hash>/`; other training fields are refused.
 """
 
 import ml_collections

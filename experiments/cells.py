@@ -23,10 +23,19 @@ Networks", arXiv:2009.02899; protocol in `shared/specs/cells.md`):
    alpha of the method rankings across metrics).
 6. Figures under `figures/` and `report.md` linking everything.
 
-With `--config.dtype=bfloat16` the evaluation (models, explainers, metrics) runs in
-bfloat16 and writes to `WORKDIR/bfloat16/`; training is shared with the float32 run.
-Rerunning with the same workdir skips everything already done; a workdir that holds a run of
-another config is refused.
+The config is validated first (`validate`: methods and their options, metrics and their
+options, shard sizes against the pixel-removal delta, ...), so a bad config fails in a second,
+before any data generation or training, and leaves nothing in the workdir.
+
+Training and evaluation share the workdir as `experiments/launch.py` describes: the trained
+models (`WORKDIR/train`, recorded in `WORKDIR/train_config.json`) depend only on the training
+fields (`TRAINING_FIELDS`: seed, the training data, model and training settings); a run whose
+training fields differ is refused. Every other field (methods, metrics, `evaluate.*`,
+`data.num_test`, dtype) may change on a trained workdir: the models are reused, and the
+outputs of a new evaluation config go to `WORKDIR/eval_<hash>/` (printed), the first one's
+staying in `WORKDIR` itself. With `--config.dtype=bfloat16` the evaluation (models,
+explainers, metrics) runs in bfloat16 and writes to `WORKDIR/bfloat16/`. Rerunning a config
+skips everything already done.
 """
 
 from __future__ import annotations
@@ -47,6 +56,7 @@ import pandas as pd
 
 from experiments import launch
 from xai_jax import models, runner, train
+from xai_jax.data import cell_source
 from xai_jax.data import cells
 from xai_jax.metrics import stats
 from xai_jax.reports import evaluation as report
@@ -61,8 +71,11 @@ SHORT_SUMMARY = ("Amu", "Rmu", "Pmu", "Amu_clamp", "iou", "iou_star", "aopc", "a
                  "n_morf", "n_lerf", "delta_aopc")
 # Config fields that define the trained models (shared by every evaluation in a workdir), and
 # fields that may change between runs sharing an output folder (they do not change results).
-_TRAINING_FIELDS = ("seed", "data", "model", "train")
+TRAINING_FIELDS = ("seed", "data.source", "data.tfds_dir", "data.size", "data.num_train",
+                   "data.num_validation", "data.shard_size", "model", "train")
 _VOLATILE_FIELDS = ("figures",)
+DATA_SOURCES = ("generator", "tfds")
+DTYPES = ("float32", "bfloat16")
 NUM_CLASSES = len(cells.CLASS_NAMES)
 
 
@@ -219,46 +232,109 @@ def method_statistics(samples: pd.DataFrame, out_dir: pathlib.Path) -> pd.DataFr
 # The run.
 
 
-def _check_workdir(config, workdir: pathlib.Path, out: pathlib.Path) -> None:
-  """Training (seed, data, model, train) must match the workdir's; the rest must match `out`'s.
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Checks the whole config in milliseconds, before any data generation or training.
 
-  So a bfloat16 evaluation (`out = WORKDIR/bfloat16`) reuses the float32 run's models, and
-  no output folder ever mixes results of two configs.
+  Raises:
+    ValueError: naming the bad field: an unknown data source, dtype, model or schedule;
+      sizes or counts out of range (`evaluate.num_examples` beyond `data.num_test`);
+      `evaluate.models` that are not trained; an unknown method or option, or a bad option
+      value (`runner.check_methods`); an unknown metric or option, or a pixel-removal `step`
+      above `fraction` of the pixels (`runner.check_metrics`); a shard, the last
+      (remainder) one included, too small for the pixel-removal delta
+      (`runner.check_shards`).
+  """
+  data, t, ev = config.data, config.train, config.evaluate
+  if data.source not in DATA_SOURCES:
+    raise ValueError(f"unknown data.source {data.source!r}; valid: {', '.join(DATA_SOURCES)}")
+  if config.dtype not in DTYPES:
+    raise ValueError(f"unknown dtype {config.dtype!r}; valid: {', '.join(DTYPES)}")
+  for field in ("size", "num_train", "num_validation", "num_test", "shard_size"):
+    if not isinstance(data[field], int) or data[field] < 1:
+      raise ValueError(f"data.{field} must be a positive int; got {data[field]!r}")
+  if data.source == "tfds":
+    for field, split in (("num_train", "train"), ("num_validation", "validation"),
+                         ("num_test", "test")):
+      available = cell_source.SPLITS[split] * cell_source.SHARD_SIZE
+      if data[field] > available:
+        raise ValueError(f"data.{field} = {data[field]} exceeds the {available} images of the "
+                         f"xai_cells {split} split")
+  if config.model.name not in models.NAMES:
+    raise ValueError(f"unknown model.name {config.model.name!r}; valid: "
+                     f"{', '.join(models.NAMES)}")
+  if t.schedule not in ("cosine", "constant"):
+    raise ValueError(f"unknown train.schedule {t.schedule!r}; valid: 'cosine', 'constant'")
+  trained = ("base", *(f"branch_{i}" for i in range(t.num_branches)))
+  unknown = [m for m in ev.models if m not in trained]
+  if unknown or not ev.models:
+    raise ValueError(f"evaluate.models {list(unknown or ev.models)} are not trained: valid "
+                     f"are {', '.join(trained)} (train.num_branches = {t.num_branches})")
+  unknown = [m for m in ev.pixel_removal_models if m not in ev.models]
+  if unknown:
+    raise ValueError(f"evaluate.pixel_removal_models {unknown} are not in evaluate.models "
+                     f"{list(ev.models)}")
+  if not isinstance(ev.num_examples, int) or not 0 <= ev.num_examples <= data.num_test:
+    raise ValueError(f"evaluate.num_examples must be in 0..data.num_test = {data.num_test} "
+                     f"(0: all); got {ev.num_examples!r}")
+  if not isinstance(ev.gallery_size, int) or ev.gallery_size < 0:
+    raise ValueError(f"evaluate.gallery_size must be an int >= 0; got {ev.gallery_size!r}")
+  runner.check_methods(_methods(config))
+  metrics, removal, _ = runner.check_metrics(tuple(config.metrics), _metric_options(config),
+                                             image_size=(data.size, data.size))
+  try:
+    runner.check_shards(ev.num_examples or data.num_test, ev.shard_size,
+                        delta_k=removal["delta_k"] if "pixel_removal" in metrics else 0,
+                        available=data.num_test)
+  except ValueError as error:
+    raise ValueError(f"evaluate.num_examples / evaluate.shard_size: {error}") from None
+
+
+def _methods(config) -> dict[str, dict]:
+  return {name: dict(options) for name, options in config.methods.items()}
+
+
+def _metric_options(config) -> dict[str, dict]:
+  return {k: dict(v) for k, v in config.metric_options.items()}
+
+
+def _check_workdir(config, workdir: pathlib.Path) -> pathlib.Path:
+  """Records the training fields (refusing other ones) and returns the evaluation folder.
+
+  The folder is `WORKDIR` (float32) or `WORKDIR/bfloat16`, or `WORKDIR/eval_<hash>` when that
+  holds another evaluation config (`launch.evaluation_folder`), so every evaluation reuses
+  the trained models and no output folder mixes results of two configs.
   """
   current = json.loads(config.to_json())
-  runner.record_config(workdir / "train_config.json",
-                       {k: current[k] for k in _TRAINING_FIELDS}, what="trained models")
-  runner.record_config(out / "config.json", current, ignore=_VOLATILE_FIELDS, what="results")
+  launch.check_training(workdir, current, TRAINING_FIELDS)
+  default = workdir if config.dtype == "float32" else workdir / config.dtype
+  return launch.evaluation_folder(workdir, current, default=default, ignore=_VOLATILE_FIELDS)
 
 
 def run(config: ml_collections.ConfigDict, workdir, *, progress: bool = True) -> dict[str, Any]:
-  """Runs (or resumes) the whole experiment; returns the tables and the report path."""
+  """Runs (or resumes) the whole experiment; returns the tables and the report path.
+
+  Raises:
+    ValueError: a bad config (`validate`; nothing is written then), or a workdir whose
+      trained models come from other training fields.
+  """
   started = time.perf_counter()
+  validate(config)
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  if config.dtype not in ("float32", "bfloat16"):
-    raise ValueError(f"unknown dtype {config.dtype!r}; valid: 'float32', 'bfloat16'")
-  unknown = [m for m in config.evaluate.models
-             if m != "base" and not (m.startswith("branch_") and m[7:].isdigit()
-                                     and int(m[7:]) < config.train.num_branches)]
-  if unknown:
-    raise ValueError(f"evaluate.models {unknown} are not trained: valid are 'base' and "
-                     f"'branch_0'..'branch_{config.train.num_branches - 1}'")
-  out = workdir if config.dtype == "float32" else workdir / config.dtype
-  _check_workdir(config, workdir, out)
+  out = _check_workdir(config, workdir)
 
   sources = _sources(config, workdir)
   options = dict(config.model.options)
   model = models.get(config.model.name, num_classes=NUM_CLASSES, **options)
   trained = train_models(config, workdir, sources, model, progress=progress)
   accuracy = accuracy_table(model, trained, sources["test"], batch_size=config.evaluate.shard_size)
-  runner.write_table(accuracy, workdir / "accuracy.csv")
+  runner.write_table(accuracy, out / "accuracy.csv")
   print(f"test accuracy:\n{accuracy.to_string(index=False)}", flush=True)
 
   eval_model = models.get(config.model.name, num_classes=NUM_CLASSES,
                           dtype=jnp.dtype(config.dtype), **options)
-  methods = {name: dict(opts) for name, opts in config.methods.items()}
-  metric_options = {k: dict(v) for k, v in config.metric_options.items()}
+  methods = _methods(config)
+  metric_options = _metric_options(config)
   results = {}
   removal_models = tuple(config.evaluate.pixel_removal_models) or tuple(config.evaluate.models)
   for i, name in enumerate(config.evaluate.models):

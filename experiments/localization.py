@@ -37,13 +37,20 @@ Outputs in WORKDIR:
   error bars, high vs low confidence), `figures/gallery.png` (maps of a few images);
 * `report.md` linking everything.
 
-Rerunning with the same workdir skips finished shards; a workdir holding another config is
-refused. The helpers of the "data and model" section are shared with
-`experiments/pixel_removal.py`.
+The config is checked first (`validate`: methods and their options, IOU options, data and
+model fields, shard sizes), before any data is read or a model trained, so a bad config
+fails at once and leaves nothing in the workdir. Rerunning with the same workdir skips
+finished shards. A model trained here (`WORKDIR/train`) depends only on the training fields
+(`training_fields`: seed, data.size, model, train), recorded in `WORKDIR/train_config.json`;
+a run with other training fields is refused, while other fields (methods, `iou`,
+`data.num_examples`, `evaluate.*`, ...) may change: the model is reused and the new outputs go
+to `WORKDIR/eval_<hash>/` (see `experiments/launch.py`). The helpers of the "data and model"
+section are shared with `experiments/pixel_removal.py`.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pathlib
@@ -58,7 +65,8 @@ import numpy as np
 import pandas as pd
 
 from experiments import launch
-from xai_jax import models, runner, train
+from xai_jax import files, models, runner, train
+from xai_jax.data import cell_source
 from xai_jax.data import cells
 from xai_jax.data import images
 from xai_jax.metrics import ground_truth
@@ -117,8 +125,9 @@ def build_source(config: ml_collections.ConfigDict):
 def _load_npz(path: str) -> dict:
   """Flax variables from a flat `.npz` whose keys are "/"-joined paths ("params/fc/kernel")."""
   from flax import traverse_util  # pylint: disable=import-outside-toplevel
-  with np.load(path) as data:
-    flat = {tuple(k.split("/")): np.asarray(data[k]) for k in data.files}
+  arrays = runner.load_npz(path, unrecorded="accept",  # may come from elsewhere
+                           fix="write it again (save_npz)")
+  flat = {tuple(k.split("/")): np.asarray(v) for k, v in arrays.items()}
   if not flat or any(len(k) < 2 for k in flat):
     raise ValueError(f"{path}: expected keys like 'params/<module>/kernel'; got "
                      f"{sorted('/'.join(k) for k in flat)[:5]}")
@@ -129,7 +138,9 @@ def save_npz(variables: dict, path: str | os.PathLike) -> None:
   """Writes Flax variables as the flat `.npz` that `model.npz` reads."""
   from flax import traverse_util  # pylint: disable=import-outside-toplevel
   flat = traverse_util.flatten_dict(jax.device_get(dict(variables)))
-  np.savez(path, **{"/".join(k): np.asarray(v) for k, v in flat.items()})
+  buffer = io.BytesIO()
+  np.savez(buffer, **{"/".join(k): np.asarray(v) for k, v in flat.items()})
+  files.write_verified(path, buffer.getvalue())  # with its record, checked by `_load_npz`
 
 
 def _train_on_cells(config, workdir: pathlib.Path, model, *, progress: bool) -> dict:
@@ -187,10 +198,93 @@ def method_options(config) -> dict[str, dict]:
   return {name: dict(options) for name, options in config.methods.items()}
 
 
-def check_workdir(config, workdir: pathlib.Path) -> None:
-  """Refuses a workdir that holds a run of another config; writes `config.json`."""
-  runner.record_config(workdir / "config.json", json.loads(config.to_json()),
-                       ignore=_VOLATILE_FIELDS)
+def trains_here(config) -> bool:
+  """Whether the model is trained on the cells in the workdir (no checkpoint, no npz)."""
+  return not (config.model.checkpoint or config.model.npz)
+
+
+def training_fields(config) -> tuple[str, ...]:
+  """The fields that define the model: the training fields when it is trained here, else
+  `model` (its checkpoint or npz)."""
+  return ("seed", "data.size", "model", "train") if trains_here(config) else ("model",)
+
+
+def validate_image_experiment(config, *, metrics, metric_options) -> None:
+  """The checks `localization` and `pixel_removal` share, before anything is read or trained.
+
+  Raises:
+    ValueError: naming the bad field: data source, split or sizes; model name or training
+      settings; no model for a non-cells source; methods and their options
+      (`runner.check_methods`); metric options (`runner.check_metrics`, with the pixel-removal
+      grid against `data.size`); for the cells, shards too small for the pixel-removal delta
+      (`check_evaluation_size`).
+  """
+  data, m = config.data, config.model
+  if data.source not in DATA_SOURCES:
+    raise ValueError(f"unknown data.source {data.source!r}; valid: {', '.join(DATA_SOURCES)}")
+  if not isinstance(data.size, int) or data.size < 1:
+    raise ValueError(f"data.size must be a positive int; got {data.size!r}")
+  if not isinstance(data.num_examples, int) or data.num_examples < 0:
+    raise ValueError(f"data.num_examples must be an int >= 0 (0: all); got "
+                     f"{data.num_examples!r}")
+  if data.source == "cells" and data.split not in cell_source.SPLITS:
+    raise ValueError(f"unknown data.split {data.split!r} for the cells; valid: "
+                     f"{', '.join(cell_source.SPLITS)}")
+  if not m.checkpoint:
+    if m.name not in models.NAMES:
+      raise ValueError(f"unknown model.name {m.name!r}; valid: {', '.join(models.NAMES)}")
+    if not m.npz and data.source != "cells":
+      raise ValueError("a model is needed: --config.model.checkpoint=DIR (port.save / "
+                       "experiments.port_weights) or --config.model.npz=FILE; training here "
+                       "is only done on the cells (data.source='cells')")
+  if trains_here(config):
+    for field in ("num_train", "shard_size", "batch_size"):
+      if not isinstance(config.train[field], int) or config.train[field] < 1:
+        raise ValueError(f"train.{field} must be a positive int; got {config.train[field]!r}")
+  if not isinstance(config.evaluate.gallery_size, int) or config.evaluate.gallery_size < 0:
+    raise ValueError(f"evaluate.gallery_size must be an int >= 0; got "
+                     f"{config.evaluate.gallery_size!r}")
+  runner.check_methods(method_options(config))
+  runner.check_metrics(metrics, metric_options, image_size=(data.size, data.size))
+  if data.source == "cells":
+    count = data.num_examples or cell_source.num_examples_of(data.split)
+    check_evaluation_size(config, count, metric_options=metric_options)
+
+
+def check_evaluation_size(config, num_examples: int, *, metric_options) -> None:
+  """Checks the shards of `num_examples` images against the pixel-removal delta's K
+  (`runner.check_shards`: every shard, the last one included, needs more than K images)."""
+  removal = metric_options.get("pixel_removal", {})
+  delta_k = removal.get("delta_k", 0) if removal else 0
+  try:
+    runner.check_shards(num_examples, config.evaluate.shard_size, delta_k=delta_k or 0)
+  except ValueError as error:
+    raise ValueError(f"data.num_examples / evaluate.shard_size: {error}") from None
+
+
+def validate(config) -> None:
+  """Checks a localization config before anything is read or trained.
+
+  Raises:
+    ValueError: as `validate_image_experiment`, or a `confidence_threshold` outside [0, 1].
+  """
+  if not 0.0 <= config.confidence_threshold <= 1.0:
+    raise ValueError(f"confidence_threshold must be in [0, 1]; got "
+                     f"{config.confidence_threshold!r}")
+  validate_image_experiment(config, metrics=("iou",), metric_options=_metric_options(config))
+
+
+def _metric_options(config) -> dict[str, dict]:
+  return {"iou": dict(config.iou)}
+
+
+def check_workdir(config, workdir: pathlib.Path) -> pathlib.Path:
+  """Records the model's fields (refusing other ones, `launch.check_training`) and returns the
+  folder of this config's outputs (`launch.evaluation_folder`: WORKDIR, or WORKDIR/eval_<hash>
+  when WORKDIR holds another evaluation config)."""
+  current = json.loads(config.to_json())
+  launch.check_training(workdir, current, training_fields(config))
+  return launch.evaluation_folder(workdir, current, ignore=_VOLATILE_FIELDS)
 
 
 def accuracy_of(samples: pd.DataFrame, split: str) -> pd.DataFrame:
@@ -314,33 +408,43 @@ def confidence_figure(table: pd.DataFrame, path: pathlib.Path, *, threshold: flo
 
 
 def run(config: ml_collections.ConfigDict, workdir, *, progress: bool = True) -> dict[str, Any]:
-  """Runs (or resumes) the localisation experiment; returns its tables and the report path."""
+  """Runs (or resumes) the localisation experiment; returns its tables and the report path.
+
+  Outputs go to `WORKDIR`, or to `WORKDIR/eval_<hash>` for a config whose evaluation fields
+  differ from those `WORKDIR` holds (see the module docstring).
+
+  Raises:
+    ValueError: a bad config (`validate`; nothing is written then), or a workdir whose model
+      comes from other training fields.
+  """
   started = time.perf_counter()
+  validate(config)
+  metric_options = _metric_options(config)
+  source = build_source(config)
+  check_evaluation_size(config, len(source), metric_options=metric_options)
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  check_workdir(config, workdir)
-  source = build_source(config)
+  out = check_workdir(config, workdir)
   model, variables, described = build_model(config, workdir, progress=progress)
   logging.info("model: %s; %d images from %r", described, len(source), source)
-  metric_options = {"iou": dict(config.iou)}
-  tables = evaluate(config, workdir, source, model, variables, metrics=("iou",),
+  tables = evaluate(config, out, source, model, variables, metrics=("iou",),
                     metric_options=metric_options, progress=progress)
   samples = tables.samples
-  runner.write_table(samples, workdir / "samples.csv")
+  runner.write_table(samples, out / "samples.csv")
   accuracy = accuracy_of(samples, config.data.split)
-  runner.write_table(accuracy, workdir / "accuracy.csv")
+  runner.write_table(accuracy, out / "accuracy.csv")
   summary = report.summary_table(samples, metrics=list(LOCALIZATION_METRICS), accuracy=accuracy,
                                  split=config.data.split)
-  runner.write_table(summary, workdir / "summary.csv")
-  (workdir / "summary.md").write_text(report.to_markdown(summary))
+  runner.write_table(summary, out / "summary.csv")
+  (out / "summary.md").write_text(report.to_markdown(summary))
   confidence = confidence_table(samples, threshold=config.confidence_threshold)
-  runner.write_table(confidence, workdir / "confidence.csv")
+  runner.write_table(confidence, out / "confidence.csv")
   wide = confidence_wide(confidence)
-  (workdir / "confidence.md").write_text(report.to_markdown(wide))
+  (out / "confidence.md").write_text(report.to_markdown(wide))
 
   figures = {}
   if config.figures:
-    folder = workdir / "figures"
+    folder = out / "figures"
     figures["IOU and IOU* by prediction confidence (Gattas Fig. 4.1)"] = confidence_figure(
         confidence, folder / "iou_by_confidence.png", threshold=config.confidence_threshold)
     if tables.gallery:
@@ -357,7 +461,7 @@ def run(config: ml_collections.ConfigDict, workdir, *, progress: bool = True) ->
            f"{samples['index'].nunique()} images); the split is in `confidence.md`. Wall time "
            f"of this invocation {time.perf_counter() - started:.0f} s.")
   report_path = report.write_report(
-      workdir, title=f"Pixel-wise localisation, IOU / IOU* ({config.model_name})",
+      out, title=f"Pixel-wise localisation, IOU / IOU* ({config.model_name})",
       summary=summary, accuracy=accuracy, figures=figures, config=json.loads(config.to_json()),
       notes=notes)
   with open(report_path, "a") as stream:

@@ -31,6 +31,14 @@ the model's accuracy on the evaluated images in `accuracy.csv`); `win_rates.csv`
 metric, how often the row method beats the column method, ties one half, minus 50%, as
 DeepMaps Fig. 7; `stats.win_rate_matrix`); `figures/perturbation_curves.png`,
 `figures/flip_rate.png`, `figures/win_rates_<metric>.png`; `report.md`.
+
+The config is checked first (`validate`): methods and their options, the removal options
+(`step` must not exceed `fraction` of the `data.size` x `data.size` pixels, or AOPC and AFOC
+would be 0 for every map), and every shard, the last (remainder) one included, must hold more
+than `delta_k` images; a bad config fails before any data is read or a model trained and
+leaves nothing in the workdir. As in `experiments/localization.py`, a trained model is kept
+across runs that change only evaluation fields (methods, `pixel_removal`, `data.num_examples`,
+...), whose outputs then go to `WORKDIR/eval_<hash>/`; other training fields are refused.
 """
 
 from __future__ import annotations
@@ -124,36 +132,56 @@ def win_rates(samples: pd.DataFrame) -> pd.DataFrame:
   return pd.DataFrame(rows)
 
 
+def validate(config) -> None:
+  """Checks a pixel-removal config before anything is read or trained.
+
+  Raises:
+    ValueError: naming the bad field: a bad `pixel_removal` option (fill, step against
+      `fraction` of the pixels, chunk, delta_k, score), or as
+      `localization.validate_image_experiment` (methods, data, model, shards too small for
+      the delta).
+  """
+  common.validate_image_experiment(config, metrics=("pixel_removal",),
+                                   metric_options={"pixel_removal": removal_options(config)})
+
+
 def run(config: ml_collections.ConfigDict, workdir, *, progress: bool = True) -> dict[str, Any]:
-  """Runs (or resumes) the pixel-removal experiment; returns its tables and the report path."""
+  """Runs (or resumes) the pixel-removal experiment; returns its tables and the report path.
+
+  Raises:
+    ValueError: a bad config (`validate`; nothing is written then), or a workdir whose model
+      comes from other training fields.
+  """
   started = time.perf_counter()
+  validate(config)
+  metric_options = {"pixel_removal": removal_options(config)}
+  source = common.build_source(config)
+  common.check_evaluation_size(config, len(source), metric_options=metric_options)
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  common.check_workdir(config, workdir)
-  source = common.build_source(config)
+  out = common.check_workdir(config, workdir)
   model, variables, described = common.build_model(config, workdir, progress=progress)
   logging.info("model: %s; %d images from %r", described, len(source), source)
-  tables = common.evaluate(config, workdir, source, model, variables,
-                           metrics=("pixel_removal",),
-                           metric_options={"pixel_removal": removal_options(config)},
+  tables = common.evaluate(config, out, source, model, variables,
+                           metrics=("pixel_removal",), metric_options=metric_options,
                            progress=progress)
   samples, curves = tables.samples, tables.curves
-  runner.write_table(samples, workdir / "samples.csv")
-  runner.write_table(curves, workdir / "curves.csv")
+  runner.write_table(samples, out / "samples.csv")
+  runner.write_table(curves, out / "curves.csv")
   accuracy = common.accuracy_of(samples, config.data.split)
-  runner.write_table(accuracy, workdir / "accuracy.csv")
+  runner.write_table(accuracy, out / "accuracy.csv")
   columns = [c for c in (*METRICS, *DELTA_METRICS, "flipped_morf", "flipped_lerf")
              if c in samples.columns]
   summary = report.summary_table(samples, metrics=columns, accuracy=accuracy,
                                  split=config.data.split)
-  runner.write_table(summary, workdir / "summary.csv")
-  (workdir / "summary.md").write_text(report.to_markdown(summary))
+  runner.write_table(summary, out / "summary.csv")
+  (out / "summary.md").write_text(report.to_markdown(summary))
   wins = win_rates(samples)
-  runner.write_table(wins, workdir / "win_rates.csv")
+  runner.write_table(wins, out / "win_rates.csv")
 
   figures = {}
   if config.figures:
-    folder = workdir / "figures"
+    folder = out / "figures"
     figures["Perturbation curves: mean logit of the predicted class"] = (
         report.perturbation_curves_figure(curves, folder / "perturbation_curves.png"))
     figures["Share of changed decisions along the curves (n_MoRF / n_LeRF)"] = (
@@ -175,7 +203,7 @@ def run(config: ml_collections.ConfigDict, workdir, *, progress: bool = True) ->
            f"images' maps. Win rates (minus 50%) of every metric are in `win_rates.csv`. Wall "
            f"time of this invocation {time.perf_counter() - started:.0f} s.")
   report_path = report.write_report(
-      workdir, title=f"Pixel removal, the DeepMaps protocol ({config.model_name})",
+      out, title=f"Pixel removal, the DeepMaps protocol ({config.model_name})",
       summary=summary, accuracy=accuracy, figures=figures, config=json.loads(config.to_json()),
       notes=notes)
   return {"samples": samples, "curves": curves, "summary": summary, "win_rates": wins,

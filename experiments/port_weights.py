@@ -70,14 +70,24 @@ def run(arch: str, out: str, *, state_dict: str | None = None,
     sd, source = load_state_dict_file(state_dict), state_dict
   else:
     sd, source = pretrained_state_dict(arch), "torchvision pretrained (DEFAULT)"
-  variables = port.from_torchvision(arch, sd, head=head)
+  options = model_options(arch, pretrained=not state_dict)
+  variables = port.from_torchvision(arch, sd, head=head, **options)
   num_classes = variables["params"][_head_module(arch, head)]["kernel"].shape[-1]
   return port.save(out, variables, arch=arch, num_classes=num_classes, head=head,
-                   source=source)
+                   source=source, options=options)
+
+
+def model_options(arch: str, *, pretrained: bool) -> dict:
+  """`models.get` options that the weights imply: torchvision builds Inception v3 with
+  `transform_input=True` when it loads its pretrained weights (they expect its
+  re-normalisation of ImageNet-normalised inputs), and with False otherwise."""
+  if arch == "inception_v3":
+    return {"transform_input": bool(pretrained)}
+  return {}
 
 
 def _head_module(arch: str, head: str) -> str:
-  if arch.startswith("resnet"):
+  if arch.startswith(("resnet", "inception")):
     return "fc"
   if arch.startswith("vgg") and head == "tjoa":
     return "classifier_4"

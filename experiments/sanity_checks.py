@@ -85,13 +85,13 @@ def method_options(config) -> dict[str, tuple[str, dict[str, Any]]]:
   return resolved
 
 
-def check_config(config) -> None:
-  """Validates a sanity-check config before anything is computed.
+def validate(config) -> None:
+  """Checks a sanity-check config without touching any file, before anything runs.
 
   Raises:
-    ValueError: naming the bad field (unknown method, model, measure, mode, init, data
-      source or normalisation; sizes too small for a measure; a missing checkpoint or
-      image folder; empty or duplicate method lists).
+    ValueError: naming the bad field: an unknown method or option, or a bad option value
+      (`explain.check_options`), an unknown model, measure, mode, init, data source, split or
+      normalisation; sizes too small for a measure; empty or duplicate method lists.
   """
   data = config.data
   if data.source not in SOURCES:
@@ -101,9 +101,6 @@ def check_config(config) -> None:
                      f"{', '.join(NORMALIZATIONS)}")
   if not isinstance(data.size, int) or not 32 <= data.size <= 1024:
     raise ValueError(f"data.size must be an int in 32..1024, got {data.size!r}")
-  if data.source == "image_folder" and not os.path.isdir(data.image_folder):
-    raise ValueError(f"data.image_folder {data.image_folder!r} is not a folder; pass "
-                     "--config.data.image_folder=DIR (JPEG/PNG files)")
   for field in ("num_explain", "explain_batch_size"):
     if data[field] < 1:
       raise ValueError(f"data.{field} must be >= 1, got {data[field]}")
@@ -113,13 +110,7 @@ def check_config(config) -> None:
   if data.source == "cells" and data.explain_split not in cell_source.SPLITS:
     raise ValueError(f"unknown data.explain_split {data.explain_split!r}; valid: "
                      f"{', '.join(cell_source.SPLITS)}")
-
-  if config.model.checkpoint:
-    if not os.path.isfile(os.path.join(config.model.checkpoint, port.METADATA_FILE)):
-      raise ValueError(f"model.checkpoint {config.model.checkpoint!r} holds no "
-                       f"{port.METADATA_FILE}; write one with `python -m "
-                       "experiments.port_weights` (xai_jax.models.port.save)")
-  else:
+  if not config.model.checkpoint:
     if config.model.name not in models.NAMES:
       raise ValueError(f"unknown model.name {config.model.name!r}; valid: "
                        f"{', '.join(models.NAMES)}")
@@ -131,11 +122,20 @@ def check_config(config) -> None:
     raise ValueError("config.methods is empty; name at least one explanation method")
   if len(set(config.methods)) != len(config.methods):
     raise ValueError(f"config.methods has duplicates: {list(config.methods)}")
-  for display, (name, _) in method_options(config).items():
+  for display, (name, options) in method_options(config).items():
     if name not in explain.METHODS:
       raise ValueError(f"unknown explanation method {name!r} (for {display!r}); valid: "
                        f"{', '.join(sorted(explain.METHODS))}; a display name that differs "
                        "from the registry name needs the option method_name=<registry name>")
+    try:
+      named = [f for f in ("baseline", "baselines") if isinstance(options.get(f), str)]
+      if named:
+        raise ValueError(f"option {named[0]} must be an array or number here (named "
+                         "baselines such as 'zeros' are resolved only by runner.evaluate)")
+      explain.check_options(name, options,
+                            supplied=("key",) if name in _KEYED_METHODS else ())
+    except ValueError as error:
+      raise ValueError(f"method_options.{display}: {error}") from None
 
   modes = tuple(config.randomization.modes)
   unknown = [m for m in modes if m not in MODES]
@@ -158,6 +158,52 @@ def check_config(config) -> None:
   if "hog" in config.measures and data.size < 48:
     raise ValueError(f"the 'hog' measure needs images of at least 48x48 pixels (3 cells of "
                      f"16); data.size is {data.size}: drop 'hog' from measures or enlarge")
+
+
+def check_config(config) -> None:
+  """`validate`, then the files the config names: the checkpoint and the image folder.
+
+  Raises:
+    ValueError: as `validate`, or a missing checkpoint or image folder.
+  """
+  validate(config)
+  data = config.data
+  if data.source == "image_folder" and not os.path.isdir(data.image_folder):
+    raise ValueError(f"data.image_folder {data.image_folder!r} is not a folder; pass "
+                     "--config.data.image_folder=DIR (JPEG/PNG files)")
+  if config.model.checkpoint:
+    if not os.path.isfile(os.path.join(config.model.checkpoint, port.METADATA_FILE)):
+      raise ValueError(f"model.checkpoint {config.model.checkpoint!r} holds no "
+                       f"{port.METADATA_FILE}; write one with `python -m "
+                       "experiments.port_weights` (xai_jax.models.port.save)")
+
+
+def training_fields(config) -> tuple[str, ...]:
+  """The fields that define the model in `WORKDIR/train` (only `model` for a checkpoint)."""
+  if config.model.checkpoint:
+    return ("model",)
+  return ("seed", "data.source", "data.size", "data.normalize", "data.train_examples",
+          "model", "train")
+
+
+RANDOM_LABELS_FIELDS = ("seed", "data.size", "data.normalize", "model", "data_randomization")
+"""The fields that define the permuted-label model in `WORKDIR/train_random_labels`."""
+
+
+def check_workdir(config, workdir: pathlib.Path) -> pathlib.Path:
+  """Records the trained models' fields (refusing other ones) and returns the output folder.
+
+  The models (`WORKDIR/train`, and `WORKDIR/train_random_labels` with data randomisation)
+  depend only on their training fields (`training_fields`, `RANDOM_LABELS_FIELDS`); every
+  other field may change on a trained workdir, whose outputs then go to
+  `WORKDIR/eval_<hash>` (`launch.evaluation_folder`), reusing the models.
+  """
+  current = json.loads(config.to_json())
+  if config.data_randomization.enabled:
+    launch.check_training(workdir, current, RANDOM_LABELS_FIELDS,
+                          record="train_random_labels/train_config.json")
+  launch.check_training(workdir, current, training_fields(config))
+  return launch.evaluation_folder(workdir, current)
 
 
 # --------------------------------------------------------------------------------------------
@@ -236,7 +282,10 @@ def _accuracy(model, variables, shards: _CellShards) -> float:
 
 
 def _read_json(path: pathlib.Path):
-  return json.loads(path.read_text()) if path.exists() else None
+  """The JSON at `path` if it verifies; None if it is missing, or damaged (then reported with
+  a warning and removed: the caller recomputes it)."""
+  data = files.read_or_discard(path, action="recomputing it")
+  return None if data is None else json.loads(data)
 
 
 def load_or_train_model(config, workdir: pathlib.Path, *, progress: bool = True):
@@ -271,7 +320,7 @@ def load_or_train_model(config, workdir: pathlib.Path, *, progress: bool = True)
             "train_accuracy": _accuracy(model, variables, shards),
             "test_accuracy": _accuracy(
                 model, variables, _CellShards(config, "test", settings.test_examples))}
-    runner.write_json(info, path)
+    runner.write_json(info, path, verified=True)
   return model, variables, info
 
 
@@ -315,7 +364,7 @@ def train_random_labels(config, model, workdir: pathlib.Path, *, progress: bool 
     accuracy = _accuracy(model, result.state.variables, shards)
     if accuracy > settings.target_accuracy:
       info = {"steps": steps, "train_accuracy": accuracy}
-      runner.write_json(info, path)
+      runner.write_json(info, path, verified=True)
       return result.state.variables, info
     if steps >= settings.max_steps or result.stop_reason != train.STOP_MAX_STEPS:
       raise ValueError(
@@ -325,8 +374,8 @@ def train_random_labels(config, model, workdir: pathlib.Path, *, progress: bool 
     max_steps = max(steps, max_steps) + settings.steps_per_check
 
 
-def _random_labels_info(workdir: pathlib.Path) -> dict[str, Any]:
-  return json.loads((workdir / "train_random_labels" / "accuracy.json").read_text())
+def _random_labels_info(workdir: pathlib.Path) -> dict[str, Any] | None:
+  return _read_json(workdir / "train_random_labels" / "accuracy.json")
 
 
 # --------------------------------------------------------------------------------------------
@@ -360,8 +409,7 @@ def _batches(x: np.ndarray, target: np.ndarray, batch_size: int):
 
 
 def _save_npz(path: pathlib.Path, **arrays) -> None:
-  with files.atomic_open(path, "wb") as stream:
-    np.savez_compressed(stream, **arrays)
+  runner.save_npz(arrays, path)  # with its record, checked when read back
 
 
 def _table(result: sanity.RandomizationResult, *, method: str, mode: str,
@@ -374,11 +422,13 @@ def _table(result: sanity.RandomizationResult, *, method: str, mode: str,
 
 def _run_table(config, workdir: pathlib.Path, mode: str, compute_result, *,
                progress: bool) -> pd.DataFrame:
-  """One shard per method; a shard counts as finished when its CSV and its grid maps exist."""
+  """One shard per method; a shard counts as finished when its CSV and its grid maps verify
+  (a damaged maps file is reported with a warning and its shard recomputed)."""
   names = list(config.methods)
   for index, name in enumerate(names):
-    if not (workdir / "explanations" / mode / f"{name}.npz").exists():
-      runner.shard_path(workdir, f"similarity_{mode}", index).unlink(missing_ok=True)
+    maps = workdir / "explanations" / mode / f"{name}.npz"
+    if files.read_or_discard(maps, action=f"recomputing {name}'s {mode} shard") is None:
+      files.remove_verified(runner.shard_path(workdir, f"similarity_{mode}", index))
 
   def compute_shard(index: int) -> pd.DataFrame:
     name = names[index]
@@ -471,9 +521,10 @@ def _figures(config, workdir: pathlib.Path, tables: Mapping[str, pd.DataFrame]) 
   for mode, table in tables.items():
     explanations, stages = {}, None
     for name in config.methods:
-      with np.load(workdir / "explanations" / mode / f"{name}.npz") as data:
-        explanations[name] = data["explanations"]
-        stages = [str(s) for s in data["stages"]]
+      data = runner.load_npz(workdir / "explanations" / mode / f"{name}.npz",
+                             fix="rerun to recompute it")
+      explanations[name] = data["explanations"]
+      stages = [str(s) for s in data["stages"]]
     for image in range(config.grid_images):
       path = workdir / f"grid_{mode}_{image}.png"
       sanity_figures.randomization_grid(
@@ -546,13 +597,17 @@ def run(config, workdir, *, progress: bool = True) -> dict[str, pd.DataFrame]:
   Returns:
     `{mode: similarity table}` for every mode run, plus `"summary"`.
 
+  Outputs go to `workdir`, or to `workdir/eval_<hash>` for a config whose evaluation fields
+  differ from those `workdir` holds (`check_workdir`).
+
   Raises:
-    ValueError: a bad config (`check_config`), or a workdir holding another config.
+    ValueError: a bad config (`check_config`; nothing is written then), or a workdir whose
+      trained models come from other training fields.
   """
   check_config(config)
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  runner.record_config(workdir / "config.json", json.loads(config.to_json()))
+  out = check_workdir(config, workdir)
 
   model, variables, model_info = load_or_train_model(config, workdir, progress=progress)
   x = explain_images(config)
@@ -561,8 +616,7 @@ def run(config, workdir, *, progress: bool = True) -> dict[str, pd.DataFrame]:
                                                                      jnp.asarray(x[:1]))
   arch = config.model.name
   if config.model.checkpoint:
-    arch = json.loads((pathlib.Path(config.model.checkpoint) / port.METADATA_FILE)
-                      .read_text())["arch"]
+    arch = port.read_metadata(config.model.checkpoint)["arch"]
   info = {"model": {"arch": arch, **model_info, "layers": list(layers)},
           "modes": list(config.randomization.modes)}
   compiled = {name: xla.jit(explainer, static_argnums=0)
@@ -579,13 +633,13 @@ def run(config, workdir, *, progress: bool = True) -> dict[str, pd.DataFrame]:
     return stage_variables(variables, fresh(), mode=mode, layers=layers, config=config)
 
   @functools.cache
-  def random_labels_variables():
-    return train_random_labels(config, model, workdir, progress=progress)[0]
+  def random_labels():  # (variables, info)
+    return train_random_labels(config, model, workdir, progress=progress)
 
   tables = {}
   for mode in config.randomization.modes:
     tables[mode] = _run_table(
-        config, workdir, mode,
+        config, out, mode,
         lambda name, mode=mode: explain_stages(
             compiled[name], model, [variables, *stages(mode)[1]], x, target,
             batch_size=batch_size, stage_names=("original", *stages(mode)[0])),
@@ -593,20 +647,20 @@ def run(config, workdir, *, progress: bool = True) -> dict[str, pd.DataFrame]:
   if config.data_randomization.enabled:
     # Each model explains its own prediction (target None), as in the paper's Fig. 5.
     tables[DATA_MODE] = _run_table(
-        config, workdir, DATA_MODE,
+        config, out, DATA_MODE,
         lambda name: explain_stages(compiled[name], model,
-                                    [variables, random_labels_variables()], x, None,
+                                    [variables, random_labels()[0]], x, None,
                                     batch_size=batch_size,
                                     stage_names=("true_labels", "random_labels")),
         progress=progress)
-    info["random_labels_model"] = _random_labels_info(workdir)
+    info["random_labels_model"] = _random_labels_info(workdir) or random_labels()[1]
     info["modes"].append(DATA_MODE)
-  runner.write_json(info, workdir / "model.json")
+  runner.write_json(info, out / "model.json")
 
   summary = summarize(tables)
-  runner.write_table(summary, workdir / "summary.csv")
-  figures = _figures(config, workdir, tables)
-  write_report(config, workdir, summary, info, figures)
+  runner.write_table(summary, out / "summary.csv")
+  figures = _figures(config, out, tables)
+  write_report(config, out, summary, info, figures)
   return {**tables, "summary": summary}
 
 

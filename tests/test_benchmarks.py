@@ -7,6 +7,7 @@ import pytest
 from benchmarks import explainers as bench
 
 
+@pytest.mark.slow
 def test_explainer_benchmark_tiny_run_reports_times_and_floor_ratios(capsys):
   rows = bench.run(argparse.Namespace(
       models="cnn", methods="gradient,integrated_gradients,deeplift", size=16, batch=2,
@@ -18,6 +19,16 @@ def test_explainer_benchmark_tiny_run_reports_times_and_floor_ratios(capsys):
   assert all(r["xai_s"] > 0 and "error" not in r for r in rows)
   assert all(r["ratio_floor"] > 0 for r in rows if r["method"] == "integrated_gradients")
   assert "integrated_gradients" in capsys.readouterr().out
+
+
+def test_explainer_benchmark_times_perturbation_methods_against_forward_passes():
+  rows = bench.run(argparse.Namespace(
+      models="cnn", methods="occlusion,kernel_shap", size=16, batch=2, steps=4, samples=2,
+      chunk=3, loops="python", repeats=1, min_seconds=0.0, no_captum=True, grid=2,
+      perturbation_samples=6))
+  assert [(r["method"], r["loop"]) for r in rows] == [("occlusion", "python"),
+                                                      ("kernel_shap", "python")]
+  assert all(r["xai_s"] > 0 and r["ratio_floor"] > 0 and "error" not in r for r in rows)
 
 
 def test_timing_repeats_cheap_calls_until_min_seconds(monkeypatch):

@@ -94,6 +94,7 @@ def _outside(heatmap, margin=2):
 # Helpers against skimage / scipy.
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cells_per_side,size", [(8, 32), (13, 100), (16, 224), (11, 1024)])
 def test_resize_matches_skimage(cells_per_side, size):
   rng = np.random.default_rng(cells_per_side)
@@ -210,6 +211,7 @@ def _reference_object(p, label, size):
   return ball, explanation * (1 - e_feature) * 0.4 + e_feature * 0.9
 
 
+@pytest.mark.slow
 def test_objects_match_a_numpy_port_of_the_original(batch, settings):
   """Every class on the black background equals the original's algorithm.
 
@@ -335,6 +337,7 @@ def test_round_cells_have_light_border_and_bluish_inside(batch):
       assert np.median(blue_minus_red) > 0.0
 
 
+@pytest.mark.slow
 def test_class_0_nonzero_fraction_close_to_analytic():
   """Non-zero heatmap fraction of class 0 at 512.
 
@@ -392,6 +395,7 @@ def test_background_rings_are_in_range_and_oscillate(batch):
   assert np.abs(np.diff(batch["image"][i], axis=1)).max() > 0.5 / (SIZE / 8)
 
 
+@pytest.mark.slow
 def test_background_matches_numpy_formula():
   """bg 1 and 2 from the same random draws, recomputed with skimage's resize."""
   size = 64
@@ -415,6 +419,7 @@ def test_background_matches_numpy_formula():
   np.testing.assert_array_equal(np.asarray(cells._background(key, jnp.int32(0), size)), 0.0)
 
 
+@pytest.mark.slow
 def test_background_fills_only_dark_channels():
   """Per channel: background goes where the cell's channel is below 0.01."""
   key = jax.random.key(11)
@@ -431,6 +436,7 @@ def test_background_fills_only_dark_channels():
 # JAX behaviour: jit, vmap, determinism, traced arguments, sizes, errors.
 
 
+@pytest.mark.slow
 def test_jit_equals_eager():
   key = jax.random.key(5)
   jitted = _jit_cell(32)(key, 6, 2)
@@ -442,6 +448,7 @@ def test_jit_equals_eager():
   assert set(np.unique(np.asarray(eager[1])).tolist()) <= {0.0, np.float32(0.4), np.float32(0.9)}
 
 
+@pytest.mark.slow
 def test_vmap_equals_loop_and_same_key_same_bytes(tmp_path):
   # The gallery runs make_batch (jit of vmap(make_cell), traced labels/backgrounds).
   png, npz = gallery.cells_gallery(tmp_path, size=32, seed=4)
@@ -470,6 +477,7 @@ def test_same_key_identical_bytes_and_different_keys_differ():
   assert np.asarray(a[0]).tobytes() != np.asarray(c[0]).tobytes()
 
 
+@pytest.mark.slow
 def test_make_batch_draws_labels_uniformly_and_matches_make_cell():
   n = 30   # as the gallery: the same compiled batch function
   out = cells.make_batch(jax.random.key(0), n, size=32)
@@ -485,6 +493,7 @@ def test_make_batch_draws_labels_uniformly_and_matches_make_cell():
   assert np.abs(np.bincount(many, minlength=10) / 20000 - 0.1).max() < 0.01
 
 
+@pytest.mark.slow
 def test_size_1024_one_image():
   image, heatmap = _jit_cell(1024)(jax.random.key(0), 8, 2)
   assert image.shape == (1024, 1024, 3) and heatmap.shape == (1024, 1024)

@@ -20,6 +20,7 @@ def finished(tmp_path_factory):
   return workdir, config, experiment.run(config, workdir, progress=False)
 
 
+@pytest.mark.slow
 def test_every_output_is_written(finished):
   workdir, _, outputs = finished
   for name in ("config.json", "accuracy.csv", "samples.csv", "roc.csv", "curves.csv",
@@ -37,6 +38,7 @@ def test_every_output_is_written(finished):
   assert outputs["report"] == workdir / "report.md"
 
 
+@pytest.mark.slow
 def test_tables_cover_every_sample_model_and_method(finished):
   workdir, config, outputs = finished
   samples = pd.read_csv(workdir / "samples.csv")
@@ -51,6 +53,7 @@ def test_tables_cover_every_sample_model_and_method(finished):
   assert json.loads((workdir / "config.json").read_text())["data"]["size"] == config.data.size
 
 
+@pytest.mark.slow
 def test_accuracy_agrees_with_the_explained_predictions(finished):
   workdir, _, outputs = finished
   samples = pd.read_csv(workdir / "samples.csv")
@@ -60,6 +63,7 @@ def test_accuracy_agrees_with_the_explained_predictions(finished):
     assert rows["correct"].mean() == pytest.approx(accuracy[model], abs=1e-9)
 
 
+@pytest.mark.slow
 def test_win_rates_match_a_direct_count(finished):
   workdir, _, _ = finished
   samples = pd.read_csv(workdir / "samples.csv")
@@ -75,6 +79,7 @@ def test_win_rates_match_a_direct_count(finished):
   assert np.isfinite(stats.win_rate_matrix(scores)).all()
 
 
+@pytest.mark.slow
 def test_rerun_recomputes_nothing(finished):
   workdir, config, _ = finished
   shards = sorted((workdir / "shards").rglob("*.csv"))
@@ -85,11 +90,13 @@ def test_rerun_recomputes_nothing(finished):
   assert (workdir / "samples.csv").read_bytes() == before
 
 
-def test_a_workdir_of_another_config_is_refused(finished):
+@pytest.mark.slow
+def test_a_workdir_of_another_training_config_is_refused(finished):
   workdir, config, _ = finished
   other = cells_configs.get_config("tiny")
-  other.data.num_test = 8
-  with pytest.raises(ValueError, match=r"trained models of a different config \(fields \[.data.\]"):
+  other.data.num_train = 32
+  with pytest.raises(ValueError, match=r"trained models of a different config \(fields "
+                                       r"\['data.num_train'\] differ\); they are kept"):
     experiment.run(other, workdir, progress=False)
 
 
@@ -122,11 +129,13 @@ def test_paper_configs_follow_the_paper_settings(variant):
   assert config.data.num_test == 1600 and config.evaluate.num_examples == 0
 
 
+@pytest.mark.slow
 def test_bfloat16_evaluation_reuses_the_trained_models(finished):
   workdir, config, outputs = finished
   files = sorted(p for p in (workdir / "train").rglob("*") if p.is_file())
-  checkpoints = [p for p in files if not p.name.startswith("history")]
-  histories = {p: p.read_bytes() for p in files if p.name.startswith("history")}
+  # History files and their checksum records (.history.json.sha256) are rewritten on resume.
+  checkpoints = [p for p in files if "history" not in p.name]
+  histories = {p: p.read_bytes() for p in files if "history" in p.name}
   stamps = [p.stat().st_mtime_ns for p in checkpoints]
   bf16 = cells_configs.get_config("tiny")
   bf16.dtype = "bfloat16"
@@ -144,6 +153,8 @@ def test_bfloat16_evaluation_reuses_the_trained_models(finished):
   assert abs(samples["Amu"].mean() - float32["Amu"].mean()) < 0.1
   assert result["report"] == workdir / "bfloat16" / "report.md"
   other = cells_configs.get_config("tiny")
-  other.dtype = "bfloat16"  # same folder, different methods: refused
-  with pytest.raises(ValueError, match=r"results of a different config \(fields \['methods'\]"):
-    experiment.run(other, workdir, progress=False)
+  other.dtype = "bfloat16"  # same folder, other methods: a folder of its own, same models
+  folder = experiment._check_workdir(other, workdir)  # pylint: disable=protected-access
+  assert folder.parent == workdir and folder.name.startswith("eval_")
+  assert json.loads((folder / "config.json").read_text())["methods"] == other.methods.to_dict()
+  assert experiment._check_workdir(other, workdir) == folder  # pylint: disable=protected-access

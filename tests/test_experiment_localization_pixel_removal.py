@@ -10,8 +10,10 @@ Two kinds of checks:
   the gradient maps recomputed here.
 """
 
+import itertools
 import json
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
@@ -22,6 +24,7 @@ from configs import pixel_removal as pixel_removal_config
 from experiments import localization
 from experiments import pixel_removal
 from xai_jax import explain
+from xai_jax import models
 from xai_jax.data import cell_source
 
 SIDE = 4  # 4x4 images: P = 16 pixels
@@ -207,6 +210,7 @@ def _with_npz(config, path):
   return config
 
 
+@pytest.mark.slow
 def test_tiny_localization_on_cells_matches_numpy(tmp_path, trained_npz):
   config = _with_npz(localization_config.get_config("tiny"), trained_npz)
   out = localization.run(config, tmp_path, progress=False)
@@ -227,32 +231,144 @@ def test_tiny_localization_on_cells_matches_numpy(tmp_path, trained_npz):
   rows = samples[samples["method"] == "gradient"].sort_values("index")
   np.testing.assert_allclose(rows["iou"], _numpy_iou(maps, masks, 0.5, False), atol=1e-5)
   np.testing.assert_allclose(rows["iou_star"], _numpy_iou(maps, masks, 1.0, True), atol=1e-5)
-  # A rerun resumes (every shard exists) and gives the same table; another config is refused.
+  # A rerun resumes (every shard exists) and gives the same table; another model is refused
+  # (other evaluation fields get a folder of their own: tests/test_config_validation.py).
   again = localization.run(config, tmp_path, progress=False)
   pd.testing.assert_frame_equal(again["samples"], out["samples"])
-  other = _with_npz(localization_config.get_config("tiny"), trained_npz)
-  other.seed = 1
-  with pytest.raises(ValueError, match=r"different config \(fields \['seed'\]"):
+  other = _with_npz(localization_config.get_config("tiny"), trained_npz + ".other.npz")
+  with pytest.raises(ValueError, match=r"different config \(fields \['model'\]"):
     localization.run(other, tmp_path, progress=False)
 
 
+def _grid(num_pixels, step):
+  """Removed pixel counts 0, step, 2 step, ... and P itself (the documented grid)."""
+  counts = list(range(0, num_pixels + 1, step))
+  return counts if counts[-1] == num_pixels else counts + [num_pixels]
+
+
+def _slow_curve(apply, x, saliency, fill, counts, order):
+  """Logits `[K, classes]` of image `x` [H, W, C] with the first `counts[k]` pixels of
+  `order` removed (all channels set to `fill`), one pixel at a time in a Python loop. The
+  order sorts the flat map (descending for MoRF), ties by ascending flat index."""
+  h, w, _ = x.shape
+  flat = saliency.reshape(-1)
+  index = np.arange(h * w)
+  ranked = np.lexsort((index, -flat if order == "morf" else flat))
+  images, current = [], x.copy()
+  removed = 0
+  for count in counts:
+    while removed < count:
+      row, col = divmod(int(ranked[removed]), w)
+      current[row, col, :] = fill
+      removed += 1
+    images.append(current.copy())
+  return np.asarray(apply(jnp.asarray(np.stack(images))), np.float64)
+
+
+def _removal_metrics(logits_morf, logits_lerf, counts, fraction, num_pixels):
+  """AOPC / AFOC / n_MoRF / n_LeRF of one image from its two curves (DeepMaps sec. 4, App. B),
+  and the smallest relative decision margin (top logit minus the runner-up) at the grid points
+  up to the first flip: how far the flip point was from depending on rounding."""
+  target = int(np.argmax(logits_morf[0]))
+  last = max(i for i, k in enumerate(counts) if k <= np.floor(fraction * num_pixels + 1e-6))
+  f0 = logits_morf[0, target]
+  out = {"aopc": np.mean(f0 - logits_morf[:last + 1, target]),
+         "afoc_morf": abs(f0 - logits_morf[last, target]) / abs(f0),
+         "afoc_lerf": abs(f0 - logits_lerf[last, target]) / abs(f0)}
+  margins = []
+  for name, logits in (("n_morf", logits_morf), ("n_lerf", logits_lerf)):
+    flips = np.flatnonzero(np.argmax(logits, axis=1) != target)
+    out[name] = counts[flips[0]] / num_pixels if len(flips) else 1.0
+    decisive = logits[:flips[0] + 1] if len(flips) else logits  # up to the first flip
+    others = np.delete(decisive, target, axis=1).max(axis=1)
+    margins.append(np.abs(decisive[:, target] - others).min() / max(1.0, abs(f0)))
+  return out, min(margins)
+
+
+@pytest.mark.slow
 def test_tiny_pixel_removal_on_cells(tmp_path, trained_npz):
+  """Every number recomputed independently: the gradient maps, the MoRF / LeRF curves with a
+  pixel-by-pixel loop over the configured grid (whatever its step), AOPC, AFOC, n_MoRF,
+  n_LeRF, the delta variants (own map minus the mean over `delta_k` other maps of the same
+  shard) and the win rates from the samples table."""
   config = _with_npz(pixel_removal_config.get_config("tiny"), trained_npz)
   out = pixel_removal.run(config, tmp_path, progress=False)
   samples = pd.read_csv(tmp_path / "samples.csv")
-  assert len(samples) == 8 * 2
-  for column in (*pixel_removal.METRICS, *pixel_removal.DELTA_METRICS):
-    assert samples[column].notna().all(), column
-  assert samples["n_morf"].between(0, 1).all() and samples["n_lerf"].between(0, 1).all()
+  num_images = config.data.num_examples
+  assert len(samples) == num_images * 2
+  options = pixel_removal.removal_options(config)
+  assert options["fill"] == "mean" and options["score"] == "logit"
+  size = config.data.size
+  num_pixels = size * size
+  step = options["step"] or max(1, round(0.005 * num_pixels))
+  counts = _grid(num_pixels, step)
+  fraction, delta_k, shard_size = options["fraction"], options["delta_k"], (
+      config.evaluate.shard_size)
   curves = pd.read_csv(tmp_path / "curves.csv")
   assert set(curves["order"]) == {"morf", "lerf"}
-  # Grid of step 64 on 32x32 = 1024 pixels: 17 points from 0 to 1.
-  assert curves.groupby(["method", "order"]).size().eq(17).all()
-  wins = pd.read_csv(tmp_path / "win_rates.csv")
-  # Antisymmetric: W[a, b] = -W[b, a].
-  pivot = wins.set_index(["metric", "method", "opponent"])["win_rate"]
-  for (metric, a, b), value in pivot.items():
-    assert pivot[(metric, b, a)] == pytest.approx(-value)
+  assert curves.groupby(["method", "order"]).size().eq(len(counts)).all()
+
+  model, variables, _ = localization.build_model(config, tmp_path, progress=False)
+  forward = models.as_apply(model)
+  apply = jax.jit(lambda images: forward(variables, images))
+  source = localization.build_source(config)
+  rows = samples[samples["method"] == "gradient"].set_index("index")
+  own_curves = {"morf": [], "lerf": []}
+  checked_n = 0
+  for first in range(0, num_images, shard_size):
+    indices = np.arange(first, min(num_images, first + shard_size))
+    x = np.asarray(source.get_batch(indices)["image"], np.float32)
+    target = jnp.argmax(apply(jnp.asarray(x)), axis=-1)
+    maps = np.asarray(explain.to_map(explain.explain("gradient", model, variables,
+                                                     jnp.asarray(x), target), "sum"))
+    fill = x.mean(axis=(0, 1, 2))  # "mean": per channel over the evaluated shard
+    metrics = {}  # (image, map) -> metrics
+    for i in range(len(indices)):
+      for j in range(len(indices)):
+        curves_ij = [_slow_curve(apply, x[i], maps[j], fill, counts, order)
+                     for order in ("morf", "lerf")]
+        metrics[i, j] = _removal_metrics(*curves_ij, counts, fraction, num_pixels)
+        if i == j:
+          for order, logits in zip(("morf", "lerf"), curves_ij):
+            own_curves[order].append(logits[:, int(np.argmax(logits[0]))])
+    for i, index in enumerate(indices):
+      row = rows.loc[index]
+      own, margin = metrics[i, i]
+      for name in ("aopc", "afoc_morf", "afoc_lerf"):
+        np.testing.assert_allclose(row[name], own[name], rtol=1e-4, atol=1e-5, err_msg=name)
+      # A decision within rounding of a tie may flip either way; all others must match.
+      if margin > 1e-4:
+        checked_n += 1
+        assert (row["n_morf"], row["n_lerf"]) == pytest.approx((own["n_morf"], own["n_lerf"]))
+      # delta: own minus the mean over delta_k distinct other maps of the shard (drawn
+      # with the run's key): one such subset must reproduce every continuous delta.
+      others = [j for j in range(len(indices)) if j != i]
+      matches = []
+      for subset in itertools.combinations(others, delta_k):
+        expected = {name: own[name] - np.mean([metrics[i, j][0][name] for j in subset])
+                    for name in ("aopc", "afoc_morf", "afoc_lerf")}
+        matches.append(all(np.isclose(row[f"delta_{name}"], value, rtol=1e-4, atol=1e-5)
+                           for name, value in expected.items()))
+      assert any(matches), (index, row.filter(like="delta_").to_dict())
+  assert checked_n >= num_images // 2, checked_n
+  # Mean curves of the gradient maps.
+  for order, scores in own_curves.items():
+    table = curves[(curves.method == "gradient") & (curves.order == order)]
+    np.testing.assert_allclose(table["fraction"], np.array(counts) / num_pixels, rtol=1e-6)
+    scores = np.stack(scores)
+    np.testing.assert_allclose(table["score"], scores.mean(0), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(table["drop"], (scores[:, :1] - scores).mean(0), atol=1e-5)
+  # Win rates, by hand from the samples table: wins + ties / 2 over the images, minus 1/2.
+  wins = pd.read_csv(tmp_path / "win_rates.csv").set_index(["metric", "method", "opponent"])
+  directions = {**pixel_removal.METRICS, **pixel_removal.DELTA_METRICS}
+  table = samples.pivot(index="index", columns="method")
+  assert len(wins) == 2 * len(directions)
+  for metric, higher in directions.items():
+    a, b = table[metric]["gradient"].to_numpy(), table[metric]["random"].to_numpy()
+    better = (a > b) if higher else (a < b)
+    expected = np.mean(better + 0.5 * (a == b)) - 0.5
+    assert wins.loc[(metric, "gradient", "random"), "win_rate"] == pytest.approx(expected)
+    assert wins.loc[(metric, "random", "gradient"), "win_rate"] == pytest.approx(-expected)
   assert "Pixel removal" in out["report"].read_text()
   for name in ("figures/perturbation_curves.png", "figures/flip_rate.png",
                "figures/win_rates_n_morf.png", "accuracy.csv", "summary.md"):

@@ -40,6 +40,7 @@ def finished(tmp_path_factory):
   return config, workdir, tables, loaded[0]
 
 
+@pytest.mark.slow
 def test_the_workdir_holds_every_output(finished):
   config, workdir, tables, _ = finished
   assert set(tables) == {*MODES, "summary"}
@@ -61,6 +62,7 @@ def test_the_workdir_holds_every_output(finished):
     assert f"](curves_{mode}.png)" in report
 
 
+@pytest.mark.slow
 def test_the_tables_have_one_row_per_method_stage_measure_and_image(finished):
   config, workdir, tables, _ = finished
   layers = ("fc2", "fc1", "conv2", "conv1")  # the CNN from the logits down
@@ -87,6 +89,7 @@ def test_the_tables_have_one_row_per_method_stage_measure_and_image(finished):
   np.testing.assert_allclose(row["mean"].item(), mean, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_the_unrandomised_stage_is_identical_to_itself(finished):
   _, _, tables, _ = finished
   for mode in MODES:
@@ -98,6 +101,7 @@ def test_the_unrandomised_stage_is_identical_to_itself(finished):
     assert later.value.mean() < 0.9
 
 
+@pytest.mark.slow
 def test_stages_equal_the_sanity_modules_cascading_randomisation(finished):
   config, workdir, tables, (model, variables, _) = finished
   x = jnp.asarray(sanity_checks.explain_images(config))
@@ -114,6 +118,7 @@ def test_stages_equal_the_sanity_modules_cascading_randomisation(finished):
   np.testing.assert_allclose(got.value.to_numpy(), expected.value.to_numpy(), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_a_rerun_through_main_recomputes_only_missing_shards(finished, tmp_path, monkeypatch):
   _, original, _, _ = finished
   workdir = tmp_path / "rerun"
@@ -163,7 +168,7 @@ def test_a_rerun_through_main_recomputes_only_missing_shards(finished, tmp_path,
     (lambda c: c.update(measures=("pearson",)), "unknown or no similarity measures"),
     (lambda c: c.randomization.update(modes=("reverse",)), "unknown randomization.modes"),
     (lambda c: c.randomization.update(init="uniform"), "unknown randomization.init"),
-    (lambda c: c.model.update(name="inception_v3"), "unknown model.name"),
+    (lambda c: c.model.update(name="inception_v9"), "unknown model.name"),
     (lambda c: c.model.update(checkpoint="/nonexistent/vgg16"), "holds no model.json"),
     (lambda c: c.data.update(num_explain=0), "data.num_explain must be >= 1"),
     (lambda c: c.update(methods=()), "config.methods is empty"),
@@ -193,6 +198,7 @@ def test_configs_are_locked_and_variants_checked():
     sanity_checks.check_config(paper)
 
 
+@pytest.mark.slow
 def test_a_workdir_with_another_config_is_refused(finished, tmp_path):
   config, original, _, _ = finished
   shutil.copy(original / "config.json", tmp_path / "config.json")

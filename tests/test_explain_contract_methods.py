@@ -133,6 +133,7 @@ def test_deeplift_closed_form_one_hidden_layer():
                              attr, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_guided_backprop_and_deconvolution_closed_form():
   model = Dense1()
   v = _init(model)
@@ -166,6 +167,7 @@ def _convgap_setup(n=2, seed=4):
                                bias=bias, dense_b=dense_b)
 
 
+@pytest.mark.slow
 def test_gradcam_closed_form_raw_and_normalized():
   model, v, x, t, ref = _convgap_setup()
   small = np.sum(ref["act"] * ref["grad_act"], axis=-1)  # [n, 4, 4]
@@ -196,6 +198,7 @@ def _post(a):
   return a / (a.max(axis=axes, keepdims=True) + 1e-6)
 
 
+@pytest.mark.slow
 def test_fullgrad_closed_form_and_completeness():
   model, v, x, t, ref = _convgap_setup()
   grad_x = jax.grad(lambda xx: jnp.sum(model.apply(v, xx)[jnp.arange(2), t]))(jnp.asarray(x))
@@ -219,6 +222,7 @@ def test_fullgrad_closed_form_and_completeness():
   assert np.max(rel) < 1e-4
 
 
+@pytest.mark.slow
 def test_deepmaps_closed_form_and_layers():
   model, v, x, t, ref = _convgap_setup()
   grad_x = jax.grad(lambda xx: jnp.sum(model.apply(v, xx)[jnp.arange(2), t]))(jnp.asarray(x))
@@ -300,6 +304,7 @@ def _pool_multipliers_loop(x, r, g, compat, eps=1e-10):
   return np.where(small, fallback, mult)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("compat", [False, True])
 def test_maxpool_rule_against_loop(compat):
   with jax.enable_x64(True):
@@ -320,6 +325,7 @@ def test_maxpool_rule_against_loop(compat):
     np.testing.assert_allclose(mult, expected, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_compat_breaks_completeness_only_where_captum_does():
   """ReLU -> MaxPool chains (the small CNN): compat follows Captum's hook order."""
   model = models.get("cnn", num_classes=K)
@@ -358,6 +364,7 @@ def _random_variables(variables, seed):
   return traverse_util.unflatten_dict(out)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,size", [("vgg11", 32), ("alexnet", 64), ("resnet18", 32)])
 def test_deeplift_completeness_torchvision_architectures(name, size):
   with jax.enable_x64(True):
@@ -384,6 +391,7 @@ def test_deeplift_completeness_torchvision_architectures(name, size):
 # ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_deeplift_shap_is_mean_over_baselines():
   model = models.get("cnn", num_classes=K)
   v = _init(model, (1, 8, 8, 3))
@@ -420,6 +428,7 @@ METHODS = {
 LOOPED = ("deeplift", "guided_backprop", "gradcam", "fullgrad", "deepmaps")
 
 
+@pytest.mark.slow
 def test_jit_equals_eager_and_batch_equals_loop():
   model, v = _cnn()
   x, t = _images(3, 13, shape=(8, 8, 3)), np.array([0, 2, 1])
@@ -438,6 +447,7 @@ def test_jit_equals_eager_and_batch_equals_loop():
     np.testing.assert_allclose(mixed[0], batch[0], rtol=2e-4, atol=1e-6, err_msg=name)
 
 
+@pytest.mark.slow
 def test_vmap_equals_loop_for_plain_functions():
   model, v = _cnn()
   x, t = jnp.asarray(_images(3, 15, shape=(8, 8, 3))), jnp.array([1, 0, 2])
@@ -460,6 +470,7 @@ def test_vmap_equals_loop_for_plain_functions():
     np.testing.assert_allclose(batched, loop, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_registry_and_errors():
   model, v = _cnn()
   x = _images(2, 16, shape=(8, 8, 3))

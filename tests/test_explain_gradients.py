@@ -171,6 +171,7 @@ def test_ig_completeness_64_gausslegendre():
   assert np.all(np.abs(delta) <= 1e-3 * np.abs(f_x - f_b))
 
 
+@pytest.mark.slow
 def test_ig_chunking_and_loop_forms_agree():
   ref = explain.integrated_gradients(smooth_apply, NET, X, T, steps=10, chunk=10)
   for chunk, loops in ((1, ("python",)), (4, ("python", "lax"))):
@@ -194,6 +195,7 @@ def test_ig_baseline_scalar_and_broadcast():
 # --------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_jit_equals_eager():
   ig = lambda v, x, t: explain.integrated_gradients(smooth_apply, v, x, t, steps=8, chunk=3)
   _close(jax.jit(ig)(NET, X, T), ig(NET, X, T), 1e-6)
@@ -207,6 +209,7 @@ def test_jit_equals_eager():
   _close(jax.jit(gs)(NET, X, T), gs(NET, X, T), 1e-6)
 
 
+@pytest.mark.slow
 def test_vmap_equals_loop():
   xs, ts = X[:, None], T[:, None]  # [3, 1, H, W, C]: vmap over single-image batches
   for fn in (lambda x, t: explain.gradient(relu_dense_apply, NET, x, t),
@@ -216,6 +219,7 @@ def test_vmap_equals_loop():
     _close(batched, looped, 1e-6)
 
 
+@pytest.mark.slow
 def test_batch_composition_does_not_matter():
   others = RNG.normal(size=(2, H, W, C)).astype(np.float32)
   big_x = np.concatenate([others[:1], X, others[1:]])
@@ -247,6 +251,7 @@ def test_smoothgrad_kinds_with_injected_noise_closed_form():
     _close(got, want, 1e-5)
 
 
+@pytest.mark.slow
 def test_smoothgrad_expectations_with_key():
   s, sigma = 4000, 0.5
   q2 = 2 * _quad_rows()
@@ -264,6 +269,7 @@ def test_smoothgrad_expectations_with_key():
   np.testing.assert_allclose(var, (q2 * sigma_n[:, None, None, None]) ** 2, rtol=0.12)
 
 
+@pytest.mark.slow
 def test_smoothgrad_zero_noise_is_the_method_and_wraps_options():
   ig = explain.integrated_gradients(smooth_apply, NET, X, T, steps=6, baseline=0.5)
   got = explain.smoothgrad("integrated_gradients", smooth_apply, NET, X, T,
@@ -274,6 +280,7 @@ def test_smoothgrad_zero_noise_is_the_method_and_wraps_options():
   _close(sal, np.abs(explain.gradient(smooth_apply, NET, X, T)), 1e-6)
 
 
+@pytest.mark.slow
 def test_gradient_shap_injected_closed_form():
   s = 4
   baselines = RNG.normal(size=(5, H, W, C)).astype(np.float32)
@@ -294,6 +301,7 @@ def test_gradient_shap_injected_closed_form():
   _close(no_noise, expected, 1e-5)
 
 
+@pytest.mark.slow
 def test_gradient_shap_expectation_with_key():
   # E_alpha[(x - b) 2q (a x + (1 - a) b)] = q (x^2 - b^2); averaged over uniform baselines.
   baselines = RNG.normal(size=(2, H, W, C)).astype(np.float32)
@@ -429,6 +437,7 @@ def _slow_bilinear(m, out_h, out_w, align_corners):
   return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape, size", [
     ((2, 7, 7), (28, 28)), ((2, 13, 9, 2), (30, 20)), ((1, 14, 14), (5, 7)),
     ((2, 5, 6), (5, 6)), ((1, 1, 1, 3), (4, 4)), ((1, 3, 4), (1, 1))])
@@ -469,3 +478,21 @@ def test_default_chunk_bounds_rows():
   assert common.default_chunk(50, (64, 64, 64, 3)) == 6
   assert common.default_chunk(3, (1, 8, 8, 1)) == 3
   assert common.default_chunk(50, (1024, 224, 224, 3)) == 1
+
+
+def test_integrated_gradients_float64_uses_float64_nodes():
+  """Gauss-Legendre nodes follow the input's precision: on f(x) = sum(x^3) with a zero
+  baseline, IG = x^3 exactly (the rule integrates 3 a^2 exactly for n >= 2), so float64 maps
+  agree to 1e-14, where float32-rounded nodes leave ~1e-8."""
+  t, u = np.polynomial.legendre.leggauss(5)
+  alphas, weights = integrated.nodes_and_weights(5, dtype=np.float64)
+  assert alphas.dtype == weights.dtype == np.float64
+  np.testing.assert_array_equal(alphas, 0.5 * (1 + t))
+  np.testing.assert_array_equal(weights, 0.5 * u)
+  cube = lambda v, a: jnp.stack([jnp.sum(a ** 3, axis=(1, 2, 3)), jnp.sum(a, axis=(1, 2, 3))],
+                                axis=-1)
+  with jax.enable_x64(True):
+    x = jnp.asarray(np.random.default_rng(0).uniform(0.5, 2.0, (2, 3, 3, 1)), jnp.float64)
+    got = explain.integrated_gradients(cube, {}, x, jnp.zeros(2, jnp.int32), steps=5)
+    assert got.dtype == jnp.float64
+    np.testing.assert_allclose(np.asarray(got), np.asarray(x) ** 3, rtol=1e-14)

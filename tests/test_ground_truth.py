@@ -222,6 +222,7 @@ def test_hand_worked_4x4_example():
   np.testing.assert_array_equal(_counts(same), _counts(scores))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset, scale", [("soft", 1.0), ("clamped", 0.08)])
 def test_matches_slow_loop_reference_on_random_maps(preset, scale):
   # scale 0.08: part of the raw attribution exceeds the 0.1 clamp, part does not.
@@ -252,6 +253,7 @@ def test_values_on_thresholds_and_duplicate_thresholds_match_slow_reference():
     np.testing.assert_array_equal(_counts(scores)[i], slow_counts)
 
 
+@pytest.mark.slow
 def test_jit_and_batch_agree_with_eager():
   attribution, heatmap = _random_case(2, n=4)
   eager = gt.five_band_scores(attribution, heatmap, thresholds="soft")
@@ -320,6 +322,7 @@ def test_perfect_oracle_map_scores_recall_and_precision_one():
   np.testing.assert_array_equal(raw.fn[0], 0)
 
 
+@pytest.mark.slow
 def test_real_cells_heatmaps_oracle():
   from xai_jax.data import cells
   labels = np.array([0, 3, 6, 9])  # round cell, rectangle, ..., and the empty class 9

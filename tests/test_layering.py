@@ -1,4 +1,4 @@
-"""Data flows one way: files, xla -> data -> models -> train/explain -> metrics -> reports ->
+"""Data flows one way: files, xla, keys -> data -> models -> train/explain -> metrics -> reports ->
 runner.
 
 Each module may import only from layers to its left (STYLE.md, habit 1). Metrics receive
@@ -12,7 +12,7 @@ import pathlib
 import pytest
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "xai_jax"
-LAYERS = {"files": 0, "xla": 0, "data": 1, "models": 2, "train": 3, "explain": 3,
+LAYERS = {"files": 0, "xla": 0, "keys": 0, "data": 1, "models": 2, "train": 3, "explain": 3,
           "metrics": 4, "reports": 5, "runner": 6}
 # Metrics receive explainers as arguments and never import them: only postprocess.
 METRICS_MAY_USE_FROM_EXPLAIN = ("xai_jax.explain.postprocess",)

@@ -309,6 +309,7 @@ def _np_mlp(v, x, target, guided=False):
   return logits, acts, act_grads, bias_grads, input_grad
 
 
+@pytest.mark.slow
 def test_tap_gradients_match_hand_written_mlp_backprop():
   model, v, x = _mlp_setup()
   target = jnp.array([2, 0])
@@ -327,6 +328,7 @@ def test_tap_gradients_match_hand_written_mlp_backprop():
     np.testing.assert_array_equal(out.biases[k], v["params"][name]["bias"])
 
 
+@pytest.mark.slow
 def test_with_ops_guided_relu_matches_hand_written_guided_backprop():
   model, v, x = _mlp_setup()
   target = jnp.array([1, 1])
@@ -350,6 +352,7 @@ def test_with_ops_guided_relu_matches_hand_written_guided_backprop():
     taps.with_ops(model, {"relu": guided_relu})
 
 
+@pytest.mark.slow
 def test_with_ops_replaces_max_pool_backward():
   model = models.get("cnn", num_classes=3)
   x = jax.random.normal(jax.random.key(5), (2, 8, 8, 1))
@@ -380,6 +383,7 @@ def _fd_setup(model, x_shape, key, bn=False):
     return x, v
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("which", ["cnn", "resbn", "small_vgg"])
 def test_tap_gradients_match_finite_differences_float64(which):
   with jax.enable_x64(True):
@@ -439,6 +443,7 @@ def test_tap_gradients_match_finite_differences_float64(which):
       np.testing.assert_allclose(fd, dot, rtol=1e-6, err_msg=label)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("which", ["cnn", "mlp", "resbn", "small_vgg"])
 def test_fullgrad_completeness_float64(which):
   with jax.enable_x64(True):
@@ -466,6 +471,7 @@ def test_fullgrad_completeness_float64(which):
     assert not np.allclose(jnp.sum(x * out.input_grad, axis=(1, 2, 3)), picked, rtol=1e-3)
 
 
+@pytest.mark.slow
 def test_jit_vmap_and_forward_agree():
   model = TinyResBN()
   x = jax.random.normal(jax.random.key(16), (3, 7, 9, 2))
@@ -495,6 +501,7 @@ def test_jit_vmap_and_forward_agree():
     jax.eval_shape(lambda: taps.tap_gradients(model, v, x, jnp.array([0, 1])))
 
 
+@pytest.mark.slow
 def test_init_has_no_tap_collections_and_apply_any_batch():
   model = models.get("cnn", num_classes=3)
   v = models.init(model, jax.random.key(0), (1, 8, 8, 1))
@@ -504,6 +511,7 @@ def test_init_has_no_tap_collections_and_apply_any_batch():
   assert jax.eval_shape(model.apply, v, jnp.zeros((5, 8, 8, 1))).shape == (5, 3)
 
 
+@pytest.mark.slow
 def test_dropout_train_mode_and_eval_determinism():
   model = models.get("alexnet", num_classes=3)
   x = jax.random.uniform(jax.random.key(19), (2, 64, 64, 3))
@@ -518,6 +526,7 @@ def test_dropout_train_mode_and_eval_determinism():
     jax.eval_shape(lambda: model.apply(v, x, train=True))
 
 
+@pytest.mark.slow
 def test_batch_norm_model_train_mode_mutable_batch_stats():
   model = TinyResBN()
   x = jax.random.normal(jax.random.key(21), (4, 7, 9, 2))
@@ -530,6 +539,7 @@ def test_batch_norm_model_train_mode_mutable_batch_stats():
   assert all(jax.tree.leaves(changed))
 
 
+@pytest.mark.slow
 def test_bfloat16_compute():
   model32 = models.get("cnn", num_classes=3)
   model16 = models.get("cnn", num_classes=3, dtype=jnp.bfloat16)

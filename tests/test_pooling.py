@@ -50,6 +50,7 @@ def _tied_input(shape, seed):
   return np.maximum(np.round(2 * x) / 2, 0).astype(np.float32)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape,window,stride,padding", GEOMETRIES)
 def test_gradient_goes_to_first_maximum_like_torch(shape, window, stride, padding):
   x = _tied_input(shape, 0)
@@ -61,6 +62,7 @@ def test_gradient_goes_to_first_maximum_like_torch(shape, window, stride, paddin
                              rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape,window,stride,padding", GEOMETRIES)
 def test_gradient_and_jvp_equal_xla_reduce_window_derivative(shape, window, stride, padding):
   x = jnp.asarray(_tied_input(shape, 2))
@@ -76,6 +78,7 @@ def test_gradient_and_jvp_equal_xla_reduce_window_derivative(shape, window, stri
                                 jax.jvp(xla, (x,), (tangent,))[1])
 
 
+@pytest.mark.slow
 def test_second_order_and_vmap():
   x = jax.random.normal(jax.random.key(0), (3, 1, 7, 7, 2))
   pool = lambda x: pooling.max_pool(x, window=3, stride=2, padding=1)

@@ -3,6 +3,8 @@
 import pathlib
 import re
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -26,6 +28,7 @@ def test_ci_runs_the_readme_test_command_verbatim():
   assert test_command in ci_lines
 
 
+@pytest.mark.slow
 def test_the_readme_api_example_runs_and_gives_documented_shapes():
   readme = (ROOT / "README.md").read_text()
   example = re.findall(r"## The API in a few lines\n\n```python\n(.*?)```", readme, flags=re.S)

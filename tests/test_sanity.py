@@ -146,6 +146,7 @@ def test_unknown_layer_and_missing_key_are_rejected():
     sanity.randomize(variables, ["logits"], key=jax.random.key(0))
 
 
+@pytest.mark.slow
 def test_the_input_dominates_input_times_random_gradient():
   # Section 5.2: with a sparse input, x*u and x*v share x's support, so their absolute
   # rank correlation is high although u and v are independent.

@@ -56,11 +56,13 @@ def _mean_by_stage(result, measure):
   return table.groupby("stage_index").value.mean().to_numpy()
 
 
+@pytest.mark.slow
 def test_the_stages_follow_the_cnn_from_the_logits_down(cascades):
   assert cascades["gradient"].stages == (
       "original", "fc2", "fc1", "conv2", "conv1")
 
 
+@pytest.mark.slow
 def test_gradient_is_sensitive_and_guided_backprop_is_not(cascades):
   gradient_abs = _mean_by_stage(cascades["gradient"], "spearman_abs")
   guided_abs = _mean_by_stage(cascades["guided_backprop"], "spearman_abs")
@@ -74,6 +76,7 @@ def test_gradient_is_sensitive_and_guided_backprop_is_not(cascades):
   assert np.mean(guided_signed[1:] - gradient_signed[1:]) > 0.4
 
 
+@pytest.mark.slow
 def test_figures_are_written(cascades, tmp_path):
   explanations = {name: result.explanations for name, result in cascades.items()}
   stages = cascades["gradient"].stages
@@ -85,6 +88,7 @@ def test_figures_are_written(cascades, tmp_path):
     assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_data_randomization_memorises_permuted_labels(trained):
   model, variables, x, target = trained
   data = cells.make_batch(jax.random.key(7), 64, size=SIZE)

@@ -2,7 +2,10 @@
 
 import numpy as np
 import pytest
+import scipy.ndimage
 import scipy.stats
+import skimage.feature
+import skimage.metrics
 
 from xai_jax.metrics import similarity
 
@@ -36,6 +39,94 @@ def test_spearman_equals_scipy_on_the_visualised_maps():
                                      similarity.grayscale(b[i:i + 1]).ravel()).statistic
     assert got[i] == pytest.approx(expected, abs=1e-12)
   assert np.all(got > 0.5)
+
+
+def _structured_maps(seed, shape):
+  """Smooth blobs plus noise, each channel on its own scale: `b` is `a` shifted, with other
+  noise, so SSIM and HOG land well inside (0, 1) rather than at 0 or 1."""
+  rng = np.random.default_rng(seed)
+  n, h, w = shape[:3]
+  yy, xx = np.mgrid[:h, :w]
+  blobs = np.zeros((n, h, w))
+  for i in range(n):
+    for cy, cx, r in rng.uniform([0, 0, 3], [h, w, h / 4], size=(4, 3)):
+      blobs[i] += np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r * r))
+  if len(shape) == 4:  # channels on different scales: per-channel scaling would differ
+    blobs = blobs[..., None] * np.array([1.0, -3.0, 0.2])[: shape[3]]
+  a = blobs + 0.2 * rng.normal(size=blobs.shape)
+  b = np.roll(blobs, (2, 3), axis=(1, 2)) + 0.2 * rng.normal(size=blobs.shape)
+  return a, b
+
+
+def _min_max_whole_map(m):
+  """The documented SSIM preprocessing: one min-max over all pixels and channels."""
+  return (m - m.min()) / (m.max() - m.min())
+
+
+def _ssim_wang(x, y, *, data_range, sigma=1.5):
+  """Wang et al. (2004) SSIM with a Gaussian window, written out: the local means,
+  variances and covariance are Gaussian-weighted (11 taps, reflected borders) with the
+  sample-covariance factor N / (N - 1), N = 11 * 11, as scikit-image's default; the map is
+  averaged away from the 5-pixel border and over channels."""
+  def filt(v):
+    return scipy.ndimage.gaussian_filter(v, sigma=(sigma, sigma, 0), truncate=3.5,
+                                         mode="reflect")
+  mx, my = filt(x), filt(y)
+  norm = 121 / 120
+  vx, vy = norm * (filt(x * x) - mx * mx), norm * (filt(y * y) - my * my)
+  vxy = norm * (filt(x * y) - mx * my)
+  c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+  s = ((2 * mx * my + c1) * (2 * vxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+  return s[5:-5, 5:-5].mean()
+
+
+@pytest.mark.parametrize("shape", [(3, 40, 36, 3), (2, 32, 32)])
+@pytest.mark.parametrize("data_range", [1.0, 2.0])
+def test_ssim_equals_scikit_image_and_the_formula_on_min_max_scaled_maps(shape, data_range):
+  a, b = _structured_maps(10, shape)
+  got = similarity.ssim(a, b, data_range=data_range)
+  a3 = a if a.ndim == 4 else a[..., None]
+  b3 = b if b.ndim == 4 else b[..., None]
+  expected = [skimage.metrics.structural_similarity(
+      _min_max_whole_map(x), _min_max_whole_map(y), gaussian_weights=True, sigma=1.5,
+      data_range=data_range, channel_axis=-1) for x, y in zip(a3, b3)]
+  np.testing.assert_allclose(got, expected, rtol=1e-12)
+  formula = [_ssim_wang(_min_max_whole_map(x), _min_max_whole_map(y), data_range=data_range)
+             for x, y in zip(a3, b3)]
+  np.testing.assert_allclose(got, formula, rtol=1e-9)
+  assert np.all((got > 0.05) & (got < 0.95)), got  # an informative value, not 0 or 1
+  if a.ndim == 4:  # the scaling is over the whole mask: per-channel scaling differs
+    per_channel = [skimage.metrics.structural_similarity(
+        (x - x.min((0, 1))) / np.ptp(x, (0, 1)), (y - y.min((0, 1))) / np.ptp(y, (0, 1)),
+        gaussian_weights=True, sigma=1.5, data_range=data_range, channel_axis=-1)
+        for x, y in zip(a3, b3)]
+    assert np.min(np.abs(got - np.array(per_channel))) > 1e-3
+
+
+def _diverging_reference(m):
+  """PAIR's VisualizeImageDiverging: signed channel sum over the 99th-percentile span."""
+  m = m.sum(-1) if m.ndim == 3 else m
+  span = abs(np.percentile(m, 99))
+  return np.clip((m + span) / (2 * span), -1, 1)
+
+
+@pytest.mark.parametrize("shape", [(3, 64, 80, 3), (2, 48, 48)])
+def test_hog_equals_scikit_image_on_the_diverging_maps(shape):
+  a, b = _structured_maps(11, shape)
+  features = [[skimage.feature.hog(_diverging_reference(m), orientations=9,
+                                   pixels_per_cell=(16, 16), cells_per_block=(3, 3),
+                                   block_norm="L2-Hys", feature_vector=True) for m in maps]
+              for maps in (a, b)]
+  pearson = [np.corrcoef(fa, fb)[0, 1] for fa, fb in zip(*features)]
+  spearman = [scipy.stats.spearmanr(fa, fb).statistic for fa, fb in zip(*features)]
+  got = similarity.hog(a, b)
+  np.testing.assert_allclose(got, pearson, rtol=1e-12)
+  np.testing.assert_allclose(similarity.hog(a, b, correlation="spearman"), spearman,
+                             rtol=1e-12)
+  assert np.all((got > 0.05) & (got < 0.95)), got
+  np.testing.assert_allclose(similarity.hog_features(np.stack([_diverging_reference(m)
+                                                               for m in a])),
+                             np.stack(features[0]), rtol=1e-12)
 
 
 @pytest.mark.parametrize("measure", similarity.MEASURES)

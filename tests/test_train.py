@@ -14,7 +14,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from xai_jax import models
 from xai_jax import train
+from xai_jax.data import cells
 from xai_jax.reports import training as training_report
 
 # ---------------------------------------------------------------------------------------------
@@ -105,6 +107,7 @@ def quadratic_grad(params):   # of 0.5 * sum a * (p - c)^2
   return {k: QUAD_A[k] * (params[k] - QUAD_C[k]) for k in params}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("decoupled", [False, True])
 def test_adam_weight_decay_matches_numpy_reference(decoupled):
   lr, wd, steps = 0.1, 0.3, 6
@@ -155,6 +158,7 @@ def test_paper_settings():
 # Steps
 
 
+@pytest.mark.slow
 def test_train_step_loss_batch_stats_dropout_and_update():
   state = fresh_state()
   batch = {"image": TRAIN_SHARDS[0]["image"][:4], "label": TRAIN_SHARDS[0]["label"][:4]}
@@ -194,6 +198,7 @@ def test_train_step_loss_batch_stats_dropout_and_update():
 
 
 
+@pytest.mark.slow
 def test_eval_step_and_evaluate_use_eval_mode_and_weight_batches():
   state = fresh_state()
   images, labels = VALID_SHARDS[0]["image"], VALID_SHARDS[0]["label"]
@@ -211,6 +216,7 @@ def test_eval_step_and_evaluate_use_eval_mode_and_weight_batches():
   assert train.evaluate(apply, state, batches) == pytest.approx(expected_accuracy)
 
 
+@pytest.mark.slow
 def test_branch_has_fresh_optimizer_state_and_own_key():
   state, _ = train.train_step(MODEL, TX, fresh_state(), {"image": TRAIN_SHARDS[0]["image"][:4],
                                                          "label": TRAIN_SHARDS[0]["label"][:4]})
@@ -346,8 +352,8 @@ def test_continuous_training_learns_a_separable_task(trained):
   assert trained.history[-1]["loss"] < trained.history[0]["loss"]
 
 
+@pytest.mark.slow
 def test_small_cnn_from_the_registry_learns():
-  models = pytest.importorskip("xai_jax.models")
   model = models.get("cnn", num_classes=2)
   tx = train.make_optimizer(learning_rate=1e-3)
   state = train.init_train_state(model, tx=tx, key=jax.random.key(0), input_shape=(1, *SHAPE))
@@ -403,6 +409,7 @@ def interrupt_at(step_to_fail):
   return callback
 
 
+@pytest.mark.slow
 def test_continuous_resume_after_interruption_is_bitwise_identical(tmp_path):
   kwargs = dict(tx=TX, epochs=2, batch_size=4, key=jax.random.key(4), checkpoint_every=3,
                 progress=False)
@@ -441,6 +448,7 @@ def test_continuous_resume_after_interruption_is_bitwise_identical(tmp_path):
                            **{**kwargs, "batch_size": 5})
 
 
+@pytest.mark.slow
 def test_regular_evaluation_resume_is_bitwise_identical(tmp_path, trained):
   base = trained.state
   kwargs = dict(tx=TX, epochs=1, batch_size=4, key=jax.random.key(9), patience=48,
@@ -503,8 +511,8 @@ def test_history_files_and_plot(tmp_path, trained):
     training_report.plot_history([], tmp_path / "x.png")
 
 
+@pytest.mark.slow
 def test_trains_on_synthetic_cells_fed_by_a_shard_callable():
-  cells = pytest.importorskip("xai_jax.data.cells")
   key = jax.random.key(21)
   fetched = []
 

@@ -2,11 +2,17 @@
 
 A long evaluation is split into shards (fixed, ordered slices of a dataset). Each shard's
 rows are written atomically to `WORKDIR/shards/TABLE/shard_XXXXX.csv` (a temporary file in
-the same folder, flushed and fsynced, then `os.replace`d), so a shard file either holds
-every row of its shard or does not exist. A rerun skips the shards whose files exist; the
-final table concatenates the shard files in shard order. Killing a run (even with
-`kill -9`) and rerunning it therefore gives a final table byte-identical to an
-uninterrupted run, with no lost and no duplicated rows.
+the same folder, flushed and fsynced, then `os.replace`d), followed by its record
+`.shard_XXXXX.csv.sha256` (checksum, size and row count; `xai_jax.files`). A shard counts as
+finished only when its file verifies against its record. A rerun skips the finished shards
+and recomputes the others: a missing shard silently, a damaged one (truncated, emptied,
+garbled, deleted after it was written, or written by an xai_jax version before records) with
+a `files.DamagedFileWarning` naming the file and the reason. The final table concatenates the
+verified shard files in shard order, and a shard file that stops verifying while it is read
+raises `files.DamagedFileError`, so a table is never silently shorter. Killing a run (even
+with `kill -9`) and rerunning it therefore gives a final table byte-identical to an
+uninterrupted run, with no lost and no duplicated rows. A shard whose table legitimately has
+no rows (e.g. no ROC without five-band) is recorded with 0 rows.
 
 Arrays are spread over all local devices with `jax.sharding` (a 1-D mesh over the batch
 axis; never `pmap`): `shard_batch` pads the batch to a multiple of the device count and
@@ -15,9 +21,11 @@ places it, and jitted functions then run data-parallel under GSPMD.
 
 import dataclasses
 import functools
+import io
 import json
 import pathlib
 import time
+import zipfile
 import zlib
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -78,43 +86,122 @@ def unpad(tree, size: int):
   return jax.tree_util.tree_map(lambda leaf: np.asarray(leaf)[:size], tree)
 
 
-def write_table(frame: pd.DataFrame, path) -> None:
-  """Writes a CSV atomically with a fixed float format (bytes depend only on the values)."""
-  files.write_text(path, frame.to_csv(index=False, float_format="%.8g"))
+def write_table(frame: pd.DataFrame, path, *, verified: bool = False) -> None:
+  """Writes a CSV atomically with a fixed float format (bytes depend only on the values).
+
+  Args:
+    frame: the table.
+    path: the CSV file.
+    verified: also write its record (checksum and row count) for `read_table`; for tables
+      that are read back, such as shards.
+  """
+  text = frame.to_csv(index=False, float_format="%.8g")
+  if verified:
+    files.write_verified(path, text, rows=len(frame))
+  else:
+    files.write_text(path, text)
 
 
-def write_json(data: Mapping[str, Any], path) -> None:
-  """Writes JSON atomically, keys sorted."""
-  files.write_text(path, json.dumps(data, indent=2, sort_keys=True,
-                                                    default=str) + "\n")
+def read_table(path, *, fix: str | None = None) -> pd.DataFrame:
+  """Reads a table written by `write_table(..., verified=True)`, checking bytes and row count.
+
+  A table recorded with 0 rows (and possibly no columns) reads as an empty DataFrame.
+
+  Raises:
+    FileNotFoundError: neither the file nor its record exists.
+    files.DamagedFileError: the file is damaged or has no record (see `files.read_verified`),
+      or its row count differs from the recorded one.
+  """
+  data = files.read_verified(path, fix=fix)
+  rows = files.recorded_rows(path)
+  try:
+    frame = pd.read_csv(io.BytesIO(data))
+  except pd.errors.EmptyDataError:  # no columns: a table recorded with 0 rows
+    frame = pd.DataFrame()
+  except (pd.errors.ParserError, UnicodeDecodeError) as error:
+    raise files.DamagedFileError(path, f"not a readable CSV ({error})", fix) from None
+  if rows is None or len(frame) != rows:
+    raise files.DamagedFileError(path, f"holds {len(frame)} rows; its record says {rows}", fix)
+  return frame
+
+
+def write_json(data: Mapping[str, Any], path, *, verified: bool = False) -> None:
+  """Writes JSON atomically, keys sorted; with `verified`, also its record (for files read
+  back with `files.read_verified`)."""
+  text = json.dumps(data, indent=2, sort_keys=True, default=str) + "\n"
+  if verified:
+    files.write_verified(path, text)
+  else:
+    files.write_text(path, text)
+
+
+def config_fields(config: Mapping[str, Any], fields: Sequence[str]) -> dict[str, Any]:
+  """`{field: value}` for dotted paths into a nested mapping ("seed", "data.size"); a path
+  that `config` lacks is left out."""
+  picked = {}
+  for field in fields:
+    value: Any = config
+    for part in field.split("."):
+      if not isinstance(value, Mapping) or part not in value:
+        break
+      value = value[part]
+    else:
+      picked[field] = value
+  return picked
+
+
+def config_difference(previous: Mapping[str, Any], current: Mapping[str, Any], *,
+                      fields: Sequence[str] | None = None,
+                      ignore: Sequence[str] = ()) -> list[str]:
+  """The fields where two JSON configs differ, sorted.
+
+  Args:
+    previous, current: the configs (JSON-like nested mappings).
+    fields: dotted paths to compare (default: every top-level field).
+    ignore: top-level fields left out.
+  """
+  if fields is None:
+    fields = sorted(set(previous) | set(current))
+  fields = [f for f in fields if f.split(".")[0] not in ignore]
+  before, after = config_fields(previous, fields), config_fields(current, fields)
+  return sorted(f for f in fields if before.get(f) != after.get(f))
 
 
 def record_config(path, config: Mapping[str, Any], *, ignore: Sequence[str] = (),
-                  what: str = "a run") -> None:
+                  what: str = "a run", fields: Sequence[str] | None = None,
+                  hint: str = "use another config, another --workdir, or delete it") -> None:
   """Writes `config` as JSON to `path`, or refuses if `path` records a different one.
 
   A resumable output folder must never mix results of two configs: the first run records
   its config, and a later run with the same folder must bring the same one (fields in
-  `ignore`, such as whether to draw figures, may differ).
+  `ignore`, such as whether to draw figures, may differ). Call it only once the config is
+  validated, so that a refused config is never recorded.
 
   Args:
     path: the record, e.g. `WORKDIR/config.json`.
     config: JSON-serialisable mapping (e.g. `json.loads(config_dict.to_json())`).
     ignore: top-level fields left out of the comparison (still written).
     what: what the folder holds, for the error message.
+    fields: dotted paths ("data.size") that are compared and recorded (default: every
+      field), e.g. the fields that define trained models.
+    hint: what to do instead, for the error message.
 
   Raises:
     ValueError: the recorded config differs; the message names the differing fields.
   """
   current = json.loads(json.dumps(dict(config), sort_keys=True, default=str))
+  if fields is not None:
+    current = config_fields(current, fields)
   path = pathlib.Path(path)
   if path.exists():
     previous = json.loads(path.read_text())
+    if fields is not None and not set(previous) <= set(fields):  # a nested record: project it
+      previous = config_fields(previous, fields)
     changed = sorted(k for k in set(previous) | set(current)
                      if k not in ignore and previous.get(k) != current.get(k))
     if changed:
       raise ValueError(f"{path.parent} holds {what} of a different config (fields {changed} "
-                       "differ); use another config, another --workdir, or delete it")
+                       f"differ); {hint}")
   write_json(current, path)
 
 
@@ -155,13 +242,17 @@ def run_shard_tables(workdir, tables: Sequence[str], shards: Iterable[int],
                      ) -> dict[str, pd.DataFrame]:
   """`run_shards` for several tables computed together, one file per (table, shard).
 
-  A shard counts as finished when the files of all its tables exist. They are written in the
-  order of `tables`, each atomically; a shard interrupted between two writes is recomputed
-  and its files rewritten with the same bytes (`compute_shard` is deterministic).
+  A shard counts as finished when the files of all its tables verify against their records
+  (`xai_jax.files`). They are written in the order of `tables`, each atomically and then its
+  record; a shard interrupted between two writes is recomputed and its files rewritten with
+  the same bytes (`compute_shard` is deterministic). A shard with a damaged or unrecorded
+  file (truncated, emptied, garbled, deleted, or from an xai_jax version before records) is
+  recomputed with a `files.DamagedFileWarning` naming the file; a shard whose files are all
+  absent is recomputed silently.
 
   Several hosts (`jax.distributed.initialize()`, one process per host) sharing `workdir` on
-  a common file system split the work: process `i` of `n` computes the missing shards at
-  positions `p` with `p % n == i`, then waits until every shard file exists, and all
+  a common file system split the work: process `i` of `n` computes the unfinished shards at
+  positions `p` with `p % n == i`, then waits until every shard file verifies, and all
   processes return the same tables.
 
   Args:
@@ -176,6 +267,10 @@ def run_shard_tables(workdir, tables: Sequence[str], shards: Iterable[int],
 
   Returns:
     `{table: concatenated DataFrame}`, each also written to `WORKDIR/<table>.csv`.
+
+  Raises:
+    files.DamagedFileError: a shard file that verified stopped verifying before it was read
+      (changed by something else meanwhile); rerunning recomputes it.
   """
   shards, tables = list(shards), tuple(tables)
   if len(set(shards)) != len(shards):
@@ -186,9 +281,9 @@ def run_shard_tables(workdir, tables: Sequence[str], shards: Iterable[int],
   count = jax.process_count() if process_count is None else int(process_count)
   if not 0 <= index < count:
     raise ValueError(f"process_index must be in [0, {count}); got {index}")
-  finished = lambda s: all(shard_path(workdir, t, s).exists() for t in tables)
+  finished = lambda s: all(files.is_intact(shard_path(workdir, t, s)) for t in tables)
   own = [s for position, s in enumerate(shards) if position % count == index]
-  missing = [s for s in own if not finished(s)]
+  missing = [s for s in own if not _check_shard(workdir, tables, s)]
   bar = tqdm.tqdm(total=len(own), initial=len(own) - len(missing),
                   desc=description or ",".join(tables), unit="shard", disable=not progress,
                   dynamic_ncols=True)
@@ -204,28 +299,40 @@ def run_shard_tables(workdir, tables: Sequence[str], shards: Iterable[int],
         if not isinstance(frames[table], pd.DataFrame):
           raise TypeError(f"compute_shard returned {type(frames[table])} for table {table!r}; "
                           "expected a pandas DataFrame")
-        write_table(frames[table], shard_path(workdir, table, shard))
+        write_table(frames[table], shard_path(workdir, table, shard), verified=True)
       done += 1
       if images_per_shard:
         rate = done * images_per_shard / max(time.perf_counter() - started, 1e-9)
         bar.set_postfix_str(f"{rate:.1f} images/s")
       bar.update(1)
-  while not all(finished(s) for s in shards):  # other processes' shards
-    time.sleep(poll_seconds)
+  waiting = [s for s in shards if s not in own]
+  while waiting:  # other processes' shards
+    waiting = [s for s in waiting if not finished(s)]
+    if waiting:
+      time.sleep(poll_seconds)
   results = {}
   for table in tables:
-    frames = [_read_shard(shard_path(workdir, table, s)) for s in shards]
+    frames = [read_table(shard_path(workdir, table, s), fix="rerun to recompute it")
+              for s in shards]
     result = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     write_table(result, pathlib.Path(workdir) / f"{table}.csv")
     results[table] = result
   return results
 
 
-def _read_shard(path: pathlib.Path) -> pd.DataFrame:
-  try:
-    return pd.read_csv(path)
-  except pd.errors.EmptyDataError:  # a shard with no rows (e.g. no ROC for a missing metric)
-    return pd.DataFrame()
+def _check_shard(workdir, tables: Sequence[str], shard: int) -> bool:
+  """Whether every table file of `shard` verifies; warns about each damaged one."""
+  intact = True
+  for table in tables:
+    path = shard_path(workdir, table, shard)
+    try:
+      read_table(path)
+    except FileNotFoundError:
+      intact = False
+    except files.DamagedFileError as error:
+      files.warn_damaged(error, f"recomputing shard {shard}")
+      intact = False
+  return intact
 
 
 # --------------------------------------------------------------------------------------------
@@ -240,7 +347,8 @@ FIVE_BAND_SETTINGS = {"soft": "", "clamped": "_clamp"}
 PIXEL_REMOVAL_DEFAULTS = {"fraction": 0.1, "step": None, "fill": "mean", "chunk": 4,
                           "delta_k": 5, "score": "logit"}
 IOU_DEFAULTS = {"n_std": 0.5, "n_std_star": 1.0, "abs": True}
-_KEYED_METHODS = ("smoothgrad", "gradient_shap", "random")
+_KEYED_METHODS = ("smoothgrad", "gradient_shap", "random", "shapley_sampling", "lime",
+                  "kernel_shap")
 _MAP_REDUCE = "sum"
 
 
@@ -263,7 +371,21 @@ class EvaluationTables:
   gallery: dict[str, np.ndarray]
 
 
-def _check_methods(methods: Mapping[str, Mapping[str, Any]]) -> dict[str, tuple[str, dict]]:
+def check_methods(methods: Mapping[str, Mapping[str, Any]]) -> dict[str, tuple[str, dict]]:
+  """Resolves `{display name: options}` and checks every option without a model or data.
+
+  What `evaluate` runs first; experiments call it while validating their config, before any
+  data generation or training. Besides `explain.check_options`, the runner's own option
+  values are checked: `method_name` (the registry name when it differs from the display
+  name) and named baselines ("zeros", "uniform:K").
+
+  Returns:
+    `{display name: (registry name, options without method_name)}`.
+
+  Raises:
+    ValueError: no methods, or a bad method or option; the message starts with
+      `methods.<display name>`.
+  """
   from xai_jax import explain  # pylint: disable=import-outside-toplevel
   if not methods:
     raise ValueError("no methods to evaluate: give {display name: options}")
@@ -272,14 +394,52 @@ def _check_methods(methods: Mapping[str, Mapping[str, Any]]) -> dict[str, tuple[
     options = dict(options or {})
     name = options.pop("method_name", display)
     if name not in explain.METHODS:
-      raise ValueError(f"unknown explanation method {name!r} (for {display!r}); valid: "
+      raise ValueError(f"methods.{display}: unknown explanation method {name!r}; valid: "
                        f"{', '.join(sorted(explain.METHODS))}; a display name that differs "
                        "from the registry name needs the option method_name=<registry name>")
+    try:
+      for field in ("baseline", "baselines"):
+        if isinstance(options.get(field), str):
+          _baseline_count(options[field], field)
+      explain.check_options(name, options,
+                            supplied=("key",) if name in _KEYED_METHODS else ())
+    except ValueError as error:
+      raise ValueError(f"methods.{display}: {error}") from None
     resolved[display] = (name, options)
   return resolved
 
 
-def _check_metrics(metrics: Sequence[str], metric_options: Mapping[str, Mapping] | None):
+def _is_int(value) -> bool:
+  return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _is_number(value) -> bool:
+  return (isinstance(value, (int, float, np.number)) and not isinstance(value, (bool, np.bool_))
+          and np.isfinite(float(value)))
+
+
+def check_metrics(metrics: Sequence[str], metric_options: Mapping[str, Mapping] | None, *,
+                  image_size: tuple[int, int] | None = None
+                  ) -> tuple[tuple[str, ...], dict[str, Any], dict[str, Any]]:
+  """Checks metric names and options, with the defaults filled in, before any work.
+
+  Option names are checked for every metric; values for the metrics in `metrics`. With
+  `image_size`, the pixel-removal grid is checked against it
+  (`pixel_removal.check_removal_grid`: a `step` above `fraction` of the pixels leaves AOPC
+  and AFOC 0 for every image).
+
+  Args:
+    metrics: a subset of `METRICS`.
+    metric_options: `{"pixel_removal": {...}, "iou": {...}}` (see `evaluate`).
+    image_size: `(H, W)` of the evaluated images, when known.
+
+  Returns:
+    `(metrics, pixel-removal options, IOU options)`.
+
+  Raises:
+    ValueError: naming the metric and the option (`metric_options.<metric>.<option>`).
+  """
+  from xai_jax.metrics import pixel_removal  # pylint: disable=import-outside-toplevel
   unknown = [m for m in metrics if m not in METRICS]
   if unknown:
     raise ValueError(f"unknown metrics {unknown}; valid: {', '.join(METRICS)}")
@@ -294,7 +454,110 @@ def _check_metrics(metrics: Sequence[str], metric_options: Mapping[str, Mapping]
     extra = sorted(set(given) - set(defaults))
     if extra:
       raise ValueError(f"unknown {name} options {extra}; valid: {sorted(defaults)}")
+
+  def fail(metric: str, option: str, message: str):
+    raise ValueError(f"metric_options.{metric}.{option}: {message}")
+
+  if "pixel_removal" in metrics:
+    fraction, step, fill = removal["fraction"], removal["step"], removal["fill"]
+    if not _is_number(fraction) or not 0 < fraction <= 1:
+      fail("pixel_removal", "fraction", f"must be a fraction in (0, 1]; got {fraction!r}")
+    if step is not None and (not _is_int(step) or step < 1):
+      fail("pixel_removal", "step", f"must be a positive int (pixels per grid point) or None "
+           f"(0.5% of the pixels); got {step!r}")
+    fills = ("mean", "image_mean", "blur")
+    if isinstance(fill, str):
+      if fill not in fills:
+        fail("pixel_removal", "fill", f"unknown fill {fill!r}; valid: {', '.join(fills)}, a "
+             "number or per-channel numbers")
+    elif not (_is_number(fill) or (isinstance(fill, (tuple, list)) and fill
+                                   and all(_is_number(v) for v in fill))):
+      fail("pixel_removal", "fill", f"must be one of {', '.join(fills)}, a finite number or "
+           f"per-channel numbers; got {fill!r}")
+    if not _is_int(removal["chunk"]) or removal["chunk"] < 1:
+      fail("pixel_removal", "chunk", f"must be a positive int; got {removal['chunk']!r}")
+    delta_k = removal["delta_k"]
+    if delta_k is not None and (not _is_int(delta_k) or delta_k < 0):
+      fail("pixel_removal", "delta_k", f"must be an int >= 0 (0: no delta); got {delta_k!r}")
+    if removal["score"] not in pixel_removal.SCORES:
+      fail("pixel_removal", "score", f"unknown score {removal['score']!r}; valid: "
+           f"{', '.join(pixel_removal.SCORES)}")
+    if image_size is not None:
+      height, width = image_size
+      try:
+        pixel_removal.check_removal_grid(int(height) * int(width), step=step,
+                                         fraction=float(fraction))
+      except ValueError as error:
+        fail("pixel_removal", "step", f"{error} (images of {height}x{width})")
+  if "iou" in metrics:
+    for option in ("n_std", "n_std_star"):
+      if not _is_number(iou_options[option]) or iou_options[option] < 0:
+        fail("iou", option, f"must be a finite number >= 0; got {iou_options[option]!r}")
+    if not isinstance(iou_options["abs"], (bool, np.bool_)):
+      fail("iou", "abs", f"must be true or false; got {iou_options['abs']!r}")
   return tuple(metrics), removal, iou_options
+
+
+def check_shards(num_examples: int, shard_size: int, *, delta_k: int = 0,
+                 available: int | None = None) -> None:
+  """Checks the split of `num_examples` samples into shards of `shard_size` (the last smaller).
+
+  The DeepMaps delta (`delta_k > 0`) compares each image's map with the maps of `delta_k`
+  *other* images of the same shard, so every shard, including the last (remainder) one of
+  `num_examples % shard_size` images, needs more than `delta_k` images.
+
+  Args:
+    num_examples: samples evaluated.
+    shard_size: samples per shard.
+    delta_k: the pixel-removal delta's K (0: no delta).
+    available: samples the data holds (checked when given).
+
+  Raises:
+    ValueError: `shard_size < 1`, `num_examples` outside `[1, available]`, or a shard too
+      small for the delta; the message names the fields and suggests valid values.
+  """
+  if not _is_int(shard_size) or shard_size < 1:
+    raise ValueError(f"shard_size must be a positive int; got {shard_size!r}")
+  if (not _is_int(num_examples) or num_examples < 1
+      or (available is not None and num_examples > available)):
+    raise ValueError(f"num_examples must be in [1, {available if available is not None else 'N'}]"
+                     f" (the samples of the data); got {num_examples!r}")
+  delta_k = int(delta_k or 0)
+  if not delta_k:
+    return
+  needs = (f"pixel_removal delta_k = {delta_k} needs shards of more than {delta_k} images (each "
+           f"map is compared with the maps of {delta_k} other images of the same shard)")
+  if shard_size <= delta_k and num_examples >= shard_size:
+    raise ValueError(f"{needs}; shard_size = {shard_size} is too small: use shard_size > "
+                     f"{delta_k} or delta_k < {shard_size}")
+  # Shard sizes of n samples: `shard_size` (if n >= shard_size) and the remainder n % shard_size.
+  fits = lambda n: all(size > delta_k for size in (*((shard_size,) if n >= shard_size else ()),
+                                                   *((n % shard_size,) if n % shard_size else ())))
+  if not fits(num_examples):
+    last = num_examples % shard_size
+    below = next((n for n in range(num_examples - 1, delta_k, -1) if fits(n)), None)
+    above = next((n for n in range(num_examples + 1, num_examples + shard_size + 1) if fits(n)),
+                 None)
+    if above is not None and available is not None and above > available:
+      above = None
+    suggestions = " or ".join(str(n) for n in (below, above) if n is not None)
+    suggestions = f"num_examples = {suggestions}, " if suggestions else ""
+    raise ValueError(
+        f"{needs}; num_examples = {num_examples} in shards of shard_size = {shard_size} leaves "
+        f"a last shard of {last}: use {suggestions}another shard_size, or delta_k < {last}"
+        + (" (0: no delta)" if last == 1 else ""))
+
+
+def _baseline_count(spec: str, field: str) -> int:
+  """Checks a named baseline: "zeros" (0), or "uniform:K" (K >= 1) for `baselines`."""
+  if spec == "zeros":
+    return 0
+  if spec.startswith("uniform:") and field == "baselines":
+    count = spec.split(":", 1)[1]
+    if count.isdigit() and int(count) >= 1:
+      return int(count)
+  raise ValueError(f"unknown {field} {spec!r}; valid: 'zeros'"
+                   + (", 'uniform:K' with K >= 1" if field == "baselines" else ""))
 
 
 def method_key(key: jax.Array, display: str) -> jax.Array:
@@ -328,12 +591,9 @@ def _named_baseline(spec: str, field: str, x: jax.Array, key: jax.Array) -> jax.
   if spec == "zeros":
     zeros = jnp.zeros(shape, x.dtype)
     return zeros if field == "baseline" else zeros[None]
-  if spec.startswith("uniform:") and field == "baselines":
-    count = int(spec.split(":", 1)[1])
-    low, high = jnp.min(x), jnp.max(x)
-    return jax.random.uniform(key, (count, *shape), x.dtype, low, high)
-  raise ValueError(f"unknown {field} {spec!r}; valid: 'zeros'"
-                   + (", 'uniform:K'" if field == "baselines" else ""))
+  count = _baseline_count(spec, field)
+  low, high = jnp.min(x), jnp.max(x)
+  return jax.random.uniform(key, (count, *shape), x.dtype, low, high)
 
 
 def _gallery_positions(labels: np.ndarray, size: int) -> np.ndarray:
@@ -343,15 +603,48 @@ def _gallery_positions(labels: np.ndarray, size: int) -> np.ndarray:
   return np.asarray((firsts + rest)[:size], np.int64)
 
 
-def _save_npz(arrays: Mapping[str, np.ndarray], path: pathlib.Path) -> None:
-  with files.atomic_open(path, "wb") as stream:
-    np.savez_compressed(stream, **arrays)
+def save_npz(arrays: Mapping[str, np.ndarray], path) -> None:
+  """Writes arrays as a compressed `.npz` with its record (`files.write_verified`).
+
+  The bytes depend only on the arrays, so a recomputed file is byte-identical.
+  """
+  buffer = io.BytesIO()
+  np.savez_compressed(buffer, **arrays)
+  files.write_verified(path, buffer.getvalue())
+
+
+def load_npz(path, *, unrecorded: str = "error", fix: str | None = None
+             ) -> dict[str, np.ndarray]:
+  """Reads an `.npz` written by `save_npz`, checked against its record.
+
+  Args:
+    path: the file.
+    unrecorded: for a file without a record, as in `files.read_verified`.
+    fix: appended to the error message.
+
+  Raises:
+    FileNotFoundError: neither the file nor its record exists.
+    files.DamagedFileError: the file is damaged (or unrecorded, see `unrecorded`) or is not
+      a readable `.npz`.
+  """
+  data = files.read_verified(path, unrecorded=unrecorded, fix=fix)
+  try:
+    with np.load(io.BytesIO(data)) as arrays:
+      return {k: arrays[k] for k in arrays.files}
+  except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
+    raise files.DamagedFileError(path, f"not a readable .npz ({error})", fix) from None
 
 
 def load_gallery(path) -> dict[str, np.ndarray]:
-  """Reads a `gallery.npz` written by `evaluate`."""
-  with np.load(path) as data:
-    return {k: data[k] for k in data.files}
+  """Reads a `gallery.npz` written by `evaluate`, checked against its record.
+
+  A gallery without a record (written by an xai_jax version before records) is read with a
+  `files.DamagedFileWarning`; `evaluate` itself recomputes such a gallery.
+
+  Raises:
+    files.DamagedFileError: the gallery is damaged; rerunning `evaluate` recomputes it.
+  """
+  return load_npz(path, unrecorded="warn", fix="rerun the evaluation to recompute it")
 
 
 def evaluate(workdir, *, source, model, variables, methods: Mapping[str, Mapping[str, Any]],
@@ -414,19 +707,11 @@ def evaluate(workdir, *, source, model, variables, methods: Mapping[str, Mapping
   """
   from xai_jax import explain  # pylint: disable=import-outside-toplevel
 
-  resolved = _check_methods(methods)
-  metrics, removal, iou_options = _check_metrics(metrics, metric_options)
-  total = len(source) if num_examples is None else int(num_examples)
-  if not 0 < total <= len(source):
-    raise ValueError(f"num_examples must be in [1, {len(source)}] (the source's length); "
-                     f"got {num_examples}")
-  if shard_size < 1:
-    raise ValueError(f"shard_size must be >= 1, got {shard_size}")
-  delta_k = int(removal["delta_k"] or 0)
-  if "pixel_removal" in metrics and delta_k and min(shard_size, total) <= delta_k:
-    raise ValueError(f"pixel_removal delta_k = {delta_k} needs shards of more than {delta_k} "
-                     f"samples (maps of other images of the same shard); shard_size = "
-                     f"{shard_size}, num_examples = {total}")
+  resolved = check_methods(methods)
+  metrics, removal, iou_options = check_metrics(metrics, metric_options)
+  total = len(source) if num_examples is None else num_examples
+  delta_k = int(removal["delta_k"] or 0) if "pixel_removal" in metrics else 0
+  check_shards(total, shard_size, delta_k=delta_k, available=len(source))
   mesh = batch_mesh() if mesh is None else mesh
   num_shards = -(-total // shard_size)
   workdir = pathlib.Path(workdir)
@@ -493,15 +778,24 @@ def evaluate(workdir, *, source, model, variables, methods: Mapping[str, Mapping
                               else heatmap[keep]),
                  "labels": labels[keep], "predicted": predicted[keep],
                  **{f"map/{d}": m[keep] for d, m in maps_of.items()}}
-      _save_npz(gallery, gallery_path)
+      save_npz(gallery, gallery_path)
     with_model = lambda frames: (pd.concat(frames, ignore_index=True).assign(model=model_name)
                                  if frames else pd.DataFrame())
     return {tables[0]: pd.concat(sample_frames, ignore_index=True),
             tables[1]: with_model(roc_frames), tables[2]: with_model(curve_frames)}
 
-  if gallery_size and not gallery_path.exists() and jax.process_index() == 0:
-    for table in tables:  # shard 0 (process 0's) writes the gallery: make sure it runs again
-      shard_path(workdir, table, 0).unlink(missing_ok=True)
+  if gallery_size and jax.process_index() == 0:
+    try:
+      files.read_verified(gallery_path)
+      gallery_intact = True
+    except FileNotFoundError:
+      gallery_intact = False
+    except files.DamagedFileError as error:
+      files.warn_damaged(error, "recomputing shard 0, which writes it")
+      gallery_intact = False
+    if not gallery_intact:  # shard 0 (process 0's) writes the gallery: make sure it runs again
+      for table in tables:
+        files.remove_verified(shard_path(workdir, table, 0))
   raw = run_shard_tables(workdir, tables, range(num_shards), compute_shard,
                          images_per_shard=shard_size, progress=progress,
                          description=f"{model_name}: {len(resolved)} methods")

@@ -21,7 +21,15 @@ such per-sample mappings. A run takes `shards` as a sequence of shards or as a c
 arrays in memory can all feed it; only one shard is held at a time.
 
 The workdir holds `checkpoints/<step>/` (orbax), `history.json` and `history.csv`; plot the
-history with `xai_jax.reports.training.plot_history`.
+history with `xai_jax.reports.training.plot_history`. Every finished checkpoint step gets a
+record of the checksums of its files (`checkpoints/.<step>.sha256`, `xai_jax.files`), because
+orbax restores garbled array bytes without complaint. Resuming uses the newest step that
+verifies: a damaged or deleted newer step is reported (`files.DamagedFileWarning`), deleted
+and recomputed from the older one (bit for bit, as any resume); a step without a record
+(written before records existed, or killed between orbax's commit and the record) is used if
+orbax restores it, with a warning. With no usable step the run is refused
+(`files.DamagedFileError`: delete the checkpoints and rerun), never taken as finished.
+`history.json` is verified too, and `load_history` rebuilds a damaged one from the checkpoint.
 
 Example (the paper's two phases for VGG16 on 32 training and 8 validation shards):
 
@@ -52,10 +60,12 @@ import collections.abc
 import csv
 import dataclasses
 import functools
+import io
 import json
 import math
 import os
 import pathlib
+import warnings
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import flax
@@ -67,6 +77,7 @@ import optax
 import orbax.checkpoint as ocp
 import tqdm
 
+from xai_jax import files
 from xai_jax import xla
 
 # Table I and section III of Tjoa & Guan, and the seed code (spec cells.md section 3).
@@ -547,14 +558,20 @@ class TrainResult:
 
 class _Checkpoints:
   """Orbax CheckpointManager over `workdir/checkpoints`: items "state", "progress" and, in
-  regular-evaluation mode, "best" (the variables of the best model so far)."""
+  regular-evaluation mode, "best" (the variables of the best model so far).
+
+  Each step's folder gets a record of its files' checksums (`files.write_directory_record`)
+  once orbax has finished writing it; `restore` uses the newest step that verifies.
+  """
 
   def __init__(self, workdir):
     self.workdir = pathlib.Path(workdir).absolute()
+    self.directory = self.workdir / "checkpoints"
     self.manager = ocp.CheckpointManager(
-        self.workdir / "checkpoints", item_names=("state", "best", "progress"),
+        self.directory, item_names=("state", "best", "progress"),
         options=ocp.CheckpointManagerOptions(
             create=True, preservation_policy=ocp.checkpoint_managers.LatestN(n=2)))
+    self._unrecorded = []  # steps saved here whose record waits for orbax to finish
 
   def latest_step(self):
     return self.manager.latest_step()
@@ -566,40 +583,162 @@ class _Checkpoints:
     items = dict(state=ocp.args.StandardSave(state), progress=ocp.args.JsonSave(progress))
     if best is not None:
       items["best"] = ocp.args.StandardSave(best)
+    self._record_saved()
     self.manager.save(step, force=True, args=ocp.args.Composite(**items))
+    self._unrecorded.append(step)
     _write_history(self.workdir, progress["history"])
 
+  def _record_saved(self):
+    """Waits for orbax, then records the steps saved since; drops records of removed steps."""
+    self.manager.wait_until_finished()
+    if jax.process_index() == 0:
+      for step in self._unrecorded:
+        if (self.directory / str(step)).is_dir():
+          files.write_directory_record(self.directory / str(step))
+      for step in self._recorded_steps():  # steps orbax's preservation policy deleted
+        if not (self.directory / str(step)).is_dir():
+          files.record_path(self.directory / str(step)).unlink(missing_ok=True)
+    self._unrecorded = []
+
+  def _recorded_steps(self) -> list[int]:
+    suffix = files.RECORD_SUFFIX
+    names = (p.name[1:-len(suffix)] for p in self.directory.glob(f".*{suffix}"))
+    return sorted(int(name) for name in names if name.isdigit())
+
+  def forget_deleted(self) -> None:
+    """Warns about and drops the records of steps whose folders were deleted (none is left)."""
+    for step in self._recorded_steps():
+      if not (self.directory / str(step)).is_dir():
+        files.warn_damaged(files.DamagedFileError(
+            self.directory / str(step), "deleted after it was written (its record remains)"),
+            "no checkpoint step is left: training from the start")
+        files.record_path(self.directory / str(step)).unlink(missing_ok=True)
+
   def restore(self, state, best):
+    """The newest intact step's `(state, best, progress)` (see `_restore_newest`)."""
     items = dict(state=ocp.args.StandardRestore(state), progress=ocp.args.JsonRestore())
     if best is not None:
       items["best"] = ocp.args.StandardRestore(best)
-    restored = self.manager.restore(self.latest_step(), args=ocp.args.Composite(**items))
+    restored = self._restore_newest(
+        lambda step: self.manager.restore(step, args=ocp.args.Composite(**items)))
     return restored["state"], restored["best"] if best is not None else None, restored["progress"]
 
+  def restore_progress(self) -> dict:
+    """The newest intact step's "progress" item (damaged newer steps are left in place)."""
+    return self._restore_newest(
+        lambda step: self.manager.restore(step, args=ocp.args.Composite(
+            progress=ocp.args.JsonRestore())), discard=False)["progress"]
+
+  def _restore_newest(self, restore, *, discard: bool = True):
+    """`restore(step)` of the newest step that verifies against its record.
+
+    Damaged steps (and recorded steps whose folder was deleted) are reported with a
+    `files.DamagedFileWarning`; once an older step is usable they are deleted (with
+    `discard`), so training recomputes them. A step without a record is used if orbax
+    restores it (with a warning), and recorded from then on.
+
+    Raises:
+      files.DamagedFileError: no step is usable; the message says how to start again.
+    """
+    steps = sorted(self.manager.all_steps(), reverse=True)
+    fix = (f"no checkpoint step to resume from: delete {self.directory} (and "
+           f"{self.workdir / 'history.json'}) and rerun to train from the start")
+    newest = steps[0] if steps else -1
+    damaged = []
+    for step in self._recorded_steps():
+      if step > newest:
+        files.warn_damaged(files.DamagedFileError(
+            self.directory / str(step), "deleted after it was written (its record remains)"),
+            "resuming from an older checkpoint step")
+        damaged.append(step)
+    for step in steps:
+      directory = self.directory / str(step)
+      recorded = True
+      try:
+        files.verify_directory(directory)
+      except files.UnrecordedFileError:
+        recorded = False
+      except files.DamagedFileError as error:
+        files.warn_damaged(error, f"checkpoint step {step} is not used; trying an older one")
+        damaged.append(step)
+        continue
+      try:
+        restored = restore(step)
+      except Exception as error:  # pylint: disable=broad-except
+        if recorded:
+          raise
+        files.warn_damaged(files.DamagedFileError(
+            directory, f"{files.UNRECORDED}, and orbax cannot restore it ({type(error).__name__}: "
+            f"{error})"), f"checkpoint step {step} is not used; trying an older one")
+        damaged.append(step)
+        continue
+      if not recorded:
+        warnings.warn(f"{directory} is unverified: {files.UNRECORDED}; orbax restores it, so "
+                      "it is used and recorded now", files.DamagedFileWarning, stacklevel=3)
+        if jax.process_index() == 0:
+          files.write_directory_record(directory)
+      if damaged:
+        warnings.warn(f"resuming from checkpoint step {step} of {self.directory}; the damaged "
+                      f"steps {sorted(damaged)} are {'deleted and ' if discard else ''}"
+                      "recomputed from it", files.DamagedFileWarning, stacklevel=3)
+        if discard and jax.process_index() == 0:
+          for bad in damaged:
+            if bad in self.manager.all_steps():
+              self.manager.delete(bad)
+            files.remove_verified(self.directory / str(bad))
+      return restored
+    raise files.DamagedFileError(self.directory, "no checkpoint step verifies (steps "
+                                 f"{sorted(steps)}; damaged {sorted(damaged)})", fix)
+
   def close(self):
-    self.manager.wait_until_finished()
+    self._record_saved()
     self.manager.close()
 
 
 def _write_history(workdir: pathlib.Path, history: list[dict]) -> None:
-  """history.json and history.csv (union of fields, empty cells where a record lacks one)."""
+  """history.json (verified, `files.write_verified`) and history.csv (union of fields, empty
+  cells where a record lacks one)."""
   workdir.mkdir(parents=True, exist_ok=True)
-  tmp = workdir / "history.json.tmp"
-  tmp.write_text(json.dumps(history, indent=1))
-  os.replace(tmp, workdir / "history.json")
+  files.write_verified(workdir / "history.json", json.dumps(history, indent=1))
   fields = [f for f in _HISTORY_FIELDS if any(f in r for r in history)]
   fields += sorted({k for r in history for k in r} - set(fields))
-  tmp = workdir / "history.csv.tmp"
-  with open(tmp, "w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=fields)
-    writer.writeheader()
-    writer.writerows(history)
-  os.replace(tmp, workdir / "history.csv")
+  text = io.StringIO(newline="")
+  writer = csv.DictWriter(text, fieldnames=fields)
+  writer.writeheader()
+  writer.writerows(history)
+  with files.atomic_open(workdir / "history.csv", "wb") as stream:
+    stream.write(text.getvalue().encode("utf-8"))
 
 
 def load_history(workdir: str | os.PathLike) -> list[dict[str, Any]]:
-  """Reads `workdir/history.json` as written by a training run."""
-  return json.loads((pathlib.Path(workdir) / "history.json").read_text())
+  """Reads `workdir/history.json` as written by a training run, checked against its record.
+
+  A damaged, deleted or unrecorded `history.json` is rebuilt from the newest intact
+  checkpoint of the workdir (with a `files.DamagedFileWarning`) and rewritten.
+
+  Raises:
+    FileNotFoundError: no history and no checkpoint in `workdir`.
+    files.DamagedFileError: the history is damaged and no checkpoint can rebuild it.
+  """
+  workdir = pathlib.Path(workdir)
+  path = workdir / "history.json"
+  try:
+    return json.loads(files.read_verified(path))
+  except (FileNotFoundError, files.DamagedFileError) as error:
+    if not (workdir / "checkpoints").is_dir():
+      if isinstance(error, files.DamagedFileError):
+        raise files.DamagedFileError(path, error.reason, "rerun the training call that wrote "
+                                     "it (no checkpoint here to rebuild it from)") from None
+      raise
+    if isinstance(error, files.DamagedFileError):
+      files.warn_damaged(error, "rebuilding it from the newest intact checkpoint")
+  checkpoints = _Checkpoints(workdir)
+  try:
+    history = checkpoints.restore_progress()["history"]
+  finally:
+    checkpoints.close()
+  _write_history(workdir, history)
+  return history
 
 
 def _host_metrics(pending) -> list[list[float]]:
@@ -628,7 +767,9 @@ def _run(*, mode: str, model: nn.Module, state: TrainState, shards, num_shards, 
   checkpoints = _Checkpoints(workdir) if workdir is not None else None
   bar = None
   try:
-    if checkpoints is not None and checkpoints.latest_step() is not None:
+    if checkpoints is not None and checkpoints.latest_step() is None:
+      checkpoints.forget_deleted()
+    elif checkpoints is not None:
       state, best, loop = checkpoints.restore(state, best)
       if loop["config"] != config:
         raise ValueError(f"{workdir} holds a run with settings {loop['config']}, not {config}; "

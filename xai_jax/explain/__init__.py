@@ -5,12 +5,29 @@ Every method is `method(model, variables, x, target, **options)` with
 keyword-only options. Input-space methods return attributions shaped like `x`;
 map methods (GradCAM, FullGrad, DeepMaps, the baselines) return
 `float32[N, H, W]`. `to_map` reduces input-space attributions over channels.
+
+Every method runs under `jax.jit` and `jax.vmap` with any of x, target,
+variables, baselines and key traced or closed over. Entry checks work from
+shapes (wrong channel counts, another model's variables, an integer seed as
+`key` raise ValueError, also at trace time); value checks (finite inputs,
+target range) run on concrete arguments only. A traced out-of-range target
+gives an all-NaN result for its image; `random` and `edge` ignore the target
+(see `explain.common` and `explain.baselines`). The perturbation methods
+(`explain.perturbation`) take a traced `feature_mask` only with `num_features`,
+and segment x on the host (`segment`, a `feature_mask` method name or LIME's
+default) only when x is concrete.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+import inspect
+from typing import Any, Callable, Mapping, Sequence
 
+import numpy as np
+
+from xai_jax.explain import cam, common, integrated, noise, perturbation
+# The modules, bound before their same-named functions below shadow them.
+from xai_jax.explain import layer_shap as _layer_shap_module, lrp as _lrp_module
 from xai_jax.explain.baselines import edge, random_map
 from xai_jax.explain.cam import gradcam, guided_gradcam
 from xai_jax.explain.common import predicted_class
@@ -20,9 +37,14 @@ from xai_jax.explain.full_gradient import fullgrad, fullgrad_completeness, simpl
 from xai_jax.explain.gradients import gradient, input_x_gradient
 from xai_jax.explain.guided import deconvolution, guided_backprop
 from xai_jax.explain.integrated import integrated_gradients
+from xai_jax.explain.layer_shap import layer_expected_gradients, layer_shap
+from xai_jax.explain.lrp import lrp
 from xai_jax.explain.noise import gradient_shap, smoothgrad
+from xai_jax.explain.perturbation import (feature_ablation, kernel_shap, lime, occlusion,
+                                          shapley_sampling)
 from xai_jax.explain.postprocess import (normalize_min_max, resize, resize_bilinear,
                                          resize_nearest, to_map)
+from xai_jax.explain.segmentation import segment
 
 
 
@@ -49,6 +71,15 @@ METHODS: dict[str, Callable] = {
     "deepmaps": deepmaps,
     "random": random_map,
     "edge": edge,
+    # Perturbation methods (forward passes only; feature_mask from `segment` or any int mask).
+    "occlusion": occlusion,
+    "feature_ablation": feature_ablation,
+    "shapley_sampling": shapley_sampling,
+    "lime": lime,
+    "kernel_shap": kernel_shap,
+    # Propagation and layer methods (explain.lrp, explain.layer_shap).
+    "lrp": lrp,
+    "layer_shap": layer_shap,
 }
 
 def explain(name: str, model, variables, x, target=None, **options):
@@ -63,11 +94,124 @@ def explain(name: str, model, variables, x, target=None, **options):
   return METHODS[name](model, variables, x, target, **options)
 
 
+
+# The first four parameters of every method (`model, variables, x, target`) are not options.
+_CALL_ARGUMENTS = 4
+
+
+def _accepted(function: Callable) -> tuple[dict[str, inspect.Parameter], bool]:
+  """The option parameters of `function` and whether it takes `**options` too."""
+  parameters = list(inspect.signature(function).parameters.values())
+  named = {p.name: p for p in parameters[_CALL_ARGUMENTS:]
+           if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+  return named, any(p.kind == p.VAR_KEYWORD for p in parameters)
+
+
+def _check_positive_int(name: str, field: str, value) -> None:
+  if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
+    raise ValueError(f"{name}: {field} must be a positive int; got {value!r}")
+
+
+def _check_values(name: str, options: Mapping[str, Any]) -> None:
+  """The option values each method checks on entry that need no model and no data."""
+  try:
+    if name == "integrated_gradients" and ("steps" in options or "rule" in options):
+      integrated.nodes_and_weights(options.get("steps", 50), options.get("rule", "gausslegendre"))
+    if options.get("samples") is not None:  # None: lime's per-reference default
+      _check_positive_int(name, "samples", options["samples"])
+    if options.get("chunk") is not None:
+      common.resolve_chunk(options["chunk"], 1, (1, 1, 1, 1))
+    if "loop" in options:
+      common.resolve_loop(options["loop"])
+    if name == "smoothgrad":
+      if options.get("kind", "mean") not in noise.KINDS:
+        raise ValueError(f"unknown kind {options['kind']!r}; valid: {', '.join(noise.KINDS)}")
+      if options.get("stdev") is not None and options.get("stdev_spread") is not None:
+        raise ValueError("give either stdev (absolute) or stdev_spread (relative), not both")
+    for field in ("stdev", "stdev_spread"):
+      if isinstance(options.get(field), (int, float)):
+        noise._noise_level(options[field], field)  # pylint: disable=protected-access
+    if name == "gradcam":
+      # pylint: disable-next=protected-access
+      cam._resolve(options.get("mode", "raw"), options.get("relu"), options.get("upsample"))
+    if name in ("occlusion", "feature_ablation", "shapley_sampling", "lime", "kernel_shap"):
+      perturbation.check_static_options(name, options)
+    if name in ("lrp", "layer_shap"):
+      _STATIC_CHECKS[name](options)
+    if name == "guided_gradcam" and options.get("upsample", "nearest") not in cam.UPSAMPLE:
+      raise ValueError(f"unknown upsample {options['upsample']!r}; valid: "
+                       f"{', '.join(cam.UPSAMPLE)}")
+  except ValueError as error:
+    message = str(error)
+    raise ValueError(message if message.startswith(f"{name}:") else f"{name}: {message}") from None
+
+
+_STATIC_CHECKS = {
+    "lrp": _lrp_module.check_static_options,
+    "layer_shap": _layer_shap_module.check_static_options,
+}
+
+
+def check_options(name: str, options: Mapping[str, Any] | None = None, *,
+                  supplied: Sequence[str] = ()) -> None:
+  """Checks, without a model or data, that `explain(name, ..., **options)` can accept `options`.
+
+  Meant for configs: it fails in milliseconds, before any training or data generation.
+  Checked: `name` is registered; every option is a parameter of the method (for
+  "smoothgrad", of `smoothgrad` or of the method it wraps, `method`, checked recursively);
+  required options are given; and the values each method validates on entry without a model
+  (integrated gradients' `steps` and `rule`, `samples`, `chunk`, `loop`, SmoothGrad's `kind`
+  and `stdev`/`stdev_spread`, Grad-CAM's `mode` and `upsample`). Arrays (baselines, keys,
+  injected noise) and model-dependent options (layer names) are checked when the method
+  runs.
+
+  Args:
+    name: a key of `METHODS`.
+    options: the keyword options, without `model, variables, x, target`.
+    supplied: options the caller fills in later (e.g. `("key",)`), so not required here.
+
+  Raises:
+    ValueError: naming the method and the option: an unknown method or option (listing the
+      valid ones), a missing required option, or a bad value.
+  """
+  if name not in METHODS:
+    raise ValueError(f"unknown explanation method {name!r}; valid: {', '.join(sorted(METHODS))}")
+  options = dict(options or {})
+  if name == "smoothgrad":  # smoothgrad(method, model, variables, x, target, *, ...)
+    named = {k: p for k, p in inspect.signature(noise.smoothgrad).parameters.items()
+             if p.kind == p.KEYWORD_ONLY}
+    named["method"] = None
+    inner = options.get("method", "gradient")
+    if not isinstance(inner, str):
+      raise ValueError(f"smoothgrad: option method must be a registry name; got {inner!r}")
+    if inner == "smoothgrad":
+      raise ValueError("smoothgrad: option method cannot be 'smoothgrad' itself")
+    try:
+      check_options(inner, {k: v for k, v in options.items() if k not in named},
+                    supplied=supplied)
+    except ValueError as error:
+      raise ValueError(f"smoothgrad (wrapping {error}); smoothgrad's own options: "
+                       f"{sorted(named)}") from None
+  else:
+    named, open_ended = _accepted(METHODS[name])
+    unknown = [] if open_ended else sorted(set(options) - set(named))
+    if unknown:
+      raise ValueError(f"{name}: unknown options {unknown}; valid: {sorted(named) or 'none'}")
+  missing = sorted(k for k, p in named.items()
+                   if p is not None and p.default is p.empty and k not in options
+                   and k not in supplied)
+  if missing:
+    raise ValueError(f"{name}: missing required options {missing}")
+  _check_values(name, options)
+
+
 __all__ = [
-    "METHODS", "explain", "deconvolution", "deeplift", "deeplift_multipliers", "deeplift_shap",
-    "deepmaps", "edge", "fullgrad", "fullgrad_completeness", "gradcam", "gradient",
-    "gradient_shap", "guided_backprop", "guided_gradcam", "input_x_gradient",
-    "integrated_gradients", "layer_attributions", "normalize_min_max", "predicted_class",
-    "random_map", "resize", "resize_bilinear", "resize_nearest", "simple_fullgrad",
+    "METHODS", "check_options", "explain", "deconvolution", "deeplift", "deeplift_multipliers",
+    "deeplift_shap", "deepmaps", "edge", "feature_ablation", "fullgrad", "fullgrad_completeness",
+    "gradcam", "gradient", "gradient_shap", "guided_backprop", "guided_gradcam",
+    "input_x_gradient", "integrated_gradients", "kernel_shap", "layer_attributions",
+    "layer_expected_gradients", "layer_shap", "lime", "lrp",
+    "normalize_min_max", "occlusion", "predicted_class", "random_map", "resize",
+    "resize_bilinear", "resize_nearest", "segment", "shapley_sampling", "simple_fullgrad",
     "smoothgrad", "to_map",
 ]

@@ -4,6 +4,13 @@ A saliency method should beat both: a uniformly random map, and an edge
 detector that looks only at the image (Adebayo et al. 2018, "Sanity checks for
 saliency maps", https://arxiv.org/abs/1810.03292, show that several methods are
 close to the latter).
+
+Both take the common explainer signature but use neither the model, its
+variables nor the target: the target is not validated (any value, traced or
+concrete, in range or not, gives the same map) and never turns a map into NaN,
+unlike the model-based explainers (see `xai_jax.explain.common`). Only `x`
+(and `random_map`'s key) are checked, from shapes, so both run under
+`jax.jit` and `jax.vmap`.
 """
 
 from __future__ import annotations
@@ -26,17 +33,19 @@ def random_map(model: common.Model | None, variables: common.PyTree, x: jax.Arra
     model: ignored (kept for the common explainer signature).
     variables: ignored.
     x: `float32[N, H, W, C]`, only its shape is used.
-    target: ignored.
-    key: `jax.random` key.
+    target: ignored (not validated; see the module docstring).
+    key: `jax.random.key(seed)` (or a legacy `uint32[2]` key).
 
   Returns:
     `float32[N, H, W]`.
 
   Raises:
-    ValueError: on a malformed `x`.
+    ValueError: on a malformed `x`, or a `key` that is not a PRNG key (e.g. an
+      integer seed).
   """
   del model, variables, target
   x = common.check_images(x)
+  key = common.check_key(key)
   return jax.random.uniform(key, x.shape[:3], jnp.float32)
 
 
@@ -71,7 +80,7 @@ def edge(model: common.Model | None, variables: common.PyTree, x: jax.Array,
     model: ignored (kept for the common explainer signature).
     variables: ignored.
     x: `float32[N, H, W, C]`.
-    target: ignored.
+    target: ignored (not validated; see the module docstring).
 
   Returns:
     `float32[N, H, W]`.

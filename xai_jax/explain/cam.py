@@ -43,13 +43,6 @@ def _plain(variables) -> dict:
   return {k: v for k, v in dict(variables).items() if k not in _TAP_COLLECTIONS}
 
 
-def _check_contract(model, method: str) -> None:
-  if not isinstance(model, nn.Module) or not hasattr(model, "ops"):
-    raise ValueError(
-        f"{method} needs an xai_jax.models contract model (a flax Module marking its "
-        f"activations, see xai_jax.models.taps); got {type(model).__name__}")
-
-
 @shape_cached
 def activation_probe_shapes(model: nn.Module, variables: Any, x: Array) -> dict[str, Any]:
   """Flat name -> `ShapeDtypeStruct` of every activation site (no FLOPs; cached per shapes)."""
@@ -73,7 +66,7 @@ def check_layer(model: nn.Module, variables: Any, x: Array, layer: str | None) -
 
 
 def layer_gradient(model: nn.Module, variables: Any, x: Array, target: Array,
-                   layer: str) -> tuple[Array, Array]:
+                   layer: str, probe: Array | None = None) -> tuple[Array, Array]:
   """Activation and target-score gradient at one named layer (plain JAX, jit/vmap friendly).
 
   Args:
@@ -82,10 +75,14 @@ def layer_gradient(model: nn.Module, variables: Any, x: Array, target: Array,
     x: `float[N, H, W, C]`.
     target: `int32[N]`.
     layer: an activation name (see `taps.activation_names`).
+    probe: optional value added to the layer's activation (default zero), e.g.
+      to evaluate the rest of the network at another activation (layer SHAP).
 
   Returns:
-    `(activation, gradient)`, both `float[N, h, w, c]` (or `[N, c]`), the
-    gradient being that of `sum_n logits[n, target[n]]`.
+    `(activation, gradient)`, both `float[N, h, w, c]` (or `[N, c]`): the
+    activation (including `probe`) and the gradient of
+    `sum_n logits[n, target[n]]` with respect to it (NaN for an image whose
+    target is out of range, see `common.pick_target`).
   """
   plain = _plain(variables)
   shapes = activation_probe_shapes(model, plain, x)
@@ -96,10 +93,9 @@ def layer_gradient(model: nn.Module, variables: Any, x: Array, target: Array,
     logits, state = model.apply({**plain, taps.ACTIVATION_PROBES: probes}, x,
                                 mutable=[taps.ACTIVATIONS])
     act = traverse_util.flatten_dict(dict(state[taps.ACTIVATIONS]), sep="/")[layer]
-    picked = jnp.take_along_axis(logits, target[:, None], axis=1)[:, 0]
-    return jnp.sum(picked), act
+    return jnp.sum(common.pick_target(logits, target)), act
 
-  grad, act = jax.grad(score, has_aux=True)(zeros[layer])
+  grad, act = jax.grad(score, has_aux=True)(zeros[layer] if probe is None else probe)
   return act, grad
 
 
@@ -161,21 +157,24 @@ def gradcam(model: nn.Module, variables: Any, x: Array, target: Array | int | No
       docstring.
 
   Returns:
-    `float32[N, H, W]`.
+    `float32[N, H, W]`; all NaN for an image whose traced target is out of
+    range (see `xai_jax.explain.common`).
 
   Raises:
-    ValueError: for a non-contract model, bad inputs, an unknown layer, mode or
+    ValueError: for a non-contract model, bad inputs (also variables or
+      channels that do not fit the model), an unknown layer, mode or
       upsampling, or a non-spatial layer.
   """
-  _check_contract(model, "gradcam")
+  common.check_contract(model, "gradcam")
   relu, upsample = _resolve(mode, relu, upsample)
-  x, target = common.prepare(model, variables, x, target)
+  x, target, valid = common.prepare(model, variables, x, target)
   layer = check_layer(model, variables, x, layer)
   shape = activation_probe_shapes(model, variables, x)[layer].shape
   if len(shape) != 4:
     raise ValueError(f"gradcam needs a spatial layer [N, h, w, c]; {layer!r} has shape {shape}")
-  return _gradcam(model, variables, x, target, layer=layer, relu=relu, upsample=upsample,
-                  mode=mode)
+  cam = _gradcam(model, variables, x, target, layer=layer, relu=relu, upsample=upsample,
+                 mode=mode)
+  return common.nan_where_invalid(cam, valid)
 
 
 @functools.partial(xla.jit, static_argnames=("model", "layer", "upsample"))
@@ -200,18 +199,20 @@ def guided_gradcam(model: nn.Module, variables: Any, x: Array, target: Array | i
 
   Returns:
     `float32[N, H, W, C]`: the raw-mode map with `relu=True` broadcast over channels,
-    times the guided-backprop gradient.
+    times the guided-backprop gradient; all NaN for an image whose traced
+    target is out of range.
 
   Raises:
     ValueError: as `gradcam`.
   """
-  _check_contract(model, "guided_gradcam")
+  common.check_contract(model, "guided_gradcam")
   if upsample not in UPSAMPLE:
     raise ValueError(f"unknown upsample {upsample!r}; valid: {', '.join(UPSAMPLE)}")
-  x, target = common.prepare(model, variables, x, target)
+  x, target, valid = common.prepare(model, variables, x, target)
   layer = check_layer(model, variables, x, layer)
   shape = activation_probe_shapes(model, variables, x)[layer].shape
   if len(shape) != 4:
     raise ValueError(
         f"guided_gradcam needs a spatial layer [N, h, w, c]; {layer!r} has shape {shape}")
-  return _guided_gradcam(model, variables, x, target, layer=layer, upsample=upsample)
+  out = _guided_gradcam(model, variables, x, target, layer=layer, upsample=upsample)
+  return common.nan_where_invalid(out, valid)

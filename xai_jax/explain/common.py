@@ -8,6 +8,15 @@ Conventions (Captum's, reference-semantics A.0):
   * `x` is `float32[N, H, W, C]` (channels last); `target` is `int32[N]`.
     `target=None` means "the predicted class" (`predicted_class`).
 
+Under `jax.jit` and `jax.vmap` (any of x, target, variables, baselines and
+key traced or closed over): every entry check runs from shapes and dtypes
+(`jax.eval_shape`, cached per shapes), so a wrong channel count, another
+model's variables, an integer seed as `key` or a malformed target raise a
+ValueError at trace time. Checks that need values (finite inputs, target
+indices in range) run only on concrete arguments. A traced target cannot be
+checked, so an out-of-range index gives NaN for that image's whole result
+(`pick_target`, `nan_where_invalid`) rather than a plausible-looking map.
+
 Step chunking (integrated gradients, SmoothGrad, GradientShap, ...): a method
 with S steps per image evaluates them `chunk` steps at a time, so at most
 `chunk * N` rows go through the model at once and memory stays bounded. Two
@@ -31,14 +40,18 @@ peaked at 7.0 GiB RSS on CPU, independent of the number of steps.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+import math
+from typing import Any, Callable, NoReturn
 
+import flax
+import flax.errors
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import traverse_util
 
-from xai_jax import xla
+from xai_jax import keys, xla
 from xai_jax.models.base import ApplyFn, as_apply, shape_cached
 
 PyTree = Any
@@ -54,6 +67,12 @@ DEFAULT_PIXELS_PER_CHUNK = 32 * 224 * 224
 
 # ---------------------------------------------------------------------------
 # Validation.
+#
+# Every check works from shapes and dtypes alone, so it runs under `jax.jit` and
+# `jax.vmap` too; checks that need values (finite pixels, target indices in
+# range) run only on concrete arguments. Inside a trace even `jnp` operations on
+# a closed-over (concrete) array are staged, so those checks are evaluated with
+# `jax.ensure_compile_time_eval` (or NumPy) instead of forcing a tracer.
 # ---------------------------------------------------------------------------
 
 
@@ -64,6 +83,35 @@ def _is_tracer(a) -> bool:
 def is_concrete(a) -> bool:
   """True unless `a` is traced (inside jit/vmap), i.e. its values can be checked."""
   return not _is_tracer(a)
+
+
+def all_finite(a) -> bool:
+  """`all(isfinite(a))` for a concrete array, evaluated eagerly even inside a trace."""
+  with jax.ensure_compile_time_eval():
+    return bool(jnp.all(jnp.isfinite(jnp.asarray(a))))
+
+
+def concrete_array(a, dtype=None) -> jax.Array:
+  """`jnp.asarray(a, dtype)` that stays a concrete array (not a staged constant) under jit."""
+  with jax.ensure_compile_time_eval():
+    return jnp.asarray(a, dtype)
+
+
+def check_contract(model, method: str) -> None:
+  """Raises unless `model` is an `xai_jax.models` contract model.
+
+  Methods that read named activations or bias sites, or replace nonlinearities
+  (`taps.with_ops`), need a flax Module with an `ops` field; a plain apply
+  function is not enough.
+
+  Raises:
+    ValueError: naming `method` and the type received.
+  """
+  if not isinstance(model, nn.Module) or not hasattr(model, "ops"):
+    raise ValueError(
+        f"{method} needs an xai_jax.models contract model (a flax Module with an `ops` "
+        f"field that marks its activations and bias sites and lets explainers replace its "
+        f"nonlinearities, see xai_jax.models.taps); got {type(model).__name__}")
 
 
 def check_images(x, *, name: str = "x") -> jax.Array:
@@ -80,32 +128,146 @@ def check_images(x, *, name: str = "x") -> jax.Array:
     ValueError: if `x` is not 4-D, not floating point, empty, or (when
       concrete) contains NaN or infinity.
   """
-  if not _is_tracer(x):
-    x = jnp.asarray(x)
+  concrete = is_concrete(x)
+  if concrete:
+    x = concrete_array(x)
   if x.ndim != 4:
     raise ValueError(f"{name} must be float[N, H, W, C] (channels last); got shape {x.shape}")
   if not jnp.issubdtype(x.dtype, jnp.floating):
     raise ValueError(f"{name} must be a floating point array; got dtype {x.dtype}")
   if x.shape[0] == 0:
     raise ValueError(f"{name} is an empty batch (shape {x.shape})")
-  if not _is_tracer(x) and not bool(jnp.all(jnp.isfinite(x))):
+  if concrete and not all_finite(x):
     raise ValueError(f"{name} contains NaN or infinite values")
   return x
 
 
 def num_classes(model: Model, variables: PyTree, x: jax.Array) -> int:
-  """Number of logits of `model` on `x`, from shapes only (no FLOPs; cached per shapes)."""
+  """Number of logits of `model` on `x`, from shapes only (no FLOPs; cached per shapes).
+
+  Also the entry check that `variables` fit `model` and `x` (see
+  `check_model_inputs`).
+
+  Raises:
+    ValueError: if the model cannot run on `x` with `variables`, or does not
+      return logits `[N, num_classes]`.
+  """
   return _num_classes(model, variables, x)
+
+
+# Errors a model raises on inputs or variables of the wrong shape: flax's scope
+# errors, lax shape errors (TypeError), missing entries in a variables dict.
+_MODEL_ERRORS = (TypeError, ValueError, KeyError, IndexError, flax.errors.FlaxError)
 
 
 @shape_cached
 def _num_classes(model, variables, x) -> int:
   apply = as_apply(model)
-  out = jax.eval_shape(apply, variables, jax.ShapeDtypeStruct(x.shape, x.dtype))
+  try:
+    out = jax.eval_shape(apply, variables, jax.ShapeDtypeStruct(x.shape, x.dtype))
+  except _MODEL_ERRORS as error:
+    _raise_model_mismatch(model, variables, x, error)
   if len(out.shape) != 2 or out.shape[0] != x.shape[0]:
     raise ValueError(f"model must return logits [N, num_classes] for N={x.shape[0]}; "
                      f"got shape {out.shape}")
   return int(out.shape[1])
+
+
+def check_model_inputs(model: Model, variables: PyTree, x: jax.Array) -> None:
+  """Checks from shapes only (`jax.eval_shape`, cached) that `model` runs on `x` with `variables`.
+
+  A flax Module whose variables do not fit is diagnosed against the shapes
+  `model.init` would create for `x`: when some other channel count would fit,
+  the error names `x` and the expected channels; otherwise it names
+  `variables` and the first parameter (in sorted path order) whose path or
+  shape differs.
+
+  Raises:
+    ValueError: as described; a plain apply function that fails gets the
+      underlying error's message.
+  """
+  _num_classes(model, variables, x)
+
+
+def _flat_shapes(tree) -> dict[str, tuple[int, ...]]:
+  flat = traverse_util.flatten_dict(flax.core.unfreeze(tree), sep="/")
+  return {k: tuple(jnp.shape(v)) for k, v in flat.items()}
+
+
+def _init_shapes(model: nn.Module, shape: tuple[int, ...], dtype) -> dict | None:
+  """Collection -> {path: shape} that `model.init` creates for `shape` inputs (None on failure)."""
+  try:
+    out = jax.eval_shape(lambda a: model.init(jax.random.key(0), a),
+                         jax.ShapeDtypeStruct(shape, dtype))
+  except _MODEL_ERRORS:
+    return None
+  collections = sorted(dict(out), key=lambda name: (name != "params", name))  # params first
+  return {name: _flat_shapes(dict(out)[name]) for name in collections}
+
+
+def _given_shapes(variables, collections) -> dict:
+  try:
+    variables = dict(variables)
+  except (TypeError, ValueError):
+    return {}
+  return {name: _flat_shapes(variables[name]) if name in variables else {}
+          for name in collections}
+
+
+def _first_mismatch(expected: dict, given: dict) -> str | None:
+  """The first differing entry, in sorted path order (None if the shapes agree)."""
+  for name, want in expected.items():
+    got = given.get(name, {})
+    for path in sorted(set(want) | set(got)):
+      if path not in got:
+        return f"{name}/{path} is missing (the model expects shape {want[path]})"
+      if path not in want:
+        return f"{name}/{path} (shape {got[path]}) is not a parameter of this model"
+      if got[path] != want[path]:
+        return f"{name}/{path} has shape {got[path]}, the model expects {want[path]}"
+  return None
+
+
+def _channel_candidates(expected: dict, given: dict, channels: int) -> list[int]:
+  """Channel counts that would explain the size ratio of a mismatching parameter."""
+  out = []
+  for name, want in expected.items():
+    for path, shape in want.items():
+      got = given.get(name, {}).get(path)
+      if got is None or got == shape or len(got) != len(shape):
+        continue
+      scaled = channels * math.prod(got)
+      if scaled % max(math.prod(shape), 1) == 0:
+        cand = scaled // max(math.prod(shape), 1)
+        if 0 < cand != channels and cand not in out:
+          out.append(cand)
+      if len(out) >= 3:
+        return out
+  return out
+
+
+def _raise_model_mismatch(model, variables, x, error: Exception) -> NoReturn:
+  shape = tuple(x.shape)
+  detail = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+  if not isinstance(model, nn.Module):
+    raise ValueError(f"model cannot be applied to x of shape {shape} with these variables "
+                     f"({detail})") from error
+  name = type(model).__name__
+  expected = _init_shapes(model, shape, x.dtype)
+  if expected is not None:
+    given = _given_shapes(variables, expected)
+    mismatch = _first_mismatch(expected, given)
+    if mismatch is not None:
+      for channels in _channel_candidates(expected, given, shape[-1]):
+        if _init_shapes(model, shape[:-1] + (channels,), x.dtype) == given:
+          raise ValueError(
+              f"x has {shape[-1]} channels but {name}'s variables expect {channels}: x must be "
+              f"float[N, H, W, {channels}]; got shape {shape}") from error
+      raise ValueError(f"variables do not fit {name} on x of shape {shape}: {mismatch} "
+                       f"(variables of another model, or of other input shape or "
+                       f"number of classes?)") from error
+  raise ValueError(f"{name} cannot be applied to x of shape {shape} with these variables "
+                   f"({detail})") from error
 
 
 @functools.partial(xla.jit, static_argnames=("model",))
@@ -134,8 +296,10 @@ def check_target(target, n: int, classes: int | None = None) -> jax.Array:
   Args:
     target: `int[N]` class indices, or a Python int broadcast to all images.
     n: batch size N.
-    classes: number of logits; when given (and `target` is concrete) indices
-      must lie in `[0, classes)`.
+    classes: number of logits; when given and `target` is concrete, indices
+      must lie in `[0, classes)`. A traced target cannot be checked here: the
+      explainers turn the maps of its out-of-range entries into NaN
+      (`nan_where_invalid`).
 
   Returns:
     `int32[N]`.
@@ -144,59 +308,126 @@ def check_target(target, n: int, classes: int | None = None) -> jax.Array:
     ValueError: on a wrong shape, a non-integer dtype or an index out of range.
   """
   if isinstance(target, (int, np.integer)) and not isinstance(target, bool):
-    target = jnp.full((n,), int(target), jnp.int32)
-  if not _is_tracer(target):
-    target = jnp.asarray(target)
+    target = np.full((n,), int(target), np.int32)
+  concrete = is_concrete(target)
+  if concrete:
+    target = concrete_array(target)
   if not jnp.issubdtype(target.dtype, jnp.integer):
     raise ValueError(f"target must be an integer array [N]; got dtype {target.dtype}")
   if target.shape != (n,):
     raise ValueError(f"target must have shape ({n},) (one class per image); got {target.shape}")
-  if classes is not None and not _is_tracer(target):
-    lo, hi = int(jnp.min(target)), int(jnp.max(target))
+  if classes is not None and concrete:
+    values = np.asarray(target)
+    lo, hi = int(values.min()), int(values.max())
     if lo < 0 or hi >= classes:
       raise ValueError(f"target index out of range: must lie in [0, {classes}); "
                        f"got values in [{lo}, {hi}]")
+  if concrete:
+    return concrete_array(target, jnp.int32)
   return target.astype(jnp.int32)
 
 
-def prepare(model: Model, variables: PyTree, x, target) -> tuple[jax.Array, jax.Array]:
-  """Validates `(x, target)` for an explainer; `target=None` -> predicted class.
+def prepare(model: Model, variables: PyTree, x,
+            target) -> tuple[jax.Array, jax.Array, jax.Array | None]:
+  """Validates `(variables, x, target)` for an explainer; `target=None` -> predicted class.
+
+  Shape checks (`check_images`, `check_model_inputs`, the target's shape and
+  dtype) always run; value checks only on concrete arguments.
 
   Returns:
-    `(x float[N, H, W, C], target int32[N])`.
+    `(x float[N, H, W, C], target int32[N], valid)`: `valid` is None when the
+    target is known to be in range (concrete and checked, or predicted), and
+    `bool[N]` for a traced target; pass it with the result to
+    `nan_where_invalid`.
 
   Raises:
-    ValueError: see `check_images` and `check_target`.
+    ValueError: see `check_images`, `check_model_inputs` and `check_target`.
   """
   x = check_images(x)
+  classes = num_classes(model, variables, x)
   if target is None:
-    return x, _predicted_class(model, variables, x)
-  return x, check_target(target, x.shape[0], num_classes(model, variables, x))
+    return x, _predicted_class(model, variables, x), None
+  concrete = is_concrete(target)
+  target = check_target(target, x.shape[0], classes)
+  valid = None if concrete else (target >= 0) & (target < classes)
+  return x, target, valid
+
+
+def nan_where_invalid(out: PyTree, valid: jax.Array | None) -> PyTree:
+  """Sets every leaf's rows `n` with `valid[n] == False` to NaN (no-op for `valid=None`).
+
+  Explainers call this on their result so that an out-of-range target that
+  could not be checked (traced under jit/vmap) gives an all-NaN map for its
+  image instead of a plausible-looking one (a gather with an out-of-range
+  index has a zero gradient). Leaves are `[N, ...]` float arrays.
+  """
+  if valid is None:
+    return out
+
+  def mask(a):
+    rows = valid.reshape(valid.shape + (1,) * (a.ndim - 1))
+    return jnp.where(rows, a, jnp.asarray(jnp.nan, a.dtype))
+
+  return jax.tree_util.tree_map(mask, out)
 
 
 def check_like(a, x: jax.Array, name: str) -> jax.Array:
   """Broadcasts a scalar / `[1, ...]` / `[N, ...]` array (e.g. a baseline) to `x`'s shape.
 
   Raises:
-    ValueError: if `a` does not broadcast to `x.shape` or is not finite.
+    ValueError: if `a` does not broadcast to `x.shape` or (when concrete) is
+      not finite.
   """
   if a is None:
     return jnp.zeros_like(x)
-  if not _is_tracer(a):
-    a = jnp.asarray(a, x.dtype)
+  if is_concrete(a):
+    a = concrete_array(a, x.dtype)
+    if not all_finite(a):
+      raise ValueError(f"{name} contains NaN or infinite values")
   try:
     a = jnp.broadcast_to(a, x.shape).astype(x.dtype)
   except ValueError as e:
     raise ValueError(f"{name} of shape {jnp.shape(a)} does not broadcast to x's shape "
                      f"{x.shape}") from e
-  if not _is_tracer(a) and not bool(jnp.all(jnp.isfinite(a))):
-    raise ValueError(f"{name} contains NaN or infinite values")
   return a
+
+
+def check_key(key, *, name: str = "key"):
+  """`xai_jax.keys.check_key`: a typed `jax.random.key` or a legacy `uint32[2]` key.
+
+  Shapes and dtypes only, so traced keys (jit, vmap over keys) pass.
+
+  Raises:
+    ValueError: for an integer seed, None or an array that is not one key.
+  """
+  return keys.check_key(key, name=name)
 
 
 # ---------------------------------------------------------------------------
 # Target scores and their gradients.
 # ---------------------------------------------------------------------------
+
+
+def pick_target(logits: jax.Array, target: jax.Array) -> jax.Array:
+  """`logits[n, target[n]]`, `float[N]`; NaN (NaN gradient too) where `target[n]` is out of range.
+
+  A plain gather would wrap negative indices or fill out-of-range ones with a
+  value whose gradient is zero, which makes a traced bad target look like a
+  flat explanation; multiplying by NaN instead makes it visible in the score
+  and in every gradient taken from it. In-range targets are multiplied by
+  exactly 1.
+
+  Args:
+    logits: `float[N, K]`.
+    target: `int[N]`.
+
+  Returns:
+    `float[N]`.
+  """
+  k = logits.shape[-1]
+  valid = (target >= 0) & (target < k)
+  picked = jnp.take_along_axis(logits, jnp.clip(target, 0, k - 1)[:, None], axis=1)[:, 0]
+  return picked * jnp.where(valid, 1.0, jnp.nan).astype(picked.dtype)
 
 
 def target_score_fn(model: Model, variables: PyTree,
@@ -205,7 +436,7 @@ def target_score_fn(model: Model, variables: PyTree,
 
   `target` may be shorter than `x`'s batch by an integer factor: it is then
   tiled (step-major, Captum's order), so a stack of S copies of the batch uses
-  `tile(target, S)`.
+  `tile(target, S)`. An out-of-range target gives a NaN score (`pick_target`).
   """
   apply = as_apply(model)
 
@@ -213,8 +444,7 @@ def target_score_fn(model: Model, variables: PyTree,
     logits = apply(variables, x)
     reps = x.shape[0] // target.shape[0]
     t = jnp.tile(target, reps) if reps != 1 else target
-    picked = jnp.take_along_axis(logits, t[:, None], axis=1)[:, 0]
-    return jnp.sum(picked), logits
+    return jnp.sum(pick_target(logits, t)), logits
 
   return score
 
@@ -239,9 +469,8 @@ def target_gradient(model: Model, variables: PyTree, x: jax.Array,
 
 def target_logits(model: Model, variables: PyTree, x: jax.Array,
                   target: jax.Array) -> jax.Array:
-  """`logits[n, target[n]]`, `float[N]` (plain JAX)."""
-  logits = as_apply(model)(variables, x)
-  return jnp.take_along_axis(logits, target[:, None], axis=1)[:, 0]
+  """`logits[n, target[n]]`, `float[N]` (plain JAX; NaN for an out-of-range target)."""
+  return pick_target(as_apply(model)(variables, x), target)
 
 
 @functools.partial(xla.jit, static_argnames=("model",))

@@ -39,13 +39,6 @@ Array = jax.Array
 INPUT = "input"
 
 
-def _check_contract(model, method: str) -> None:
-  if not isinstance(model, nn.Module) or not hasattr(model, "ops"):
-    raise ValueError(
-        f"{method} needs an xai_jax.models contract model (a flax Module marking its "
-        f"activations, see xai_jax.models.taps); got {type(model).__name__}")
-
-
 def _normalize(a: Array) -> Array:
   """Per-sample min-max over all non-batch axes, exactly Eq. 5 (constant maps -> 0)."""
   axes = tuple(range(1, a.ndim))
@@ -145,16 +138,19 @@ def layer_attributions(model: nn.Module, variables: Any, x: Array,
 
   Returns:
     Dict layer name -> `float32[N, H, W]` in layer order (`layer_names`):
-    "input" first, then the spatial activations.
+    "input" first, then the spatial activations. All NaN for an image whose
+    traced target is out of range (see `xai_jax.explain.common`).
 
   Raises:
-    ValueError: for a non-contract model or bad `x` / `target`.
+    ValueError: for a non-contract model, bad `x` / `target`, or variables /
+      channels that do not fit the model.
   """
-  _check_contract(model, "layer_attributions")
-  x, target = common.prepare(model, variables, x, target)
+  common.check_contract(model, "layer_attributions")
+  x, target, valid = common.prepare(model, variables, x, target)
   maps = _layer_maps_jit(model, variables, x, target, per_channel=bool(per_channel),
                          align_corners=bool(align_corners), normalize=bool(normalize))
-  return {name: maps[name] for name in layer_names(model, variables, x)}
+  return common.nan_where_invalid({name: maps[name] for name in layer_names(model, variables, x)},
+                                  valid)
 
 
 @functools.partial(xla.jit, static_argnames=("model", "layers", "per_channel", "align_corners"))
@@ -182,14 +178,16 @@ def deepmaps(model: nn.Module, variables: Any, x: Array, target: Array | int | N
     align_corners: bilinear kernel (see the module docstring).
 
   Returns:
-    `float32[N, H, W]`.
+    `float32[N, H, W]`; all NaN for an image whose traced target is out of
+    range.
 
   Raises:
-    ValueError: for a non-contract model, bad inputs, `first_layer` out of
-      range or an unknown layer name.
+    ValueError: for a non-contract model, bad inputs (also variables or
+      channels that do not fit the model), `first_layer` out of range or an
+      unknown layer name.
   """
-  _check_contract(model, "deepmaps")
-  x, target = common.prepare(model, variables, x, target)
+  common.check_contract(model, "deepmaps")
+  x, target, valid = common.prepare(model, variables, x, target)
   names = layer_names(model, variables, x)
   if layers is None:
     if isinstance(first_layer, bool) or not isinstance(first_layer, int) or not (
@@ -202,5 +200,6 @@ def deepmaps(model: nn.Module, variables: Any, x: Array, target: Array | int | N
     unknown = [name for name in layers if name not in names]
     if unknown or not layers:
       raise ValueError(f"unknown or empty layers {unknown or layers}; valid: {', '.join(names)}")
-  return _deepmaps(model, variables, x, target, layers=tuple(layers),
+  maps = _deepmaps(model, variables, x, target, layers=tuple(layers),
                    per_channel=bool(per_channel), align_corners=bool(align_corners))
+  return common.nan_where_invalid(maps, valid)

@@ -39,7 +39,10 @@ additions) sum to `f_t(x) - f_t(x_ref)` up to float rounding.
       ORDINARY gradient as `g_out`, while its `|Δ| < eps` fallback branch
       receives the downstream DeepLift gradient;
   (b) the max-pool fallback uses the ordinary gradient of example 0 of the
-      doubled batch, broadcast to every row (captum issue #1276);
+      doubled batch, broadcast to every row (captum issue #1276); so a
+      traced out-of-range target of image 0, whose gradient is NaN (see
+      `xai_jax.explain.common`), also spreads NaN to other images' fallback
+      positions;
   (c) the max-pool scatter is `F.max_unpool2d`, which WRITES rather than adds,
       so where overlapping windows share an argmax only the last window in
       row-major order counts (AlexNet's and ResNet's 3x3/2 pools; torch's CPU
@@ -258,13 +261,6 @@ class _DeepLiftOps:
 # ---------------------------------------------------------------------------
 
 
-def _check_contract(model, method: str) -> None:
-  if not isinstance(model, nn.Module) or not hasattr(model, "ops"):
-    raise ValueError(
-        f"{method} needs an xai_jax.models contract model (a flax Module with an `ops` field, "
-        f"see xai_jax.models.taps) to replace its nonlinearities; got {type(model).__name__}")
-
-
 def _check_eps(eps) -> float:
   eps = float(eps)
   if not eps > 0:
@@ -302,7 +298,7 @@ def deeplift_multipliers(model: nn.Module, variables: Any, x: Array, baseline: A
 
   def score(x_half):
     logits = dl_model.apply(plain, jnp.concatenate([x_half, baseline], axis=0))
-    picked = jnp.take_along_axis(logits, both_targets[:, None], axis=1)[:, 0]
+    picked = common.pick_target(logits, both_targets)
     return jnp.sum(picked), picked
 
   multipliers, picked = jax.grad(score, has_aux=True)(x)
@@ -343,18 +339,21 @@ def deeplift(model: nn.Module, variables: Any, x: Array, target: Array | int | N
     `float[N, H, W, C]` attributions `(x - baseline) * multipliers`; with
     `return_delta` a pair `(attributions, delta float[N])`, where
     `delta = sum(attributions) - (f_t(x) - f_t(baseline))` per image (~0 by
-    default, up to float rounding).
+    default, up to float rounding). Both are NaN for an image whose traced
+    target is out of range (see `xai_jax.explain.common`).
 
   Raises:
-    ValueError: for a non-contract model, a bad `x`, `target`, `baseline` or `eps`.
+    ValueError: for a non-contract model, a bad `x`, `target`, `baseline` or
+      `eps`, or variables / channels that do not fit the model.
   """
-  _check_contract(model, "deeplift")
+  common.check_contract(model, "deeplift")
   eps = _check_eps(eps)
-  x, target = common.prepare(model, variables, x, target)
+  x, target, valid = common.prepare(model, variables, x, target)
   baseline = common.check_like(baseline, x, "baseline")
   attributions, delta = _deeplift(model, variables, x, baseline, target,
                                   captum_compat=bool(captum_compat), eps=eps)
-  return (attributions, delta) if return_delta else attributions
+  return common.nan_where_invalid((attributions, delta) if return_delta else attributions,
+                                  valid)
 
 
 def deeplift_shap(model: nn.Module, variables: Any, x: Array, target: Array | int | None, *,
@@ -387,14 +386,15 @@ def deeplift_shap(model: nn.Module, variables: Any, x: Array, target: Array | in
   Returns:
     `float[N, H, W, C]` mean attributions; with `return_delta`,
     `(attributions, delta float[N, B_ref])` (`delta.reshape(-1)` is Captum's
-    order).
+    order). NaN for an image whose traced target is out of range.
 
   Raises:
-    ValueError: for a non-contract model, bad shapes, a single baseline or a bad chunk.
+    ValueError: for a non-contract model, bad shapes (also variables or
+      channels that do not fit the model), a single baseline or a bad chunk.
   """
-  _check_contract(model, "deeplift_shap")
+  common.check_contract(model, "deeplift_shap")
   eps = _check_eps(eps)
-  x, target = common.prepare(model, variables, x, target)
+  x, target, valid = common.prepare(model, variables, x, target)
   baselines = common.check_images(baselines, name="baselines")
   if baselines.shape[1:] != x.shape[1:]:
     raise ValueError(f"baselines must be [B_ref, {', '.join(map(str, x.shape[1:]))}]; "
@@ -421,5 +421,5 @@ def deeplift_shap(model: nn.Module, variables: Any, x: Array, target: Array | in
     deltas.append(delta.reshape(n, k))
   mean = total / num_ref
   if return_delta:
-    return mean, jnp.concatenate(deltas, axis=1)
-  return mean
+    return common.nan_where_invalid((mean, jnp.concatenate(deltas, axis=1)), valid)
+  return common.nan_where_invalid(mean, valid)

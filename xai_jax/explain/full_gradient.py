@@ -38,13 +38,6 @@ Array = jax.Array
 _POST_EPS = 1e-6
 
 
-def _check_contract(model, method: str) -> None:
-  if not isinstance(model, nn.Module) or not hasattr(model, "ops"):
-    raise ValueError(
-        f"{method} needs an xai_jax.models contract model (a flax Module marking its bias "
-        f"sites, see xai_jax.models.taps); got {type(model).__name__}")
-
-
 def post_process(a: Array) -> Array:
   """idiap's `_postProcess`: abs, minus the per-sample min, divided by (max + 1e-6).
 
@@ -73,7 +66,7 @@ def fullgrad_terms(model: nn.Module, variables: Any, x: Array,
     dicts in forward order with `[N, h, w, c]` (conv / BN) or `[N, c]` (dense) values.
   """
   out = taps.tap_gradients(model, variables, x, target)
-  picked = jnp.take_along_axis(out.logits, target[:, None], axis=1)[:, 0]
+  picked = common.pick_target(out.logits, target)
   terms = {name: grad * out.biases[name].astype(grad.dtype)
            for name, grad in out.bias_grads.items()}
   return picked, x * out.input_grad, terms, dict(out.bias_grads)
@@ -111,14 +104,16 @@ def fullgrad(model: nn.Module, variables: Any, x: Array,
 
   Returns:
     `float32[N, H, W]`, unnormalised (a sum of maps in [0, 1), one per site
-    plus the input term).
+    plus the input term); all NaN for an image whose traced target is out of
+    range (see `xai_jax.explain.common`).
 
   Raises:
-    ValueError: for a non-contract model or bad `x` / `target`.
+    ValueError: for a non-contract model, bad `x` / `target`, or variables /
+      channels that do not fit the model.
   """
-  _check_contract(model, "fullgrad")
-  x, target = common.prepare(model, variables, x, target)
-  return _fullgrad(model, variables, x, target, simple=False)
+  common.check_contract(model, "fullgrad")
+  x, target, valid = common.prepare(model, variables, x, target)
+  return common.nan_where_invalid(_fullgrad(model, variables, x, target, simple=False), valid)
 
 
 def simple_fullgrad(model: nn.Module, variables: Any, x: Array,
@@ -132,14 +127,16 @@ def simple_fullgrad(model: nn.Module, variables: Any, x: Array,
     target: `int[N]`, an int, or None for the predicted class.
 
   Returns:
-    `float32[N, H, W]`.
+    `float32[N, H, W]`; all NaN for an image whose traced target is out of
+    range.
 
   Raises:
-    ValueError: for a non-contract model or bad `x` / `target`.
+    ValueError: for a non-contract model, bad `x` / `target`, or variables /
+      channels that do not fit the model.
   """
-  _check_contract(model, "simple_fullgrad")
-  x, target = common.prepare(model, variables, x, target)
-  return _fullgrad(model, variables, x, target, simple=True)
+  common.check_contract(model, "simple_fullgrad")
+  x, target, valid = common.prepare(model, variables, x, target)
+  return common.nan_where_invalid(_fullgrad(model, variables, x, target, simple=True), valid)
 
 
 @functools.partial(xla.jit, static_argnames=("model",))
@@ -169,13 +166,15 @@ def fullgrad_completeness(model: nn.Module, variables: Any, x: Array,
 
   Returns:
     `(lhs, rhs, rel_error)`, each `float[N]`: the decomposition sum, the
-    target logit, and `|lhs - rhs| / |rhs|`.
+    target logit, and `|lhs - rhs| / |rhs|` (NaN for an image whose traced
+    target is out of range).
 
   Raises:
     ValueError: for a non-contract model or bad `x` / `target`.
   """
-  _check_contract(model, "fullgrad_completeness")
-  x, target = common.prepare(model, variables, x, target)
+  common.check_contract(model, "fullgrad_completeness")
+  x, target, valid = common.prepare(model, variables, x, target)
   lhs, rhs = _completeness(model, variables, x, target)
   tiny = jnp.finfo(rhs.dtype).tiny
-  return lhs, rhs, jnp.abs(lhs - rhs) / jnp.maximum(jnp.abs(rhs), tiny)
+  return common.nan_where_invalid(
+      (lhs, rhs, jnp.abs(lhs - rhs) / jnp.maximum(jnp.abs(rhs), tiny)), valid)

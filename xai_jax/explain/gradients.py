@@ -33,14 +33,16 @@ def gradient(model: common.Model, variables: common.PyTree, x: jax.Array,
     abs: return `|gradient|` (Captum Saliency) instead of the signed gradient.
 
   Returns:
-    `float32[N, H, W, C]`: d logits[n, target[n]] / d x[n].
+    `float32[N, H, W, C]`: d logits[n, target[n]] / d x[n]; all NaN for an
+    image whose traced target is out of range (see `common`).
 
   Raises:
-    ValueError: on a malformed `x` or `target` (see `common.prepare`).
+    ValueError: on a malformed `x` or `target`, or variables / channels that
+      do not fit the model (see `common.prepare`).
   """
-  x, target = common.prepare(model, variables, x, target)
+  x, target, valid = common.prepare(model, variables, x, target)
   grad, _ = common.jit_target_gradient(model, variables, x, target)
-  return jnp.abs(grad) if abs else grad
+  return common.nan_where_invalid(jnp.abs(grad) if abs else grad, valid)
 
 
 def input_x_gradient(model: common.Model, variables: common.PyTree, x: jax.Array,
@@ -54,11 +56,12 @@ def input_x_gradient(model: common.Model, variables: common.PyTree, x: jax.Array
     target: `int32[N]` class per image; None -> predicted class.
 
   Returns:
-    `float32[N, H, W, C]`.
+    `float32[N, H, W, C]`; all NaN for an image whose traced target is out of range.
 
   Raises:
-    ValueError: on a malformed `x` or `target`.
+    ValueError: on a malformed `x` or `target`, or variables / channels that
+      do not fit the model (see `common.prepare`).
   """
-  x, target = common.prepare(model, variables, x, target)
+  x, target, valid = common.prepare(model, variables, x, target)
   grad, _ = common.jit_target_gradient(model, variables, x, target)
-  return x * grad
+  return common.nan_where_invalid(x * grad, valid)

@@ -67,13 +67,6 @@ GUIDED_OPS = taps.Ops(relu=guided_relu)
 DECONV_OPS = taps.Ops(relu=deconv_relu)
 
 
-def _check_contract(model, method: str) -> None:
-  if not isinstance(model, nn.Module) or not hasattr(model, "ops"):
-    raise ValueError(
-        f"{method} needs an xai_jax.models contract model (a flax Module with an `ops` field, "
-        f"see xai_jax.models.taps) to replace its ReLUs; got {type(model).__name__}")
-
-
 @functools.partial(xla.jit, static_argnames=("model",))
 def _modified_gradient(model, variables, x, target):
   grad, _ = common.target_gradient(model, variables, x, target)
@@ -110,14 +103,17 @@ def guided_backprop(model: nn.Module, variables: Any, x: Array,
     target: `int[N]`, an int, or None for the predicted class.
 
   Returns:
-    `float32[N, H, W, C]`.
+    `float32[N, H, W, C]`; all NaN for an image whose traced target is out of
+    range (see `xai_jax.explain.common`).
 
   Raises:
-    ValueError: for a non-contract model or bad `x` / `target`.
+    ValueError: for a non-contract model, bad `x` / `target`, or variables /
+      channels that do not fit the model.
   """
-  _check_contract(model, "guided_backprop")
-  x, target = common.prepare(model, variables, x, target)
-  return _modified_gradient(taps.with_ops(model, GUIDED_OPS), variables, x, target)
+  common.check_contract(model, "guided_backprop")
+  x, target, valid = common.prepare(model, variables, x, target)
+  grad = _modified_gradient(taps.with_ops(model, GUIDED_OPS), variables, x, target)
+  return common.nan_where_invalid(grad, valid)
 
 
 def deconvolution(model: nn.Module, variables: Any, x: Array,
@@ -131,11 +127,14 @@ def deconvolution(model: nn.Module, variables: Any, x: Array,
     target: `int[N]`, an int, or None for the predicted class.
 
   Returns:
-    `float32[N, H, W, C]`.
+    `float32[N, H, W, C]`; all NaN for an image whose traced target is out of
+    range (see `xai_jax.explain.common`).
 
   Raises:
-    ValueError: for a non-contract model or bad `x` / `target`.
+    ValueError: for a non-contract model, bad `x` / `target`, or variables /
+      channels that do not fit the model.
   """
-  _check_contract(model, "deconvolution")
-  x, target = common.prepare(model, variables, x, target)
-  return _modified_gradient(taps.with_ops(model, DECONV_OPS), variables, x, target)
+  common.check_contract(model, "deconvolution")
+  x, target, valid = common.prepare(model, variables, x, target)
+  grad = _modified_gradient(taps.with_ops(model, DECONV_OPS), variables, x, target)
+  return common.nan_where_invalid(grad, valid)

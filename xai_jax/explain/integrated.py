@@ -49,7 +49,8 @@ def _linspace32(start: float, stop: float, num: int) -> np.ndarray:
 
 
 def nodes_and_weights(steps: int, rule: str = "gausslegendre", *,
-                      captum_compat: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                      captum_compat: bool = False,
+                      dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
   """Quadrature nodes and weights on [0, 1] for integrated gradients.
 
   Args:
@@ -57,9 +58,13 @@ def nodes_and_weights(steps: int, rule: str = "gausslegendre", *,
     rule: one of `RULES`.
     captum_compat: only for "riemann_trapezoid": Captum's weights (1/n, ends
       halved; they sum to 1 - 1/n) instead of the correct 1/(n-1).
+    dtype: of the returned arrays. Gauss-Legendre nodes and every rule's weights are
+      computed in float64 and rounded to `dtype` (float64 for float64 inputs, so that they
+      are not float32-rounded); the Riemann nodes are torch's float32 `linspace` values,
+      as Captum's, in any dtype.
 
   Returns:
-    `(alphas float32[n], weights float32[n])`.
+    `(alphas dtype[n], weights dtype[n])`.
 
   Raises:
     ValueError: for an unknown rule or too few steps.
@@ -73,7 +78,7 @@ def nodes_and_weights(steps: int, rule: str = "gausslegendre", *,
     if steps < 1:
       raise ValueError(f"steps must be >= 1; got {steps}")
     t, u = np.polynomial.legendre.leggauss(steps)
-    return (0.5 * (1.0 + t)).astype(np.float32), (0.5 * u).astype(np.float32)
+    return (0.5 * (1.0 + t)).astype(dtype), (0.5 * u).astype(dtype)
   if steps < 2:
     raise ValueError(f"{rule} needs steps >= 2 (as Captum); got {steps}")
   n = steps
@@ -91,7 +96,7 @@ def nodes_and_weights(steps: int, rule: str = "gausslegendre", *,
     weights[-1] /= 2
   else:
     weights = np.full(n, 1.0 / n, np.float64)
-  return alphas, weights.astype(np.float32)
+  return alphas.astype(dtype), weights.astype(dtype)
 
 
 def _weighted_step_sum(grad_fn, model, variables, x, baseline, target, alphas, weights):
@@ -144,14 +149,18 @@ def integrated_gradients(model: common.Model, variables: common.PyTree, x: jax.A
   Returns:
     `float32[N, H, W, C]` attributions; with `return_delta`, a tuple
     `(attributions, delta float32[N])` where
-    `delta = sum(attributions) - (f_t(x) - f_t(baseline))` per image.
+    `delta = sum(attributions) - (f_t(x) - f_t(baseline))` per image. Both are
+    NaN for an image whose traced target is out of range (see `common`).
 
   Raises:
-    ValueError: on malformed inputs, an unknown rule or bad `steps`/`chunk`.
+    ValueError: on malformed inputs (also variables or channels that do not
+      fit the model), an unknown rule or bad `steps`/`chunk`.
   """
-  x, target = common.prepare(model, variables, x, target)
+  x, target, valid = common.prepare(model, variables, x, target)
   baseline = common.check_like(baseline, x, "baseline")
-  alphas, weights = nodes_and_weights(steps, rule, captum_compat=captum_compat)
+  alphas, weights = nodes_and_weights(
+      steps, rule, captum_compat=captum_compat,
+      dtype=np.float64 if x.dtype == jnp.float64 else np.float32)
   chunk = common.resolve_chunk(chunk, len(alphas), x.shape)
   unit = functools.partial(_ig_unit, model=model)
   eager = lambda ops, args: _weighted_step_sum(common.jit_target_gradient, model, *ops, *args)
@@ -160,8 +169,9 @@ def integrated_gradients(model: common.Model, variables: common.PyTree, x: jax.A
                              chunk=chunk, loop=loop, eager_body=eager)
   attributions = total * (x - baseline)
   if not return_delta:
-    return attributions
-  return attributions, convergence_delta(model, variables, attributions, x, baseline, target)
+    return common.nan_where_invalid(attributions, valid)
+  delta = convergence_delta(model, variables, attributions, x, baseline, target)
+  return common.nan_where_invalid((attributions, delta), valid)
 
 
 def convergence_delta(model: common.Model, variables: common.PyTree, attributions: jax.Array,

@@ -63,7 +63,17 @@ def _split_options(options: dict) -> tuple[tuple, dict]:
 def _keys(key, samples: int, name: str = "key"):
   if key is None:
     raise ValueError(f"{name} is required (a jax.random key) unless the randomness is injected")
-  return jax.random.split(key, samples)
+  return jax.random.split(common.check_key(key, name=name), samples)
+
+
+def _noise_level(value, name: str):
+  """Checks a concrete noise level >= 0 and returns it as a float; a traced one is kept."""
+  if not common.is_concrete(value):
+    return value
+  level = float(np.asarray(value))
+  if not level >= 0:
+    raise ValueError(f"{name} must be >= 0; got {level}")
+  return level
 
 
 def _noise_chunk(args, x, sigma):
@@ -134,25 +144,29 @@ def smoothgrad(method, model: common.Model, variables: common.PyTree, x: jax.Arr
       (e.g. a `[1, H, W, C]` baseline).
 
   Returns:
-    Attributions of the method's output shape per image (e.g. `float32[N, H, W, C]`).
+    Attributions of the method's output shape per image (e.g. `float32[N, H, W, C]`);
+    all NaN for an image whose traced target is out of range (see `common`).
 
   Raises:
-    ValueError: on malformed inputs, an unknown kind / method, both or
-      negative `stdev`/`stdev_spread`, or a missing key.
+    ValueError: on malformed inputs (also variables or channels that do not
+      fit the model), an unknown kind / method, both or negative
+      `stdev`/`stdev_spread`, or a missing or malformed key (an integer seed
+      instead of `jax.random.key(seed)`).
   """
   method = _resolve_method(method)
   if kind not in KINDS:
     raise ValueError(f"unknown kind {kind!r}; valid: {', '.join(KINDS)}")
   if isinstance(samples, bool) or not isinstance(samples, (int, np.integer)) or samples < 1:
     raise ValueError(f"samples must be a positive int; got {samples!r}")
-  x, target = common.prepare(model, variables, x, target)
+  x, target, valid = common.prepare(model, variables, x, target)
   if stdev is not None and stdev_spread is not None:
     raise ValueError("give either stdev (absolute) or stdev_spread (relative), not both")
   if stdev is None and stdev_spread is None:
     stdev_spread = 0.15
-  level = stdev if stdev is not None else stdev_spread
-  if not level >= 0:
-    raise ValueError(f"noise level must be >= 0; got {level}")
+  if stdev is not None:
+    stdev = _noise_level(stdev, "stdev")
+  else:
+    stdev_spread = _noise_level(stdev_spread, "stdev_spread")
   if stdev is not None:
     sigma = jnp.full((x.shape[0],), stdev, x.dtype)
   else:
@@ -175,11 +189,11 @@ def smoothgrad(method, model: common.Model, variables: common.PyTree, x: jax.Arr
                                        chunk=chunk, loop=loop, eager_body=eager)
   mean = total / samples
   if kind == "mean":
-    return mean
+    return common.nan_where_invalid(mean, valid)
   mean_sq = total_sq / samples
   if kind == "squared":
-    return mean_sq
-  return mean_sq - mean * mean
+    return common.nan_where_invalid(mean_sq, valid)
+  return common.nan_where_invalid(mean_sq - mean * mean, valid)
 
 
 def _shap_body(grad_fn, model, ops, args):
@@ -231,37 +245,43 @@ def gradient_shap(model: common.Model, variables: common.PyTree, x: jax.Array,
     noise: optional injected `float32[N, samples, H, W, C]` noise.
 
   Returns:
-    `float32[N, H, W, C]` attributions.
+    `float32[N, H, W, C]` attributions; all NaN for an image whose traced
+    target is out of range (see `common`).
 
   Raises:
-    ValueError: on malformed inputs or injected arrays, or a missing key.
+    ValueError: on malformed inputs (also variables or channels that do not
+      fit the model) or injected arrays, or a missing or malformed key.
   """
-  x, target = common.prepare(model, variables, x, target)
-  baselines = jnp.asarray(baselines).astype(x.dtype)
+  x, target, valid = common.prepare(model, variables, x, target)
+  concrete_baselines = common.is_concrete(baselines)
+  if concrete_baselines:
+    baselines = common.concrete_array(baselines)
   if baselines.ndim != x.ndim or baselines.shape[1:] != x.shape[1:] or baselines.shape[0] < 1:
     raise ValueError(f"baselines must be [M, {', '.join(map(str, x.shape[1:]))}] with M >= 1; "
                      f"got shape {baselines.shape}")
-  if common.is_concrete(baselines) and not bool(jnp.all(jnp.isfinite(baselines))):
+  if concrete_baselines and not common.all_finite(baselines):
     raise ValueError("baselines contain NaN or infinite values")
+  baselines = baselines.astype(x.dtype)
   if isinstance(samples, bool) or not isinstance(samples, (int, np.integer)) or samples < 1:
     raise ValueError(f"samples must be a positive int; got {samples!r}")
-  if not stdev >= 0:
-    raise ValueError(f"stdev must be >= 0; got {stdev}")
+  stdev = _noise_level(stdev, "stdev")
+  noisy = not common.is_concrete(stdev) or stdev > 0
   n = x.shape[0]
-  needs_key = (alphas is None or baseline_indices is None or (noise is None and stdev > 0))
-  keys = jax.random.split(key, 3) if needs_key and key is not None else None
+  needs_key = alphas is None or baseline_indices is None or (noise is None and noisy)
   if needs_key and key is None:
     raise ValueError("key is required unless alphas, baseline_indices (and noise when "
                      "stdev > 0) are injected")
+  keys = jax.random.split(common.check_key(key), 3) if key is not None else None
   if baseline_indices is None:
     baseline_indices = jax.random.randint(keys[0], (n, samples), 0, baselines.shape[0])
-  baseline_indices = jnp.asarray(baseline_indices)
+  elif common.is_concrete(baseline_indices):
+    baseline_indices = common.concrete_array(baseline_indices)
   if baseline_indices.shape != (n, samples) or not jnp.issubdtype(baseline_indices.dtype,
                                                                    jnp.integer):
     raise ValueError(f"baseline_indices must be int [{n}, {samples}]; got "
                      f"{baseline_indices.dtype}{list(baseline_indices.shape)}")
   if common.is_concrete(baseline_indices) and (
-      int(jnp.min(baseline_indices)) < 0 or int(jnp.max(baseline_indices)) >= baselines.shape[0]):
+      int(np.min(baseline_indices)) < 0 or int(np.max(baseline_indices)) >= baselines.shape[0]):
     raise ValueError(f"baseline_indices must lie in [0, {baselines.shape[0]})")
   if alphas is None:
     alphas = jax.random.uniform(keys[2], (n, samples), x.dtype)
@@ -275,7 +295,7 @@ def gradient_shap(model: common.Model, variables: common.PyTree, x: jax.Array,
     if noise.shape != (n, samples) + x.shape[1:]:
       raise ValueError(f"noise must have shape {(n, samples) + x.shape[1:]}; got {noise.shape}")
     step_args["noise"] = jnp.swapaxes(noise, 0, 1)
-  elif stdev > 0:
+  elif noisy:
     step_args["keys"] = jax.random.split(keys[1], samples)
   sigma = jnp.full((n,), stdev, x.dtype)
   chunk = common.resolve_chunk(chunk, samples, x.shape)
@@ -283,4 +303,4 @@ def gradient_shap(model: common.Model, variables: common.PyTree, x: jax.Array,
   eager = functools.partial(_shap_body, common.jit_target_gradient, model)
   total = common.run_chunked(unit, (variables, x, target, baselines, sigma), step_args,
                              chunk=chunk, loop=loop, eager_body=eager)
-  return total / samples
+  return common.nan_where_invalid(total / samples, valid)

@@ -39,9 +39,9 @@ def to_map(attributions: jax.Array, reduce: str = "sum") -> jax.Array:
 # Resizing kernels.
 #
 # Index arrays and interpolation weights are computed once per (in, out) size in
-# numpy float32, mirroring torch's CPU kernels (`UpSample.h`: `nearest_idx`,
-# `area_pixel_compute_source_index`), so results match `F.interpolate` exactly
-# for nearest and to float32 rounding for bilinear. Sizes are static, so the
+# numpy, mirroring torch's CPU kernels (`UpSample.h`: `nearest_idx` in float32,
+# `area_pixel_compute_source_index` in the maps' precision), so results match
+# `F.interpolate` exactly for nearest and to rounding for bilinear. Sizes are static, so the
 # kernels are gathers / small matmuls that jit and vmap cleanly.
 # ---------------------------------------------------------------------------
 
@@ -83,8 +83,9 @@ def nearest_indices(in_size: int, out_size: int) -> np.ndarray:
   return np.minimum(idx, in_size - 1).astype(np.int32)
 
 
-def bilinear_matrix(in_size: int, out_size: int, *, align_corners: bool = False) -> np.ndarray:
-  """Interpolation matrix `float32[out_size, in_size]` of torch's 1-D linear kernel.
+def bilinear_matrix(in_size: int, out_size: int, *, align_corners: bool = False,
+                    dtype=np.float32) -> np.ndarray:
+  """Interpolation matrix `dtype[out_size, in_size]` of torch's 1-D linear kernel.
 
   With `align_corners=False` (torch's default, identical to cv2 INTER_LINEAR and
   `jax.image.resize("bilinear")` when upsampling) the source coordinate is
@@ -96,25 +97,27 @@ def bilinear_matrix(in_size: int, out_size: int, *, align_corners: bool = False)
     in_size: input length.
     out_size: output length.
     align_corners: torch's `align_corners` flag.
+    dtype: float32 or float64; torch computes the source coordinates and weights in the
+      tensor's own precision (`opmath_t`), float32 for float32 maps, float64 for float64.
 
   Returns:
-    `float32[out_size, in_size]`, each row holding the two interpolation weights.
+    `dtype[out_size, in_size]`, each row holding the two interpolation weights.
   """
-  dst = np.arange(out_size, dtype=np.float32)
+  f = np.dtype(dtype).type
+  dst = np.arange(out_size, dtype=f)
   if align_corners:
-    scale = (np.float32(in_size - 1) / np.float32(out_size - 1) if out_size > 1
-             else np.float32(0))
+    scale = f(in_size - 1) / f(out_size - 1) if out_size > 1 else f(0)
     src = scale * dst
   else:
-    scale = np.float32(in_size) / np.float32(out_size)
-    src = scale * (dst + np.float32(0.5)) - np.float32(0.5)
-    src = np.maximum(src, np.float32(0))
+    scale = f(in_size) / f(out_size)
+    src = scale * (dst + f(0.5)) - f(0.5)
+    src = np.maximum(src, f(0))
   lo = src.astype(np.int64)  # src >= 0, so truncation is floor, as in torch
   lo = np.minimum(lo, in_size - 1)
   hi = np.where(lo < in_size - 1, lo + 1, lo)
-  w_hi = (src - lo.astype(np.float32)).astype(np.float32)
-  w_lo = (np.float32(1) - w_hi).astype(np.float32)
-  matrix = np.zeros((out_size, in_size), np.float32)
+  w_hi = (src - lo.astype(f)).astype(f)
+  w_lo = (f(1) - w_hi).astype(f)
+  matrix = np.zeros((out_size, in_size), f)
   rows = np.arange(out_size)
   np.add.at(matrix, (rows, lo), w_lo)
   np.add.at(matrix, (rows, hi), w_hi)
@@ -164,10 +167,11 @@ def resize_bilinear(maps: jax.Array, size, *, align_corners: bool = False) -> ja
   """
   _check_maps(maps, "resize_bilinear")
   out_h, out_w = _as_size(size)
-  rows = jnp.asarray(bilinear_matrix(maps.shape[1], out_h, align_corners=align_corners),
-                     maps.dtype)
-  cols = jnp.asarray(bilinear_matrix(maps.shape[2], out_w, align_corners=align_corners),
-                     maps.dtype)
+  weights = np.float64 if maps.dtype == jnp.float64 else np.float32
+  rows = jnp.asarray(bilinear_matrix(maps.shape[1], out_h, align_corners=align_corners,
+                                     dtype=weights), maps.dtype)
+  cols = jnp.asarray(bilinear_matrix(maps.shape[2], out_w, align_corners=align_corners,
+                                     dtype=weights), maps.dtype)
   hp = jax.lax.Precision.HIGHEST
   out = jnp.einsum("Hh,nhw...->nHw...", rows, maps, precision=hp)
   return jnp.einsum("Ww,nHw...->nHW...", cols, out, precision=hp)

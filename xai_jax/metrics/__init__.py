@@ -18,5 +18,5 @@ from xai_jax.metrics.ground_truth import (
     FiveBandScores, channel_adjust, five_band, five_band_scores, five_band_summary, iou,
     iou_star, roc_auc, roc_points, soft_thresholds)
 from xai_jax.metrics.pixel_removal import (
-    DeltaResult, PerturbationCurve, afoc, aopc, deepmaps_metrics, delta, draw_others,
-    perturbation_curve, pixel_removal_metrics, pixels_to_flip)
+    DeltaResult, PerturbationCurve, afoc, aopc, check_removal_grid, deepmaps_metrics, delta,
+    draw_others, perturbation_curve, pixel_removal_metrics, pixels_to_flip)

@@ -1,13 +1,12 @@
 """Saliency maps scored against ground truth: five-band scores and pixel-wise IOU.
 
-Two protocols (`../shared/specs/metrics.md`, sections 2 and 3):
+Two protocols:
 
 * **Five-band scores** (Tjoa & Guan, "Quantifying Explainability of Saliency
   Methods in Deep Neural Networks", arXiv:2009.02899), on the synthetic cells
   whose ground-truth heatmaps are 0 / 0.4 (localisation) / 0.9 (feature). This
   reproduces their public code (`ericotjo001/explainable_ai`, v1
-  `xai_basic/legacy/srcV1/pipeline/eval/eval_metrics.py`) statement by statement,
-  as specified in `../shared/specs/cells.md` section 2:
+  `xai_basic/legacy/srcV1/pipeline/eval/eval_metrics.py`) statement by statement:
 
   1. `channel_adjust`: optional clip of the *raw* attribution to
      `[-clamp, clamp]`, signed channel sum `S`, then `S / max|S|` per sample; an
@@ -57,7 +56,7 @@ GROUND_TRUTH_THRESHOLDS = (-0.7, -0.3, 0.3, 0.7)
 
 
 class ThresholdPreset(NamedTuple):
-  """A soft-threshold schedule of Tjoa & Guan's evaluation (cells.md 2.7).
+  """A soft-threshold schedule of Tjoa & Guan's evaluation (`XAI_SETTING_000x`).
 
   Attributes:
     g0: the first threshold set `(g1, g2, g3, g4)`.
@@ -125,6 +124,9 @@ def _check_maps(saliency: Any, reference: Any, *, reference_name: str) -> tuple[
     raise ValueError(
         f"saliency shape {saliency.shape} does not match {reference_name} shape "
         f"{reference.shape} in [N, H, W]")
+  if min(saliency.shape) < 1:
+    raise ValueError(f"saliency must hold at least one map of at least one pixel; got shape "
+                     f"{saliency.shape}")
   _check_finite("saliency", saliency)
   _check_finite(reference_name, reference)
   return saliency, reference
@@ -137,14 +139,14 @@ def _check_maps(saliency: Any, reference: Any, *, reference_name: str) -> tuple[
 def channel_adjust(attributions: Any, *, clamp: float | None = None) -> jax.Array:
   """The original's channel adjustment: optional clip, channel sum, `/ max|S|`.
 
-  `sum_pixels_over_channels` of Tjoa & Guan (cells.md section 2, steps 3-4): if
+  `sum_pixels_over_channels` of Tjoa & Guan's evaluation code: if
   the attribution is all zero it stays zero; otherwise `S = sum_c attr` and the
   map is `S / max|S|` per sample, so it lies in [-1, 1] with a peak of +-1. With
   `clamp`, the *raw, unnormalised* attribution is first clipped to
   `[-clamp, clamp]`; its effect therefore depends on the explainer's absolute
-  scale (the paper's "clamped" setting uses 0.1). (metrics.md section 2 lists a
-  `h / max|h|` before the clamp; the original code has none, cells.md 2.4, and
-  that is followed here: pre-normalising would make the clamp scale-free.)
+  scale (the paper's "clamped" setting uses 0.1). (A `h / max|h|` before the clamp,
+  as a reading of the paper suggests, is not in the original code, which is
+  followed here: pre-normalising would make the clamp scale-free.)
 
   A non-zero attribution whose channel sum is zero everywhere (channels that
   cancel) gives 0/0 = NaN in the original, which its banding puts in band 0 at
@@ -161,8 +163,9 @@ def channel_adjust(attributions: Any, *, clamp: float | None = None) -> jax.Arra
     ValueError: for another rank, a non-positive clamp, or NaN/inf values.
   """
   x = jnp.asarray(attributions)
-  if x.ndim not in (3, 4):
-    raise ValueError(f"attributions must be [N, H, W, C] or [N, H, W]; got shape {x.shape}")
+  if x.ndim not in (3, 4) or min(x.shape) < 1:
+    raise ValueError(f"attributions must be [N, H, W, C] or [N, H, W] with non-empty axes; "
+                     f"got shape {x.shape}")
   _check_finite("attributions", x)
   return _channel_adjust(x.astype(jnp.float32), _check_clamp(clamp))
 
@@ -262,8 +265,9 @@ def soft_thresholds(g0: Any, delta: float, m: int) -> np.ndarray:
   g = np.asarray(g0, dtype=np.float64)
   if g.shape != (4,) or not np.isfinite(g).all():
     raise ValueError(f"g0 must be 4 finite numbers; got {g0!r}")
-  if not np.isfinite(delta) or delta <= 0:
-    raise ValueError(f"delta must be a positive number; got {delta}")
+  if (isinstance(delta, (bool, np.bool_)) or not isinstance(delta, (int, float, np.number))
+      or not 0 < delta < np.inf):
+    raise ValueError(f"delta must be a positive number; got {delta!r}")
   if int(m) != m or m < 1:
     raise ValueError(f"m must be a positive integer; got {m}")
   rows = [g]
@@ -326,7 +330,7 @@ def five_band_scores(saliency: Any, heatmap: Any, *, thresholds: Any = "soft",
                      clamp: float | None = None) -> FiveBandScores:
   """Five-band accuracy, precision, recall and FPR per sample and threshold.
 
-  Tjoa & Guan's ground-truth evaluation (cells.md section 2, steps 3-7):
+  Tjoa & Guan's ground-truth evaluation:
   `channel_adjust` the attribution (with the optional clamp of the raw values),
   band it with each threshold set and the heatmap with (-0.7, -0.3, 0.3, 0.7),
   and count TP/FP/TN/FN stringently (see `FiveBandScores`). Both the paper's
@@ -430,13 +434,23 @@ def five_band_summary(scores: FiveBandScores) -> dict[str, jax.Array]:
   Returns:
     A dict with exactly the keys `Amu, Au, Au1, Rmu, Ru, Ru1, Pmu, Pu, Pu1` (in
     that order): `float32[N]` for `mu`/`u` and `int32[N]` for `u1`.
+
+  Raises:
+    ValueError: if `scores` is not a `FiveBandScores`.
   """
+  _check_five_band_scores(scores)
   out = {}
   for prefix, values in (("A", scores.accuracy), ("R", scores.recall), ("P", scores.precision)):
     out[prefix + "mu"] = jnp.mean(values, axis=-1)
     out[prefix + "u"] = jnp.max(values, axis=-1)
     out[prefix + "u1"] = jnp.argmax(values, axis=-1).astype(jnp.int32)
   return out
+
+
+def _check_five_band_scores(scores: Any) -> None:
+  if not isinstance(scores, FiveBandScores):
+    raise ValueError(f"scores must be a FiveBandScores (from five_band_scores); got "
+                     f"{type(scores).__name__}")
 
 
 class RocPoints(NamedTuple):
@@ -459,7 +473,11 @@ def roc_points(scores: FiveBandScores) -> RocPoints:
 
   Returns:
     `RocPoints(recall=float32[M], fpr=float32[M])`.
+
+  Raises:
+    ValueError: if `scores` is not a `FiveBandScores`.
   """
+  _check_five_band_scores(scores)
   return RocPoints(recall=jnp.mean(scores.recall, axis=0), fpr=jnp.mean(scores.fpr, axis=0))
 
 
@@ -480,8 +498,10 @@ def roc_auc(points: RocPoints | tuple[Any, Any], *, add_endpoints: bool = True) 
     The area, a Python float in [0, 1].
 
   Raises:
-    ValueError: for mismatched shapes or NaN values.
+    ValueError: for anything but two arrays, mismatched or empty shapes, or NaN/inf.
   """
+  if len(points) != 2:
+    raise ValueError(f"points must be RocPoints or (recall, fpr); got {len(points)} entries")
   recall, fpr = (np.asarray(a, np.float64).ravel() for a in points)
   if recall.shape != fpr.shape or recall.size == 0:
     raise ValueError(f"recall and fpr must have the same non-empty shape; got {recall.shape}, {fpr.shape}")
@@ -599,10 +619,16 @@ def iou_star(saliency: Any, mask: Any, *, n_std: float = 1.0, abs: bool = True) 
 
 
 def confidence_from_logits(logits: Any) -> jax.Array:
-  """The softmax probability of the predicted class, `float32[N]` from `float[N, K]` logits."""
+  """The softmax probability of the predicted class, `float32[N]` from `float[N, K]` logits.
+
+  Raises:
+    ValueError: for logits that are not `[N, K]` with `K >= 1`, or (when concrete) hold NaN
+      or infinite values.
+  """
   logits = jnp.asarray(logits)
-  if logits.ndim != 2:
-    raise ValueError(f"logits must be [N, K]; got shape {logits.shape}")
+  if logits.ndim != 2 or logits.shape[1] < 1:
+    raise ValueError(f"logits must be [N, K] with K >= 1; got shape {logits.shape}")
+  _check_finite("logits", logits)
   return jnp.max(jax.nn.softmax(logits.astype(jnp.float32), axis=-1), axis=-1)
 
 
@@ -626,15 +652,25 @@ def summarize_by_confidence(values: Any, confidence: Any, *, threshold: float = 
     (`float64[]` or `float64[K]`, NaN for an empty group) and `count` (int).
 
   Raises:
-    ValueError: for mismatched shapes or NaN values.
+    ValueError: for mismatched shapes, NaN or infinite values, confidences outside
+      [0, 1], a `threshold` outside [0, 1] or a negative `ddof`.
   """
   values = np.asarray(values, np.float64)
   confidence = np.asarray(confidence, np.float64)
   if values.ndim not in (1, 2) or confidence.shape != values.shape[:1]:
     raise ValueError(
         f"values must be [N] or [N, K] and confidence [N]; got {values.shape} and {confidence.shape}")
-  if np.isnan(values).any() or np.isnan(confidence).any():
-    raise ValueError("values or confidence contain NaN")
+  for name, array in (("values", values), ("confidence", confidence)):
+    if not np.isfinite(array).all():
+      raise ValueError(f"{name} contain NaN or infinite values "
+                       f"({int((~np.isfinite(array)).sum())} of {array.size})")
+  if ((confidence < 0) | (confidence > 1)).any():
+    raise ValueError("confidence must be probabilities in [0, 1] (e.g. "
+                     "confidence_from_logits(logits)); got values outside")
+  if not 0 <= float(threshold) <= 1:
+    raise ValueError(f"threshold must be a probability in [0, 1]; got {threshold}")
+  if isinstance(ddof, bool) or not isinstance(ddof, (int, np.integer)) or ddof < 0:
+    raise ValueError(f"ddof must be a non-negative integer; got {ddof!r}")
   high = confidence > threshold
   out = {}
   for name, rows in (("high", high), ("low", ~high), ("all", np.ones_like(high))):

@@ -12,6 +12,8 @@ predicted class gives a *perturbation curve*. Everything here is computed from s
   LeRF curve.
 * `delta`: DeepMaps Eq. 9, a metric with the image's own map minus its mean with the maps of
   K other images drawn with an explicit key.
+* `check_removal_grid`: fails fast on a `step` so coarse that AOPC / AFOC at a fraction would
+  see no removal step (0 for every image).
 
 References:
   W. Samek et al., "Evaluating the visualization of what a deep neural network has learned",
@@ -21,7 +23,7 @@ References:
   A. Grabska-Barwinska et al., "Measuring and improving the quality of visual explanations"
     (DeepMaps), 2021, Sec. 4.2-4.3, Eq. 9 and App. B (n_MoRF, n_LeRF, delta).
 
-Conventions (see `shared/specs/metrics.md`, section 1):
+Conventions:
 
 * Images are `float[N, H, W, C]`, channels last; maps `float[N, H, W]` (or `[N, H, W, C]`,
   reduced over channels with `xai_jax.explain.postprocess.to_map`). `P = H * W` pixels; a
@@ -49,6 +51,7 @@ import numpy as np
 
 from xai_jax import xla
 from xai_jax.explain.postprocess import to_map
+from xai_jax.keys import check_key
 from xai_jax.models.base import as_apply
 
 ORDERS = ("morf", "lerf", "random")
@@ -72,6 +75,8 @@ class PerturbationCurve:
     target: `int32[N]`, `c = argmax f(x)` of the unperturbed images.
     num_pixels: `P = H * W` (static).
     max_count: `counts[-1]`, the last removed count (static).
+    step: the grid's step in pixels (static; None for a curve built by hand, whose grid is
+      then read from `counts` when they are concrete).
   """
   fractions: jax.Array
   counts: jax.Array
@@ -80,6 +85,7 @@ class PerturbationCurve:
   target: jax.Array
   num_pixels: int = flax.struct.field(pytree_node=False)
   max_count: int = flax.struct.field(pytree_node=False)
+  step: int | None = flax.struct.field(pytree_node=False, default=None)
 
 
 class DeltaResult(NamedTuple):
@@ -106,9 +112,19 @@ def _is_concrete(a) -> bool:
   return not isinstance(a, jax.core.Tracer)
 
 
-def _check_fraction(name: str, value) -> float:
-  value = float(value)
-  if not 0.0 <= value <= 1.0 or math.isnan(value):
+def _check_fraction(name: str, value, *, positive: bool = False) -> float:
+  """A fraction in [0, 1], or in (0, 1] with `positive` (a metric's cut-off)."""
+  interval = "(0, 1]" if positive else "[0, 1]"
+  if isinstance(value, (bool, np.bool_, str, bytes)) or np.ndim(value) != 0:
+    raise ValueError(f"{name} must be a number in {interval}; got {value!r}")
+  try:
+    value = float(value)
+  except (TypeError, jax.errors.ConcretizationTypeError):
+    raise ValueError(f"{name} must be a concrete number in {interval} (it sets the grid, a "
+                     f"static choice); got {value!r}") from None
+  if positive and not 0.0 < value <= 1.0:
+    raise ValueError(f"{name} must be a fraction in (0, 1]; got {value}")
+  if not 0.0 <= value <= 1.0:  # also rejects NaN
     raise ValueError(f"{name} must be a fraction in [0, 1]; got {value}")
   return value
 
@@ -118,11 +134,91 @@ def _count_at(fraction: float, num_pixels: int) -> int:
   return int(math.floor(fraction * num_pixels + 1e-9 * num_pixels))
 
 
+def _check_step(step, num_pixels: int) -> int:
+  """`step` as an int in [1, P]; None gives the default, 0.5% of the pixels (at least 1)."""
+  if step is None:
+    return max(1, int(round(DEFAULT_STEP_FRACTION * num_pixels)))
+  if isinstance(step, (bool, np.bool_)) or not isinstance(step, (int, np.integer)):
+    raise ValueError(f"step must be an integer number of pixels; got {step!r}")
+  step = int(step)
+  if step < 1 or step > num_pixels:
+    raise ValueError(f"step must be in [1, P = H * W = {num_pixels}] pixels; got {step}")
+  return step
+
+
+def check_removal_grid(num_pixels: int, *, step: int | None, fraction: float) -> None:
+  """Checks that AOPC and AFOC at `fraction` see at least one removal step.
+
+  The grid of removed counts is `0, step, 2 step, ...` (module docstring). AOPC up to and
+  AFOC at `fraction` use the grid points with `count <= floor(fraction * P)`; when `step`
+  exceeds that, only the unperturbed point 0 qualifies and both metrics are 0 for every
+  image, whatever the saliency map: a configuration error, not a result. (A curve computed
+  with `max_fraction == fraction` also has the point `floor(fraction * P)` itself; `aopc`
+  and `afoc` account for that and call this check only when the curve has no such point.)
+
+  Call it before an experiment to fail fast, e.g. from a config's validation.
+
+  Args:
+    num_pixels: `P = H * W`, the pixels of one image.
+    step: pixels removed between grid points, in `[1, P]`; None: the default of
+      `perturbation_curve`, `max(1, round(0.005 * P))`.
+    fraction: the metrics' removed fraction, in (0, 1] (0.1 in DeepMaps).
+
+  Raises:
+    ValueError: `num_pixels < 1`, `step` not an integer in `[1, P]`, `fraction` outside
+      (0, 1], `fraction * P < 1` (no pixel at all), or `step > floor(fraction * P)`.
+  """
+  if (isinstance(num_pixels, (bool, np.bool_)) or not isinstance(num_pixels, (int, np.integer))
+      or num_pixels < 1):
+    raise ValueError(f"num_pixels must be a positive integer (H * W); got {num_pixels!r}")
+  num_pixels = int(num_pixels)
+  fraction = _check_fraction("fraction", fraction, positive=True)
+  step = _check_step(step, num_pixels)
+  kmax = _count_at(fraction, num_pixels)
+  if kmax == 0:
+    raise ValueError(
+        f"fraction {fraction} of the {num_pixels} pixels is less than one pixel, so AOPC and "
+        f"AFOC would be 0 for every image; use fraction >= 1 / {num_pixels}")
+  if step > kmax:
+    raise ValueError(
+        f"step {step} removes more than fraction {fraction} of the {num_pixels} pixels at the "
+        f"first grid point, so AOPC and AFOC would be 0 for every image; use step <= "
+        f"floor(fraction * P) = {kmax}")
+
+
+def _check_images(x) -> jax.Array:
+  """`x` as a float `[N, H, W, C]` array; finite when concrete (shape and dtype always)."""
+  x = jnp.asarray(x)
+  if x.ndim != 4:
+    raise ValueError(f"x must be float[N, H, W, C]; got shape {tuple(x.shape)}")
+  if min(x.shape) < 1:
+    raise ValueError(f"x must be float[N, H, W, C] with every axis non-empty; got shape "
+                     f"{tuple(x.shape)}")
+  if not jnp.issubdtype(x.dtype, jnp.floating):
+    raise ValueError(
+        f"x must be float[N, H, W, C] images; got dtype {x.dtype}. Convert (and scale) them "
+        f"first, e.g. x.astype(jnp.float32) / 255 for uint8 images, as the model was trained")
+  if _is_concrete(x):
+    # Evaluated eagerly even while an outer jit traces (x itself is then a constant); only
+    # one bool per image leaves the device.
+    with jax.ensure_compile_time_eval():
+      finite = np.asarray(jnp.isfinite(x).all(axis=(1, 2, 3)))
+    if not finite.all():
+      bad = np.flatnonzero(~finite)
+      raise ValueError(f"x contains NaN or infinite values (images {bad[:10].tolist()}"
+                       f"{'...' if bad.size > 10 else ''})")
+  return x
+
+
 def _saliency_map(x: jax.Array, saliency: jax.Array, reduce: str) -> jax.Array:
   """Checks shapes and returns the per-pixel map `float[N, H, W]`."""
   if x.ndim != 4:
     raise ValueError(f"x must be float[N, H, W, C]; got shape {tuple(x.shape)}")
   n, h, w, c = x.shape
+  if not (jnp.issubdtype(saliency.dtype, jnp.floating)
+          or jnp.issubdtype(saliency.dtype, jnp.integer)
+          or saliency.dtype == jnp.bool_):
+    raise ValueError(f"saliency must be a real-valued map; got dtype {saliency.dtype}")
   if saliency.ndim == 4:
     if saliency.shape != x.shape:
       raise ValueError(
@@ -133,24 +229,23 @@ def _saliency_map(x: jax.Array, saliency: jax.Array, reduce: str) -> jax.Array:
     raise ValueError(
         f"saliency must be [N, H, W] = {(n, h, w)} or [N, H, W, C] = {(n, h, w, c)} for x "
         f"of shape {tuple(x.shape)}; got shape {tuple(saliency.shape)}")
-  if _is_concrete(saliency) and np.isnan(np.asarray(saliency)).any():
-    bad = np.flatnonzero(np.isnan(np.asarray(saliency)).any(axis=(1, 2)))
-    raise ValueError(f"saliency contains NaN (images {bad[:10].tolist()}"
-                     f"{'...' if bad.size > 10 else ''}); pixel removal needs a total order")
+  if _is_concrete(saliency):
+    with jax.ensure_compile_time_eval():
+      nan_maps = np.asarray(jnp.isnan(saliency).any(axis=(1, 2)))
+    bad = np.flatnonzero(nan_maps)
+    if bad.size:
+      raise ValueError(f"saliency contains NaN (images {bad[:10].tolist()}"
+                       f"{'...' if bad.size > 10 else ''}); pixel removal needs a total order")
   return saliency
 
 
 def _grid(num_pixels: int, step: int | None, max_fraction: float) -> tuple[int, ...]:
   """The removed pixel counts `0, step, 2 step, ..., kmax` (kmax appended if needed)."""
   max_fraction = _check_fraction("max_fraction", max_fraction)
-  if step is None:
-    step = max(1, int(round(DEFAULT_STEP_FRACTION * num_pixels)))
-  if isinstance(step, bool) or not isinstance(step, (int, np.integer)):
-    raise ValueError(f"step must be an integer number of pixels; got {step!r}")
-  step = int(step)
-  if step < 1 or step > num_pixels:
-    raise ValueError(f"step must be in [1, P = H * W = {num_pixels}] pixels; got {step}")
-  kmax = _count_at(max_fraction, num_pixels)
+  return _grid_counts(_check_step(step, num_pixels), _count_at(max_fraction, num_pixels))
+
+
+def _grid_counts(step: int, kmax: int) -> tuple[int, ...]:
   counts = list(range(0, kmax + 1, step))
   if counts[-1] != kmax:
     counts.append(kmax)
@@ -166,16 +261,23 @@ def _fill_spec(fill, x: jax.Array) -> tuple[str, jax.Array | None]:
   if isinstance(fill, (bool, np.bool_)):
     raise ValueError(f"unknown fill {fill!r}; valid: {', '.join(FILLS)}")
   if isinstance(fill, (int, float, np.number)):
+    if not math.isfinite(float(fill)):
+      raise ValueError(f"fill must be a finite number (or one of {', '.join(FILLS)}); "
+                       f"got {fill}")
     return "value", jnp.asarray(fill, x.dtype)
   if isinstance(fill, (np.ndarray, jax.Array)):
     try:
-      np.broadcast_shapes(tuple(fill.shape), tuple(x.shape))
+      fits = np.broadcast_shapes(tuple(fill.shape), tuple(x.shape)) == tuple(x.shape)
     except ValueError:
+      fits = False
+    if not fits:
       raise ValueError(
           f"fill array of shape {tuple(fill.shape)} does not broadcast to x of shape "
-          f"{tuple(x.shape)}; use [C] (per-channel), [N, 1, 1, 1] or [N, H, W, C]") from None
-    if _is_concrete(fill) and np.isnan(np.asarray(fill)).any():
-      raise ValueError("fill array contains NaN")
+          f"{tuple(x.shape)}; use [C] (per-channel), [N, 1, 1, 1] or [N, H, W, C]")
+    if not (jnp.issubdtype(fill.dtype, jnp.floating) or jnp.issubdtype(fill.dtype, jnp.integer)):
+      raise ValueError(f"fill array must be real-valued; got dtype {fill.dtype}")
+    if _is_concrete(fill) and not np.isfinite(np.asarray(fill)).all():
+      raise ValueError("fill array contains NaN or infinite values")
     return "value", jnp.asarray(fill, x.dtype)
   raise ValueError(f"unknown fill {fill!r}; valid: {', '.join(FILLS)}")
 
@@ -334,14 +436,15 @@ def perturbation_curve(
       is a static argument of the compiled function: reuse the same object (or an equal,
       hashable one) to reuse the compilation.
     variables: the model's variables, passed as an argument (never closed over).
-    x: `float[N, H, W, C]` images.
+    x: `float[N, H, W, C]` images, finite, in the model's input scale (integer images such as
+      uint8 are rejected rather than silently mixed with a float fill).
     saliency: `float[N, H, W]` maps, or `float[N, H, W, C]` attributions reduced with
       `to_map(saliency, reduce)`. Higher = more important. Must not contain NaN.
     order: "morf" (highest saliency first), "lerf" (lowest first) or "random" (a uniform
       permutation per image, `jax.random.permutation(k_i, H * W)` with `k_i` from
       `jax.random.split(key, N)`; the saliency is then unused). Ties: ascending flat pixel index `h * W + w`, so a
       constant map removes pixels in raster order in MoRF and LeRF alike.
-    step: pixels removed between grid points, in `[1, H * W]`; default `max(1,
+    step: pixels removed between grid points, an integer in `[1, H * W]`; default `max(1,
       round(0.005 * H * W))` (0.5% of the image).
     max_fraction: last grid point removes `floor(max_fraction * H * W)` pixels; in [0, 1].
     fill: replacement values. "mean": the per-channel mean over the evaluated batch `x` (the
@@ -368,13 +471,16 @@ def perturbation_curve(
     `labels int32[N, K]`, `target int32[N]`; `K = len(grid)` (see the module docstring).
 
   Raises:
-    ValueError: wrong shapes (named in the message), NaN in a concrete `saliency` or fill,
-      `step` not an integer in `[1, H * W]`, `max_fraction` outside [0, 1], unknown
-      `order`/`fill`/`score`/`loop` (valid values listed), `order="random"` without `key`,
-      `chunk < 1`.
+    ValueError: wrong shapes (named in the message) or an empty axis; `x` not floating
+      point (e.g. uint8 images: convert and scale them first); NaN or inf in a concrete `x`,
+      NaN in a concrete `saliency`, a fill that is not finite; `step` not an integer in
+      `[1, H * W]`, `max_fraction` outside [0, 1], `blur_sigma` not finite and > 0; unknown
+      `order`/`fill`/`score`/`loop` (valid values listed); `order="random"` without `key`,
+      or a `key` that is not a PRNG key (e.g. the int 0); `chunk < 1`.
 
-  Under `jax.jit` (traced `saliency`) the NaN check cannot run: NaN pixels then sort after all
-  numbers and are removed last in MoRF and LeRF. Shapes and options are still checked.
+  Under `jax.jit` (traced `x`, `saliency` or fill) the value checks cannot run: NaN pixels of
+  the saliency then sort after all numbers and are removed last in MoRF and LeRF, and NaN in
+  `x` gives NaN scores. Shapes, dtypes and options are still checked.
   """
   if order not in ORDERS:
     raise ValueError(f"unknown order {order!r}; valid: {', '.join(ORDERS)}")
@@ -386,11 +492,14 @@ def perturbation_curve(
     raise ValueError('order="random" needs an explicit PRNG key (key=jax.random.key(...))')
   if isinstance(chunk, bool) or not isinstance(chunk, (int, np.integer)) or chunk < 1:
     raise ValueError(f"chunk must be a positive integer number of grid points; got {chunk!r}")
-  if not float(blur_sigma) > 0:
-    raise ValueError(f"blur_sigma must be > 0; got {blur_sigma}")
-  x = jnp.asarray(x)
+  if not 0 < float(blur_sigma) < math.inf:
+    raise ValueError(f"blur_sigma must be a finite number > 0; got {blur_sigma}")
+  if key is not None:
+    check_key(key)
+  x = _check_images(x)
   sal = _saliency_map(x, jnp.asarray(saliency), reduce)
   _, h, w, _ = x.shape
+  step = _check_step(step, h * w)
   counts = _grid(h * w, step, max_fraction)
   fill_kind, fill_value = _fill_spec(fill, x)
   if key is None:
@@ -409,20 +518,38 @@ def perturbation_curve(
   counts_arr = np.asarray(counts, np.int32)
   return PerturbationCurve(
       fractions=jnp.asarray(counts_arr / (h * w), jnp.float32), counts=jnp.asarray(counts_arr),
-      scores=scores, labels=labels, target=target, num_pixels=h * w, max_count=counts[-1])
+      scores=scores, labels=labels, target=target, num_pixels=h * w, max_count=counts[-1],
+      step=step)
 
 
 def _grid_index(curve: PerturbationCurve, fraction: float, name: str) -> int | jax.Array:
-  """Index of the last grid point with `counts <= floor(fraction * P)`."""
-  fraction = _check_fraction(name, fraction)
+  """Index of the last grid point with `counts <= floor(fraction * P)`; at least 1.
+
+  Raises a ValueError (via `check_removal_grid`) when only the point 0 qualifies.
+  """
+  if not isinstance(curve, PerturbationCurve):
+    raise ValueError(f"curve must be a PerturbationCurve (from perturbation_curve); got "
+                     f"{type(curve).__name__}")
+  fraction = _check_fraction(name, fraction, positive=True)
   kmax = _count_at(fraction, curve.num_pixels)
   if curve.max_count < kmax:
     raise ValueError(
         f"the curve stops at {curve.max_count} of {curve.num_pixels} pixels, before "
         f"{name}={fraction} ({kmax} pixels); compute it with max_fraction >= {fraction}")
-  if _is_concrete(curve.counts):
-    return int(np.sum(np.asarray(curve.counts) <= kmax)) - 1
-  return jnp.sum(curve.counts <= kmax) - 1
+  if curve.step is not None:  # static: known even when the curve is traced
+    counts = _grid_counts(curve.step, curve.max_count)
+  elif _is_concrete(curve.counts):
+    counts = tuple(int(c) for c in np.asarray(curve.counts))
+  else:  # a hand-built curve under jit: nothing to check
+    return jnp.sum(curve.counts <= kmax) - 1
+  index = sum(c <= kmax for c in counts) - 1
+  if index == 0:
+    first = counts[1] if len(counts) > 1 else curve.max_count
+    check_removal_grid(curve.num_pixels, step=curve.step or max(first, 1), fraction=fraction)
+    raise ValueError(  # reached only for a hand-built grid that is not `0, step, 2 step, ...`
+        f"the curve's first grid point after 0 removes {first} of {curve.num_pixels} pixels, "
+        f"more than {name}={fraction} ({kmax} pixels): the metric would be 0 for every image")
+  return index
 
 
 def aopc(curve: PerturbationCurve, *, max_fraction: float = 0.1) -> jax.Array:
@@ -434,13 +561,15 @@ def aopc(curve: PerturbationCurve, *, max_fraction: float = 0.1) -> jax.Array:
 
   Args:
     curve: a `PerturbationCurve` reaching at least `max_fraction`.
-    max_fraction: last removed fraction included, in [0, 1]; 10% in DeepMaps.
+    max_fraction: last removed fraction included, in (0, 1]; 10% in DeepMaps.
 
   Returns:
     `float[N]`.
 
   Raises:
-    ValueError: `max_fraction` outside [0, 1] or beyond the end of the curve.
+    ValueError: `max_fraction` outside (0, 1] or beyond the end of the curve, or a grid
+      whose first step already removes more than `max_fraction` (see `check_removal_grid`:
+      AOPC would be 0 for every image).
   """
   last = _grid_index(curve, max_fraction, "max_fraction")
   included = jnp.arange(curve.counts.shape[0]) <= last
@@ -457,13 +586,15 @@ def afoc(curve: PerturbationCurve, *, fraction: float = 0.1) -> jax.Array:
 
   Args:
     curve: a `PerturbationCurve` reaching at least `fraction`.
-    fraction: removed fraction, in [0, 1]; 10% in DeepMaps.
+    fraction: removed fraction, in (0, 1]; 10% in DeepMaps.
 
   Returns:
     `float[N]`.
 
   Raises:
-    ValueError: `fraction` outside [0, 1] or beyond the end of the curve.
+    ValueError: `fraction` outside (0, 1] or beyond the end of the curve, or a grid whose
+      first step already removes more than `fraction` (see `check_removal_grid`: AFOC would
+      be 0 for every image).
   """
   index = _grid_index(curve, fraction, "fraction")
   s0 = curve.scores[:, 0]
@@ -482,7 +613,13 @@ def pixels_to_flip(curve: PerturbationCurve) -> tuple[jax.Array, jax.Array]:
     `(fraction float32[N], flipped bool[N])`: the removed fraction at the first grid point
     whose label differs from `target`; 1.0 and `flipped=False` where the label never changes
     on the curve (also when the curve stops before `max_fraction = 1`).
+
+  Raises:
+    ValueError: if `curve` is not a `PerturbationCurve`.
   """
+  if not isinstance(curve, PerturbationCurve):
+    raise ValueError(f"curve must be a PerturbationCurve (from perturbation_curve); got "
+                     f"{type(curve).__name__}")
   changed = curve.labels != curve.target[:, None]
   flipped = jnp.any(changed, axis=1)
   first = jnp.argmax(changed, axis=1)
@@ -518,9 +655,12 @@ def pixel_removal_metrics(
     removed, else 0.0; n_* is 1.0 there).
 
   Raises:
-    ValueError: as `perturbation_curve`, and `fraction` outside [0, 1].
+    ValueError: as `perturbation_curve`; `fraction` outside (0, 1]; `step` larger than
+      `floor(fraction * H * W)` (`check_removal_grid`: AOPC and AFOC would be 0).
   """
-  fraction = _check_fraction("fraction", fraction)
+  fraction = _check_fraction("fraction", fraction, positive=True)
+  x = _check_images(x)
+  check_removal_grid(x.shape[1] * x.shape[2], step=step, fraction=fraction)
   options = dict(step=step, max_fraction=1.0, fill=fill, score=score, chunk=chunk,
                  reduce=reduce, blur_sigma=blur_sigma, loop=loop)
   morf = perturbation_curve(model, variables, x, saliency, order="morf", **options)
@@ -563,7 +703,17 @@ def draw_others(key: jax.Array, num_images: int, pool_size: int, k: int,
 
   Returns:
     `int32[N, k]`.
+
+  Raises:
+    ValueError: for a `key` that is not a PRNG key (e.g. an int seed), `k` outside
+      `[1, pool_size]`, or `self_index` not of shape `[num_images]`.
   """
+  check_key(key)
+  if not 1 <= k <= pool_size:
+    raise ValueError(f"k must be in [1, pool_size = {pool_size}]; got {k}")
+  if self_index is not None and tuple(self_index.shape) != (num_images,):
+    raise ValueError(f"self_index must be int[num_images = {num_images}]; got shape "
+                     f"{tuple(self_index.shape)}")
   u = jax.random.uniform(key, (num_images, pool_size))
   if self_index is not None:
     u = u.at[jnp.arange(num_images), self_index].set(jnp.inf)
@@ -610,8 +760,12 @@ def delta(
     A `DeltaResult(delta, own, others, other_index)`; leaves `float32[N]`.
 
   Raises:
-    ValueError: shape mismatches, `k < 1` or fewer than `k` candidate maps.
+    ValueError: a `key` that is not a PRNG key (e.g. an int seed), `x` not finite
+      `float[N, H, W, C]`, shape mismatches, `self_index` outside the pool (when concrete),
+      `k < 1` or fewer than `k` candidate maps.
   """
+  check_key(key)
+  x = _check_images(x)
   saliency = jnp.asarray(saliency)
   n = x.shape[0]
   if saliency.shape[0] != n:
@@ -629,6 +783,11 @@ def delta(
     self_index = jnp.asarray(self_index, jnp.int32)
     if self_index.shape != (n,):
       raise ValueError(f"self_index must be int[N = {n}]; got shape {tuple(self_index.shape)}")
+    if _is_concrete(self_index):
+      outside = np.asarray((self_index < 0) | (self_index >= pool.shape[0]))
+      if outside.any():
+        raise ValueError(f"self_index must index the pool of {pool.shape[0]} maps; got "
+                         f"{np.asarray(self_index)[outside][:10].tolist()}")
   candidates = pool.shape[0] - (self_index is not None)
   if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
     raise ValueError(f"k must be a positive integer; got {k!r}")

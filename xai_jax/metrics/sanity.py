@@ -14,7 +14,8 @@ explainers): any `explainer(model, variables, x, target) -> attributions`. It is
 once and every stage only swaps parameter values, so no stage recompiles.
 
 Similarity between the original and the randomised explanations is in
-`xai_jax.metrics.similarity`.
+`xai_jax.metrics.similarity`. Every `key` is a `jax.random.key(seed)` (or a legacy
+`jax.random.PRNGKey(seed)`); an integer seed raises a ValueError (`xai_jax.keys.check_key`).
 """
 
 from typing import Any, Callable, Literal, NamedTuple, Sequence
@@ -27,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from xai_jax import xla
+from xai_jax.keys import check_key
 from xai_jax.metrics import similarity
 
 Explainer = Callable[[Any, Any, jax.Array, jax.Array], jax.Array]
@@ -93,6 +95,7 @@ def fresh_variables(model, variables, x, *, key: jax.Array, init: str = "model",
   """
   if init not in INITS:
     raise ValueError(f"unknown init {init!r}; valid: {', '.join(INITS)}")
+  check_key(key)
   variables = flax.core.unfreeze(variables)
   if init == "model":
     if model is None:
@@ -141,6 +144,7 @@ def randomize(variables, layers: Sequence[str], *, key: jax.Array | None = None,
   if fresh is None:
     if key is None:
       raise ValueError("randomize needs a PRNG `key` (or precomputed `fresh` variables)")
+    check_key(key)
     if init == "model" and (model is None or x is None):
       raise ValueError('init="model" re-runs the model\'s initialisers: pass `model` and a '
                        "sample input `x`, or use init=\"truncated_normal\"")
@@ -204,6 +208,7 @@ def cascading_randomization(explainer: Explainer, model, variables, x, target, *
   Returns:
     A `RandomizationResult` with `len(layers) + 1` stages.
   """
+  check_key(key)
   layers = tuple(layer_order(model, variables, x) if layers is None else layers)
   _check_layers(variables, layers)
   fresh = fresh_variables(model, variables, x, key=key, init=init, std=std)
@@ -221,6 +226,7 @@ def independent_randomization(explainer: Explainer, model, variables, x, target,
 
   Arguments as `cascading_randomization`.
   """
+  check_key(key)
   layers = tuple(layer_order(model, variables, x) if layers is None else layers)
   _check_layers(variables, layers)
   fresh = fresh_variables(model, variables, x, key=key, init=init, std=std)
@@ -269,6 +275,7 @@ def input_times_random_gradient(x: jax.Array, *, key: jax.Array,
   Returns:
     `(x * u, x * v)`, each `float32[N, H, W, C]`.
   """
+  check_key(key)
   key_u, key_v = jax.random.split(key)
   if distribution == "truncated_normal":
     draw = lambda k: scale * jax.random.truncated_normal(k, -2.0, 2.0, x.shape, x.dtype)
@@ -296,6 +303,7 @@ class DataRandomizationResult(NamedTuple):
 
 def permute_labels(labels, *, key: jax.Array) -> np.ndarray:
   """A random permutation of a label vector (the paper's randomised-label training set)."""
+  check_key(key)
   labels = np.asarray(labels)
   return labels[np.asarray(jax.random.permutation(key, len(labels)))]
 
@@ -335,6 +343,7 @@ def data_randomization(explainer: Explainer, model, variables, train_images, tra
   """
   from xai_jax import train  # pylint: disable=g-import-not-at-top
 
+  check_key(key)
   train_images = np.asarray(train_images)
   key_permute, key_init, key_train = jax.random.split(key, 3)
   shuffled = permute_labels(train_labels, key=key_permute)

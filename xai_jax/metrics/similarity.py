@@ -31,14 +31,37 @@ MEASURES = ("spearman_abs", "spearman_signed", "ssim", "hog")
 
 def _as_batch(maps, name: str) -> np.ndarray:
   """Returns `float64[N, H, W, C]`; `[N, H, W]` maps get a channel axis of 1."""
-  maps = np.asarray(maps, dtype=np.float64)
+  try:
+    raw = np.asarray(maps)
+    if np.iscomplexobj(raw):
+      raise TypeError("complex values")
+    maps = raw.astype(np.float64)
+  except (TypeError, ValueError) as error:
+    raise ValueError(f"{name} must be an array of real numbers; got {type(maps).__name__} "
+                     f"({error})") from None
   if maps.ndim == 3:
     maps = maps[..., None]
   if maps.ndim != 4:
     raise ValueError(f"{name} must be float[N, H, W] or float[N, H, W, C]; got shape {maps.shape}")
+  if min(maps.shape) < 1:
+    raise ValueError(f"{name} must have at least one map of at least one pixel; got shape "
+                     f"{raw.shape}")
   if not np.all(np.isfinite(maps)):
     raise ValueError(f"{name} contains NaN or infinite values")
   return maps
+
+
+def _check_percentile(percentile) -> float:
+  value = float(percentile)
+  if not 0.0 <= value <= 100.0:  # also rejects NaN
+    raise ValueError(f"percentile must be in [0, 100]; got {percentile}")
+  return value
+
+
+def _check_positive_int(name: str, value) -> int:
+  if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
+    raise ValueError(f"{name} must be a positive integer; got {value!r}")
+  return int(value)
 
 
 def _pair(a, b) -> tuple[np.ndarray, np.ndarray]:
@@ -58,6 +81,7 @@ def grayscale(attributions, *, percentile: float = 99.0) -> np.ndarray:
   Returns:
     `float64[N, H, W]` in [0, 1]; a constant map gives zeros.
   """
+  percentile = _check_percentile(percentile)
   maps = np.sum(np.abs(_as_batch(attributions, "attributions")), axis=-1)
   flat = maps.reshape(len(maps), -1)
   vmax = np.percentile(flat, percentile, axis=1)[:, None, None]
@@ -77,6 +101,7 @@ def diverging(attributions, *, percentile: float = 99.0) -> np.ndarray:
     `float64[N, H, W]` in [-1, 1]. The reference maps [-span, span] to [0, 1] and clips to
     [-1, 1], so values are `(v + span) / (2 span)`; an all-zero map gives zeros.
   """
+  percentile = _check_percentile(percentile)
   maps = np.sum(_as_batch(attributions, "attributions"), axis=-1)
   flat = maps.reshape(len(maps), -1)
   span = np.abs(np.percentile(flat, percentile, axis=1))[:, None, None]
@@ -110,6 +135,10 @@ def spearman(a, b, *, absolute: bool = True, percentile: float = 99.0) -> np.nda
 
   Returns:
     `float64[N]`; NaN where a map is constant (rank correlation undefined).
+
+  Raises:
+    ValueError: for maps that differ in shape, are empty or hold NaN/inf, or a percentile
+      outside [0, 100].
   """
   a, b = _pair(a, b)
   visualize = grayscale if absolute else diverging
@@ -139,8 +168,15 @@ def ssim(a, b, *, sigma: float = 1.5, data_range: float = 1.0) -> np.ndarray:
 
   Returns:
     `float64[N]`, 1 for identical maps.
+
+  Raises:
+    ValueError: for maps that differ in shape, are empty, hold NaN/inf or are smaller than
+      7x7, or a `sigma` or `data_range` that is not a finite positive number.
   """
   a, b = _pair(a, b)
+  for name, value in (("sigma", sigma), ("data_range", data_range)):
+    if not 0 < float(value) < np.inf:
+      raise ValueError(f"{name} must be a finite number > 0; got {value}")
   if min(a.shape[1:3]) < 7:
     raise ValueError(f"SSIM needs maps of at least 7x7 pixels; got {a.shape[1:3]}")
   a, b = _min_max(a), _min_max(b)
@@ -155,14 +191,22 @@ def hog_features(maps, *, pixels_per_cell: int = 16, orientations: int = 9,
   """HOG descriptors of `float[N, H, W]` maps (scikit-image defaults otherwise).
 
   Raises:
-    ValueError: if a map is smaller than one block of cells.
+    ValueError: if a map is smaller than one block of cells or holds NaN/inf, or a cell
+      parameter is not a positive integer.
   """
+  pixels_per_cell = _check_positive_int("pixels_per_cell", pixels_per_cell)
+  orientations = _check_positive_int("orientations", orientations)
+  cells_per_block = _check_positive_int("cells_per_block", cells_per_block)
   maps = np.asarray(maps, dtype=np.float64)
   block = pixels_per_cell * cells_per_block
   if maps.ndim != 3 or min(maps.shape[1:]) < block:
     raise ValueError(
         f"HOG needs maps float[N, H, W] with H, W >= {block} ({cells_per_block} cells of "
         f"{pixels_per_cell} px); got shape {maps.shape}")
+  if len(maps) == 0:
+    raise ValueError("maps must hold at least one map; got shape (0, ...)")
+  if not np.all(np.isfinite(maps)):
+    raise ValueError("maps contains NaN or infinite values")
   return np.stack([
       skimage.feature.hog(m, orientations=orientations,
                           pixels_per_cell=(pixels_per_cell, pixels_per_cell),
@@ -181,6 +225,10 @@ def hog(a, b, *, pixels_per_cell: int = 16, orientations: int = 9,
 
   Returns:
     `float64[N]`; NaN where a descriptor is constant.
+
+  Raises:
+    ValueError: as `spearman`, for maps smaller than one HOG block, or an unknown
+      `correlation`.
   """
   a, b = _pair(a, b)
   fa = hog_features(diverging(a, percentile=percentile), pixels_per_cell=pixels_per_cell,
@@ -203,7 +251,14 @@ def similarities(a, b, *, measures=MEASURES) -> dict[str, np.ndarray]:
 
   Returns:
     A dict measure name -> `float64[N]`.
+
+  Raises:
+    ValueError: for unknown measure names (the valid ones listed), a single name passed as
+      a string, or bad maps (see each measure).
   """
+  if isinstance(measures, str):
+    raise ValueError(f"measures must be a sequence of names, e.g. [{measures!r}]; got the "
+                     f"string {measures!r}")
   functions = {
       "spearman_abs": lambda: spearman(a, b, absolute=True),
       "spearman_signed": lambda: spearman(a, b, absolute=False),

@@ -15,22 +15,43 @@ Classifiers" (DeepMaps), compare methods on a metric with
 
 All functions run on the host with NumPy/SciPy; inputs are tables
 `scores: float[n_images, n_methods]` of one metric, e.g. columns of the runner's
-output. See `../shared/specs/metrics.md` section 5.
+output. NaN is rejected everywhere (a missing value has no rank); infinite values
+are allowed where only the order matters (AFOC is `inf` when `f_c(x) = 0`) and
+rank as the largest or smallest values.
+
+Undefined statistics are not papered over: Krippendorff's alpha of a table in
+which a single value occurs is `0 / 0` and raises a ValueError; a Spearman
+correlation with a constant metric is NaN with a `scipy.stats.ConstantInputWarning`
+naming the metric, as `scipy.stats.spearmanr` does.
 """
 
 from __future__ import annotations
 
 from typing import Any, Mapping
 
+import warnings
+
 import krippendorff
 import numpy as np
 import scipy.stats
 
 INTERVALS = ("percentile", "normal")
+LEVELS = ("nominal", "ordinal", "interval", "ratio")
+
+
+def _as_float_array(values: Any, name: str) -> np.ndarray:
+  try:
+    array = np.asarray(values)
+    if np.iscomplexobj(array):
+      raise TypeError("complex values")
+    return array.astype(np.float64)
+  except (TypeError, ValueError) as error:
+    raise ValueError(f"{name} must be an array of real numbers; got {type(values).__name__} "
+                     f"({error})") from None
 
 
 def _check_scores(scores: Any, *, min_methods: int = 2) -> np.ndarray:
-  table = np.asarray(scores, dtype=np.float64)
+  table = _as_float_array(scores, "scores")
   if table.ndim != 2 or table.shape[0] < 1 or table.shape[1] < min_methods:
     raise ValueError(
         f"scores must be [n_images, n_methods] with n_methods >= {min_methods}; got shape {table.shape}")
@@ -117,14 +138,43 @@ def rankings(scores: Any, *, higher_is_better: bool = True) -> np.ndarray:
 def ordinal_alpha(reliability_data: Any, *, level_of_measurement: str = "ordinal") -> float:
   """Krippendorff's alpha of a [raters, units] table (the `krippendorff` package).
 
+  `alpha = 1 - D_o / D_e` (observed over expected disagreement). When only one value occurs
+  in the pairable data, `D_o = D_e = 0`: the data have no variation and alpha is undefined
+  (Krippendorff, "Computing Krippendorff's Alpha-Reliability", 2011), neither perfect
+  agreement (1) nor chance (0). That case raises a ValueError; callers that want a table
+  entry for it (e.g. a metric that ties every method on every image) should catch it or
+  test `np.unique(data[~np.isnan(data)]).size > 1` first and record NaN.
+
   Args:
     reliability_data: `float[n_raters, n_units]`, NaN for missing values.
     level_of_measurement: "ordinal" (default), "nominal", "interval" or "ratio".
 
   Returns:
     alpha, a Python float.
+
+  Raises:
+    ValueError: for a table that is not 2-D, an unknown level, infinite values, no unit
+      rated by at least two raters, or a single value in the data (alpha undefined).
   """
-  return float(krippendorff.alpha(reliability_data=np.asarray(reliability_data, np.float64),
+  if level_of_measurement not in LEVELS:
+    raise ValueError(f"unknown level_of_measurement {level_of_measurement!r}; valid: "
+                     f"{', '.join(LEVELS)}")
+  data = _as_float_array(reliability_data, "reliability_data")
+  if data.ndim != 2:
+    raise ValueError(f"reliability_data must be [n_raters, n_units]; got shape {data.shape}")
+  if np.isinf(data).any():
+    raise ValueError("reliability_data contains infinite values (use NaN for missing ones)")
+  pairable = np.sum(~np.isnan(data), axis=0) >= 2
+  if not pairable.any():
+    raise ValueError(
+        f"Krippendorff's alpha needs a unit (column) rated by at least two raters (rows); "
+        f"reliability_data of shape {data.shape} has none")
+  values = np.unique(data[:, pairable][~np.isnan(data[:, pairable])])
+  if values.size < 2:
+    raise ValueError(
+        f"Krippendorff's alpha is undefined (0 / 0) when only one value occurs: every "
+        f"pairable entry of reliability_data is {values[0]:g}, so the data show no variation")
+  return float(krippendorff.alpha(reliability_data=data,
                                   level_of_measurement=level_of_measurement))
 
 
@@ -176,26 +226,41 @@ def krippendorff_alpha_rankings(scores: Any, *, key: Any, n_images: int | None =
     A dict with `mean`, `low`, `high` (floats) and `alphas` (`float64[n_repeats]`).
 
   Raises:
-    ValueError: for bad scores, `n_images` larger than the number of images or
-      < 2, `n_repeats` < 1, or an unknown interval.
+    ValueError: for bad scores (fewer than 2 methods, NaN), `n_images` larger than
+      the number of images or < 2, `n_repeats` < 1, an unknown interval, or scores
+      that tie every method on every image (or on every image of one resample):
+      the rankings then have no variation and alpha is undefined (`ordinal_alpha`).
   """
   table = _check_scores(scores)
   total = table.shape[0]
   if n_images is None:
     n_images = total
-  if int(n_images) != n_images or not 2 <= n_images <= total:
-    raise ValueError(f"n_images must be an integer in [2, {total}] (the number of images); got {n_images}")
-  if int(n_repeats) != n_repeats or n_repeats < 1:
-    raise ValueError(f"n_repeats must be a positive integer; got {n_repeats}")
+  if (isinstance(n_images, bool) or not isinstance(n_images, (int, np.integer))
+      or not 2 <= n_images <= total):
+    raise ValueError(f"n_images must be an integer in [2, {total}] (the number of images); "
+                     f"got {n_images!r}")
+  if isinstance(n_repeats, bool) or not isinstance(n_repeats, (int, np.integer)) or n_repeats < 1:
+    raise ValueError(f"n_repeats must be a positive integer; got {n_repeats!r}")
   if interval not in INTERVALS:
     raise ValueError(f"unknown interval {interval!r}; valid: {', '.join(INTERVALS)}")
   if not 0 < confidence < 1:
     raise ValueError(f"confidence must be in (0, 1); got {confidence}")
   ranks = rankings(table, higher_is_better=higher_is_better)
+  if np.unique(ranks).size < 2:
+    raise ValueError(
+        "Krippendorff's alpha of the rankings is undefined: the scores tie all "
+        f"{table.shape[1]} methods on every one of the {total} images (every rank is "
+        f"{ranks.flat[0]:g}), so the metric does not rank the methods at all")
   rng = _rng(key)
-  alphas = np.array([
-      ordinal_alpha(ranks[rng.choice(total, size=int(n_images), replace=False)])
-      for _ in range(int(n_repeats))])
+  alphas = []
+  for repeat in range(int(n_repeats)):
+    sample = ranks[rng.choice(total, size=int(n_images), replace=False)]
+    if np.unique(sample).size < 2:
+      raise ValueError(
+          f"Krippendorff's alpha is undefined for resample {repeat}: its {n_images} images "
+          "tie all methods (the metric ties on most images); use a larger n_images")
+    alphas.append(ordinal_alpha(sample))
+  alphas = np.array(alphas)
   mean = float(alphas.mean())
   tail = (1 - confidence) / 2
   if interval == "percentile":
@@ -211,7 +276,14 @@ def spearman_matrix(table: Any) -> np.ndarray:
 
   Internal consistency in DeepMaps (Fig. 11). Flip the sign of metrics where
   smaller is better (n_MoRF, AFOC_LeRF) first if correlations should read "both
-  say better". A constant metric has undefined correlation (NaN).
+  say better".
+
+  A constant metric (e.g. `flipped_lerf` when no decision changes) has an undefined
+  correlation. Its row, column and diagonal entry are NaN and a
+  `scipy.stats.ConstantInputWarning` names it, as `scipy.stats.spearmanr` does:
+  the correlations among the other metrics stay usable, and the NaN cannot go
+  unnoticed. Turn the warning into an error with
+  `warnings.simplefilter("error", scipy.stats.ConstantInputWarning)`.
 
   Args:
     table: `float[n_values, n_metrics]`, one column per metric; or a mapping
@@ -224,20 +296,33 @@ def spearman_matrix(table: Any) -> np.ndarray:
 
   Raises:
     ValueError: for fewer than 2 metrics or 3 values, mismatched sizes or NaN.
+
+  Warns:
+    scipy.stats.ConstantInputWarning: for constant metrics (named), whose entries are NaN.
   """
+  names = None
   if isinstance(table, Mapping):
-    columns = [np.asarray(v, np.float64).ravel() for v in table.values()]
+    names = [str(name) for name in table]
+    columns = [_as_float_array(v, f"table[{name!r}]").ravel() for name, v in table.items()]
     sizes = {c.size for c in columns}
     if len(sizes) > 1:
       raise ValueError(f"all metrics must have the same number of values; got sizes "
                        f"{dict(zip(table, (c.size for c in columns)))}")
     data = np.stack(columns, axis=1) if columns else np.zeros((0, 0))
   else:
-    data = np.asarray(table, np.float64)
+    data = _as_float_array(table, "table")
   if data.ndim != 2 or data.shape[1] < 2 or data.shape[0] < 3:
     raise ValueError(f"table must be [n_values >= 3, n_metrics >= 2]; got shape {data.shape}")
   if np.isnan(data).any():
-    raise ValueError("table contains NaN values")
+    bad = np.flatnonzero(np.isnan(data).any(axis=0))
+    raise ValueError(f"table contains NaN values (metrics "
+                     f"{[names[i] for i in bad] if names else bad.tolist()})")
+  constant = np.flatnonzero(np.all(data == data[:1], axis=0))
+  if constant.size:
+    labels = [names[i] for i in constant] if names else [f"column {i}" for i in constant]
+    warnings.warn(
+        f"spearman_matrix: constant metrics {labels} have no rank correlation; their rows "
+        "and columns are NaN", scipy.stats.ConstantInputWarning, stacklevel=2)
   ranks = scipy.stats.rankdata(data, axis=0)
   with np.errstate(invalid="ignore", divide="ignore"):
     rho = np.corrcoef(ranks, rowvar=False)

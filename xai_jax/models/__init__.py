@@ -1,4 +1,4 @@
-"""xai_jax.models: torchvision-exact AlexNet/VGG/ResNet, small CNN/MLP, explainer taps.
+"""xai_jax.models: torchvision-exact AlexNet/VGG/ResNet/Inception v3, small CNN/MLP, taps.
 
     model = models.get("vgg16", num_classes=10, head="tjoa")
     variables = models.init(model, jax.random.key(0), (1, 224, 224, 3))
@@ -27,6 +27,7 @@ import jax.numpy as jnp
 from xai_jax import xla
 from xai_jax.models.alexnet import AlexNet
 from xai_jax.models.base import ApplyFn, as_apply
+from xai_jax.models.inception import Inception3
 from xai_jax.models.resnet import ResNet
 from xai_jax.models.small import CNN, MLP, SmallVGG
 from xai_jax.models.taps import (
@@ -55,6 +56,7 @@ _REGISTRY: dict[str, Callable[..., nn.Module]] = {
     **{f"vgg{d}": _vgg(d, False) for d in (11, 13, 16, 19)},
     **{f"vgg{d}_bn": _vgg(d, True) for d in (11, 13, 16, 19)},
     **{f"resnet{d}": _resnet(d) for d in (18, 34, 50)},
+    "inception_v3": Inception3,
     "cnn": CNN,
     "mlp": MLP,
     "small_vgg": SmallVGG,
@@ -78,7 +80,8 @@ def get(name: str, *, num_classes: int = 1000, dtype: Any = jnp.float32,
     **kwargs: model options: `head` ("torchvision" | "tjoa") for the
       AlexNet/VGG/ResNet families, `extra_layers` for `alexnet_plus`
       (default 1), `ops` (a `taps.Ops`), `hidden` for `mlp` and `small_vgg`,
-      `widths` for `small_vgg`.
+      `widths` for `small_vgg`, `transform_input`, `aux_logits` and `dropout`
+      for `inception_v3` (see `xai_jax.models.inception`).
 
   Returns:
     The module; `__call__(x: float32[N, H, W, C], *, train=False)` returns
@@ -117,7 +120,7 @@ def init(model: nn.Module, key: jax.Array, input_shape: tuple[int, ...]) -> dict
 
 
 __all__ = [
-    "AlexNet", "ApplyFn", "CNN", "DEFAULT_OPS", "MLP", "NAMES", "Ops", "ResNet",
+    "AlexNet", "ApplyFn", "CNN", "DEFAULT_OPS", "Inception3", "MLP", "NAMES", "Ops", "ResNet",
     "SmallVGG", "TORCHVISION_NAMES", "TapGradients", "VGG", "activation_names", "as_apply",
     "bias_site_names", "default_gradcam_layer", "forward", "get", "init",
     "max_pool", "tap_gradients", "with_ops",

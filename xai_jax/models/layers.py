@@ -117,15 +117,19 @@ class BatchNorm(nn.Module):
     ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((c,), jnp.float32))
     ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((c,), jnp.float32))
     if train:
-      xf = x.astype(jnp.float32)
+      # Statistics in float32, or float64 for a float64 model (its batch-norm outputs
+      # would otherwise carry float32 rounding); the running averages stay float32.
+      xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))
       axes = tuple(range(x.ndim - 1))
       mean = jnp.mean(xf, axes)
       var = jnp.mean(jnp.square(xf - mean), axes)
       if not self.is_initializing():
         n = math.prod(x.shape[:-1])
         unbiased = var * (n / max(n - 1, 1))
-        ra_mean.value = (1 - self.momentum) * ra_mean.value + self.momentum * mean
-        ra_var.value = (1 - self.momentum) * ra_var.value + self.momentum * unbiased
+        ra_mean.value = ((1 - self.momentum) * ra_mean.value
+                         + self.momentum * mean).astype(ra_mean.value.dtype)
+        ra_var.value = ((1 - self.momentum) * ra_var.value
+                        + self.momentum * unbiased).astype(ra_var.value.dtype)
     else:
       mean, var = ra_mean.value, ra_var.value
     gain = scale * jax.lax.rsqrt(var + self.epsilon)

@@ -2,7 +2,9 @@
 
 The Flax modules carry torchvision's module names with "." -> "_" per path
 component (`features.0` <-> `features_0`, `layer1.0.downsample.1` <->
-`layer1_0/downsample_1`), so the mapping is mechanical:
+`layer1_0/downsample_1`), so the mapping is mechanical. Inception v3's names
+contain underscores of their own (`Mixed_5b.branch5x5_1.conv`), so its Flax
+paths are torchvision's module names verbatim (`Mixed_5b/branch5x5_1/conv`):
 
 | torch key | Flax variable | transform |
 |---|---|---|
@@ -12,7 +14,10 @@ component (`features.0` <-> `features_0`, `layer1.0.downsample.1` <->
 | `<m>.weight` / `.bias` (BatchNorm2d) | `params/<m>/scale` / `bias` | - |
 | `<m>.running_mean` / `running_var` | `batch_stats/<m>/mean` / `var` | - |
 
-`num_batches_tracked` keys are ignored. Linear weights need no permutation
+`num_batches_tracked` keys are ignored, and the `module.` prefix of a model
+saved inside `DataParallel`/`DistributedDataParallel` and the `_orig_mod.`
+prefix of a `torch.compile`d one are stripped when every key carries them
+(`strip_wrapper_prefixes`). Linear weights need no permutation
 because every model flattens its feature map in torch's NCHW order
 (`layers.flatten_nchw`). torch is never imported: tensors are duck-typed
 (anything with `.detach()/.cpu()/.numpy()`, or array-likes).
@@ -26,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from xai_jax import files
 from xai_jax import models as _models
 
 # torch key of the classifier weight whose first dimension is num_classes.
@@ -38,14 +44,48 @@ _HEAD_KEYS = {
     ("vgg", "tjoa"): "classifier.4.weight",
     ("resnet", "torchvision"): "fc.weight",
     ("resnet", "tjoa"): "fc.weight",
+    ("inception", "torchvision"): "fc.weight",
 }
 
 
 def _family(name: str) -> str:
-  for fam in ("alexnet_plus", "alexnet", "vgg", "resnet"):
+  for fam in ("alexnet_plus", "alexnet", "vgg", "resnet", "inception"):
     if name.startswith(fam):
       return fam
   raise AssertionError(name)
+
+
+# Prefixes that torch's wrappers put in front of every key of the wrapped model's state
+# dict: DataParallel / DistributedDataParallel (`module.`) and torch.compile (`_orig_mod.`).
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+def strip_wrapper_prefixes(state_dict: Mapping[str, Any]) -> dict[str, Any]:
+  """Removes `module.` / `_orig_mod.` prefixes that every key of a state dict carries.
+
+  A model saved as `torch.nn.DataParallel(model).state_dict()` (or DDP) has keys
+  `module.conv1.weight`, ...; a `torch.compile`d one `_orig_mod.conv1.weight`; wrappers
+  nest (`module._orig_mod.`). Each prefix is removed only when *every* key has it, repeatedly,
+  so a plain state dict (or one where only some keys happen to start with the word) is
+  returned unchanged.
+
+  Args:
+    state_dict: torch key -> tensor or array.
+
+  Returns:
+    A new dict with the common wrapper prefixes removed.
+  """
+  state = dict(state_dict)
+  stripped = []
+  while state:
+    prefix = next((p for p in WRAPPER_PREFIXES if all(k.startswith(p) for k in state)), None)
+    if prefix is None:
+      break
+    state = {k[len(prefix):]: v for k, v in state.items()}
+    stripped.append(prefix)
+  if stripped:
+    logging.info("state dict: stripped the wrapper prefix %r from every key", "".join(stripped))
+  return state
 
 
 def to_numpy(t: Any) -> np.ndarray:
@@ -61,7 +101,16 @@ def to_numpy(t: Any) -> np.ndarray:
   return np.asarray(t, dtype=np.float32)
 
 
-def _torch_module_path(flax_path: tuple[str, ...]) -> str:
+def _init_size(name: str) -> int:
+  """Input size used to trace a model's variable shapes (its pools need this much)."""
+  if name.startswith("inception"):
+    return 299
+  return 224 if name.startswith("alexnet") else 64
+
+
+def _torch_module_path(flax_path: tuple[str, ...], *, verbatim: bool = False) -> str:
+  if verbatim:
+    return ".".join(flax_path)
   parts = []
   for p in flax_path:
     stem, sep, idx = p.rpartition("_")
@@ -69,9 +118,10 @@ def _torch_module_path(flax_path: tuple[str, ...]) -> str:
   return ".".join(parts)
 
 
-def _torch_key_and_shape(collection: str, path: tuple[str, ...], shape):
+def _torch_key_and_shape(collection: str, path: tuple[str, ...], shape, *,
+                         verbatim: bool = False):
   """(torch key, expected torch shape, to_flax(np_array)) for one Flax leaf."""
-  module, leaf = _torch_module_path(path[:-1]), path[-1]
+  module, leaf = _torch_module_path(path[:-1], verbatim=verbatim), path[-1]
   if collection == "batch_stats":
     suffix = {"mean": "running_mean", "var": "running_var"}[leaf]
     return f"{module}.{suffix}", tuple(shape), lambda a: a
@@ -114,14 +164,15 @@ def _flax_shape(torch_shape):
 
 def _layout(name, num_classes, head, **model_kwargs):
   model = _models.get(name, num_classes=num_classes, head=head, **model_kwargs)
-  size = 224 if name.startswith("alexnet") else 64
+  size = _init_size(name)
+  verbatim = _family(name) == "inception"
   shapes = jax.eval_shape(
       lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 3))))
   out = {}
   for collection in ("params", "batch_stats"):
     flat = traverse_util.flatten_dict(dict(shapes.get(collection, {})))
     for path, leaf in flat.items():
-      key, tshape, fn = _torch_key_and_shape(collection, path, leaf.shape)
+      key, tshape, fn = _torch_key_and_shape(collection, path, leaf.shape, verbatim=verbatim)
       out[key] = (tshape, fn, (collection,) + path)
   return out
 
@@ -135,9 +186,13 @@ def from_torchvision(name: str, state_dict: Mapping[str, Any], *,
 
   Args:
     name: one of `xai_jax.models.TORCHVISION_NAMES` (`alexnet`, `vgg11`..`vgg19`,
-      `vgg*_bn`, `resnet18/34/50`).
+      `vgg*_bn`, `resnet18/34/50`, `inception_v3`). torchvision's Inception3
+      state dicts carry the auxiliary classifier (`AuxLogits.*`): those keys
+      are ignored unless `aux_logits=True` is passed (then they are mapped and
+      required).
     state_dict: mapping of torch keys to torch tensors or numpy arrays, e.g.
-      `torchvision.models.vgg16(weights=...).state_dict()`. With
+      `torchvision.models.vgg16(weights=...).state_dict()`; a `module.` (DataParallel,
+      DDP) or `_orig_mod.` (torch.compile) prefix on every key is stripped. With
       `head="tjoa"`, the state dict of Tjoa & Guan's adjusted model (head keys
       as documented in the model modules).
     num_classes: number of logits; inferred from the classifier weight when
@@ -151,7 +206,7 @@ def from_torchvision(name: str, state_dict: Mapping[str, Any], *,
       `from_torchvision("vgg16", sd, num_classes=10, head="tjoa", fresh=init)`,
       or `alexnet_plus` (`extra_layers=k`) from torchvision's `alexnet`.
       Requires `num_classes`.
-    **model_kwargs: further `models.get` options (`extra_layers`).
+    **model_kwargs: further `models.get` options (`extra_layers`, `aux_logits`).
 
   Returns:
     `{"params": ..., "batch_stats": ...}` (float32 `jax.Array`s;
@@ -171,7 +226,10 @@ def from_torchvision(name: str, state_dict: Mapping[str, Any], *,
     raise ValueError("from_torchvision(fresh=...) needs num_classes")
   if head not in ("torchvision", "tjoa"):
     raise ValueError(f"unknown head {head!r}; valid: 'torchvision', 'tjoa'")
-  state = {k: v for k, v in dict(state_dict).items()
+  if not isinstance(state_dict, Mapping):
+    raise ValueError(f"state_dict must be a mapping of torch keys to tensors (e.g. "
+                     f"model.state_dict()); got {type(state_dict).__name__}")
+  state = {k: v for k, v in strip_wrapper_prefixes(state_dict).items()
            if not k.endswith("num_batches_tracked")}
   if num_classes is None:
     head_key = _HEAD_KEYS[(_family(name), head)]
@@ -180,6 +238,10 @@ def from_torchvision(name: str, state_dict: Mapping[str, Any], *,
           f"cannot infer num_classes: {head_key!r} missing from the state dict "
           f"(pass num_classes=)")
     num_classes = int(np.shape(to_numpy(state[head_key]))[0])
+  if _family(name) == "inception" and not model_kwargs.get("aux_logits", False):
+    # The auxiliary head only exists in train mode; without it the Flax model has no place
+    # for its weights, which torchvision keeps even in models used only for inference.
+    state = {k: v for k, v in state.items() if not k.startswith("AuxLogits.")}
   layout = _layout(name, num_classes, head, **model_kwargs)
   missing = [k for k in layout if k not in state]
   unexpected = [k for k in state if k not in layout]
@@ -227,11 +289,15 @@ METADATA_FILE = "model.json"
 
 
 def save(directory: str, variables: dict, *, arch: str, num_classes: int,
-         head: str = "torchvision", source: str = "") -> str:
-  """Writes `variables` as an orbax checkpoint plus a small `model.json`.
+         head: str = "torchvision", source: str = "",
+         options: Mapping[str, Any] | None = None) -> str:
+  """Writes `variables` as an orbax checkpoint plus a small `model.json`, both recorded.
 
   Layout: `DIRECTORY/variables/` (orbax StandardCheckpointer) and
-  `DIRECTORY/model.json` = `{"arch", "num_classes", "head", "source"}`.
+  `DIRECTORY/model.json` = `{"arch", "num_classes", "head", "source", "options"}`, each with a
+  record of
+  its checksums (`.variables.sha256`, `.model.json.sha256`; `xai_jax.files`) that `load`
+  checks.
 
   Args:
     directory: output folder (created; an existing checkpoint is refused by
@@ -241,6 +307,8 @@ def save(directory: str, variables: dict, *, arch: str, num_classes: int,
     num_classes: number of logits.
     head: "torchvision" or "tjoa".
     source: free text (where the weights came from).
+    options: further `models.get` options the weights need, e.g. `{"transform_input": True}`
+      for torchvision's pretrained Inception v3; `load` passes them back.
 
   Returns:
     The checkpoint path.
@@ -255,33 +323,82 @@ def save(directory: str, variables: dict, *, arch: str, num_classes: int,
   path = os.path.join(directory, CHECKPOINT_SUBDIR)
   with ocp.StandardCheckpointer() as ckpt:
     ckpt.save(path, variables)
-  with open(os.path.join(directory, METADATA_FILE), "w") as f:
-    json.dump({"arch": arch, "num_classes": int(num_classes), "head": head,
-               "source": source}, f, indent=2)
+  files.write_directory_record(path)
+  files.write_verified(os.path.join(directory, METADATA_FILE), json.dumps(
+      {"arch": arch, "num_classes": int(num_classes), "head": head, "source": source,
+       "options": dict(options or {})}, indent=2))
   return path
 
 
+def _fix(directory: str) -> str:
+  return (f"the ported weights cannot be recomputed from it: delete {directory} and write "
+          "them again with `python -m experiments.port_weights --arch=ARCH "
+          f"--out={directory}` (or xai_jax.models.port.save)")
+
+
+def read_metadata(directory: str) -> dict:
+  """`DIRECTORY/model.json` written by `save`, checked against its record.
+
+  Folders written before records existed are read with a `files.DamagedFileWarning`.
+
+  Returns:
+    `{"arch", "num_classes", "head", "source"}`.
+
+  Raises:
+    files.DamagedFileError: `model.json` is missing, truncated, garbled or incomplete; the
+      message names it and says how to write it again.
+  """
+  import json
+  import os
+
+  directory = os.path.abspath(directory)
+  path = os.path.join(directory, METADATA_FILE)
+  try:
+    data = files.read_verified(path, unrecorded="warn", fix=_fix(directory))
+  except FileNotFoundError:
+    raise files.DamagedFileError(path, "missing", _fix(directory)) from None
+  try:
+    meta = json.loads(data)
+  except ValueError as error:
+    raise files.DamagedFileError(path, f"not valid JSON ({error})", _fix(directory)) from None
+  missing = [k for k in ("arch", "num_classes", "head") if not isinstance(meta, dict)
+             or k not in meta]
+  if missing:
+    raise files.DamagedFileError(path, f"lacks {missing}", _fix(directory))
+  return meta
+
+
 def load(directory: str):
-  """Restores what `save` wrote.
+  """Restores what `save` wrote, after checking `model.json` and `variables/` against their
+  records (folders written before records existed are loaded with a warning).
 
   Args:
     directory: the folder given to `save`.
 
   Returns:
-    `(model, variables)` with `model = models.get(arch, num_classes=..., head=...)`.
+    `(model, variables)` with `model = models.get(arch, num_classes=..., head=...,
+    **options)` (`options` is empty in folders written before it was recorded).
+
+  Raises:
+    files.DamagedFileError: `model.json` or a file of `variables/` is missing, truncated or
+      garbled; the message names it and says how to write the weights again.
   """
-  import json
   import os
 
   import orbax.checkpoint as ocp
 
   directory = os.path.abspath(directory)
-  with open(os.path.join(directory, METADATA_FILE)) as f:
-    meta = json.load(f)
-  model = _models.get(meta["arch"], num_classes=meta["num_classes"], head=meta["head"])
-  size = 224 if meta["arch"].startswith("alexnet") else 64
+  meta = read_metadata(directory)
+  path = os.path.join(directory, CHECKPOINT_SUBDIR)
+  try:
+    files.verify_directory(path, unrecorded="warn", fix=_fix(directory))
+  except FileNotFoundError:
+    raise files.DamagedFileError(path, "missing", _fix(directory)) from None
+  model = _models.get(meta["arch"], num_classes=meta["num_classes"], head=meta["head"],
+                      **meta.get("options", {}))
+  size = _init_size(meta["arch"])
   target = jax.eval_shape(
       lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 3))))
   with ocp.StandardCheckpointer() as ckpt:
-    variables = ckpt.restore(os.path.join(directory, CHECKPOINT_SUBDIR), target)
+    variables = ckpt.restore(path, target)
   return model, dict(variables)

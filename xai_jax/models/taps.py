@@ -5,7 +5,7 @@ Explainers never depend on a particular model file; they depend on this module
 `num_classes: int`, `dtype`, `ops: Ops = DEFAULT_OPS` and
 `__call__(self, x, *, train: bool = False) -> float32[N, num_classes]`, where
 `x: float32[N, H, W, C]` holds raw pixels (no normalisation inside the model).
-It marks three kinds of places:
+It marks three kinds of places and promises a fourth property:
 
 1. **Nonlinearities** (`Ops`). Every ReLU, LeakyReLU and max-pool is called as
    `self.ops.relu(x)`, `self.ops.leaky_relu(x, negative_slope)` and
@@ -30,6 +30,18 @@ It marks three kinds of places:
    `"bias_probes"` is added to `y`. FullGrad's completeness
    `sum(x * dx) + sum_sites sum(bias_grad * bias) == logit` holds exactly for
    the piecewise-linear networks here (eval mode) because every bias is covered.
+
+4. **Linear layers.** Every module that owns parameters itself (rather than
+   through submodules) is an affine layer of its first positional argument in
+   eval mode: a conv (`kernel` `[kh, kw, c_in, c_out]`, optional `bias`), a
+   dense layer (`kernel` `[d_in, d_out]`, optional `bias`) or a batch norm (`scale`,
+   `bias`, statistics in `"batch_stats"`). Everything else a model does
+   (ReLU / LeakyReLU, max and average pooling, additions, concatenation,
+   flattening, dropout in eval mode) has no parameters. `linear_layer_rule`
+   lets an explainer replace each linear layer's output (e.g. LRP's rules,
+   which need the layer's input, weights and output) without knowing the
+   model; `linear_layers` lists them. Both raise ValueError for a module that
+   owns parameters but is not such a layer.
 
 Names are the paths of the marking module joined with "/" and the site name,
 e.g. VGG16 activation `"features_29"` (torchvision's `features.29` ReLU),
@@ -367,6 +379,137 @@ def tap_gradients(model: nn.Module, variables: Any, x: Array, target: Any, *,
       biases=_ordered(_flat(state.get(BIASES, {})), bias_order))
 
 
+# ---------------------------------------------------------------------------
+# Linear layers (item 4 of the module docstring).
+# ---------------------------------------------------------------------------
+
+LINEAR_KINDS = ("conv", "dense", "batch_norm")
+
+
+class LinearCall(NamedTuple):
+  """One call of a linear layer, as a `linear_layer_rule` sees it.
+
+  Attributes:
+    name: the layer's module path joined with "/" (e.g. `"features_0"`,
+      `"layer1_0/conv1"`); its bias site, if any, is `name + "/bias"`.
+    kind: "conv", "dense" or "batch_norm".
+    params: the layer's own parameters: `{"kernel"[, "bias"]}` or
+      `{"scale", "bias"}`.
+    inputs: `float[N, ...]`, the layer's input.
+    output: `float[N, ..., C]`, its ordinary output (including the bias-site
+      probe, if any).
+    apply: `params -> output`: the same layer evaluated on `inputs` with other
+      parameters of the same shapes (other variables, e.g. batch-norm
+      statistics, unchanged; taps are not marked).
+  """
+  name: str
+  kind: str
+  params: dict[str, Array]
+  inputs: Array
+  output: Array
+  apply: Callable[[dict[str, Array]], Array]
+
+
+def _own_params(module: nn.Module) -> dict[str, Array]:
+  params = module.variables.get("params", {}) if module.scope is not None else {}
+  return {k: v for k, v in params.items() if not isinstance(v, dict) and hasattr(v, "shape")}
+
+
+def _linear_kind(name: str, own: dict[str, Array], args: tuple) -> str:
+  inputs = args[0] if args else None
+  shape = getattr(inputs, "shape", None)
+  kernel = own.get("kernel")
+  if shape is not None and set(own) in ({"kernel"}, {"kernel", "bias"}):
+    if kernel.ndim == 4 and len(shape) == 4 and shape[-1] == kernel.shape[2]:
+      return "conv"
+    if kernel.ndim == 2 and len(shape) == 2 and shape[-1] == kernel.shape[0]:
+      return "dense"
+  if (shape is not None and set(own) == {"scale", "bias"} and own["scale"].ndim == 1
+      and shape[-1] == own["scale"].shape[0]):
+    return "batch_norm"
+  params = {k: tuple(v.shape) for k, v in sorted(own.items())}
+  raise ValueError(
+      f"module {name or '<root>'!r} owns parameters {params} and is called on an input of "
+      f"shape {shape}, but it is not a conv, dense or batch-norm layer of the taps contract "
+      f"(item 4 of xai_jax.models.taps: modules that own parameters must be such layers)")
+
+
+@contextlib.contextmanager
+def linear_layer_rule(rule: Callable[[LinearCall], Array]):
+  """Within the context, every linear layer's output is replaced by `rule(call)`.
+
+  Active while a contract model is applied (also under `jit`, `vmap` and
+  `grad`, as the model is traced). `rule` receives a `LinearCall` and returns
+  the array to use as the layer's output, typically `call.output` with a
+  modified gradient. Re-evaluations through `call.apply` are not intercepted.
+  Implemented with `flax.linen.intercept_methods`.
+
+  Args:
+    rule: `LinearCall -> float[N, ..., C]` of the output's shape.
+
+  Raises:
+    ValueError: (when the model is applied) for a module that owns parameters
+      but is not a conv, dense or batch-norm layer.
+  """
+  busy = False
+
+  def intercept(next_fun, args, kwargs, context):
+    nonlocal busy
+    module = context.module
+    if busy or context.method_name != "__call__":
+      return next_fun(*args, **kwargs)
+    own = _own_params(module)
+    if not own:
+      return next_fun(*args, **kwargs)
+    name = "/".join(module.path)
+    kind = _linear_kind(name, own, args)
+    output = next_fun(*args, **kwargs)
+    others = {c: v for c, v in module.variables.items()
+              if c != "params" and c not in _TAP_COLLECTIONS}
+
+    def apply(params):
+      nonlocal busy
+      busy = True
+      try:
+        return module.clone(parent=None).apply({**others, "params": params}, *args, **kwargs)
+      finally:
+        busy = False
+
+    return rule(LinearCall(name, kind, own, args[0], output, apply))
+
+  with nn.intercept_methods(intercept):
+    yield
+
+
+@shape_cached
+def linear_layers(model: nn.Module, variables: Any, x: Array) -> tuple[tuple[str, str], ...]:
+  """`(name, kind)` of every linear layer call in forward order (traced, no FLOPs; cached).
+
+  Args:
+    model: an `xai_jax.models` network.
+    variables: its variables.
+    x: an example input `float32[N, H, W, C]` (or a `jax.ShapeDtypeStruct`).
+
+  Returns:
+    Tuple of `(name, kind)`, kind in `LINEAR_KINDS`.
+
+  Raises:
+    ValueError: for a module that owns parameters but is not a linear layer.
+  """
+  calls: list[tuple[str, str]] = []
+
+  def record(call: LinearCall) -> Array:
+    calls.append((call.name, call.kind))
+    return call.output
+
+  def run(v, x):
+    with linear_layer_rule(record):
+      return model.apply(v, x)
+
+  jax.eval_shape(run, _model_variables(variables), x)
+  return tuple(calls)
+
+
 def default_gradcam_layer(model: nn.Module) -> str:
   """Name of the model's default Grad-CAM activation (last conv block output).
 
@@ -382,7 +525,7 @@ def default_gradcam_layer(model: nn.Module) -> str:
 
 __all__ = [
     "ACTIVATIONS", "ACTIVATION_PROBES", "BIASES", "BIAS_PROBES",
-    "DEFAULT_OPS", "Ops", "TapGradients", "activation", "activation_names",
-    "bias_site", "bias_site_names", "default_gradcam_layer", "forward",
-    "max_pool", "tap_gradients", "with_ops",
+    "DEFAULT_OPS", "LINEAR_KINDS", "LinearCall", "Ops", "TapGradients", "activation",
+    "activation_names", "bias_site", "bias_site_names", "default_gradcam_layer", "forward",
+    "linear_layer_rule", "linear_layers", "max_pool", "tap_gradients", "with_ops",
 ]

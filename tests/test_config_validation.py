@@ -1,0 +1,337 @@
+"""Configs are checked before any work, and evaluation fields may change on a trained workdir.
+
+* Every shipped variant of every config module passes its experiment's `validate`.
+* A bad config (unknown method or option, a bad option value, an unknown metric, a
+  pixel-removal step above `fraction` of the pixels, a last shard too small for the delta)
+  is refused before anything is written: the workdir does not even exist afterwards, and the
+  error names the field.
+* Training fields and evaluation fields are recorded apart (`experiments/launch.py`): a
+  trained workdir refuses other training fields but accepts other evaluation fields, whose
+  outputs go to `WORKDIR/eval_<hash>/` while the trained models are reused.
+"""
+
+import json
+import pathlib
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from configs import cells as cells_config
+from configs import localization as localization_config
+from configs import pixel_removal as pixel_removal_config
+from configs import sanity_checks as sanity_config
+from experiments import cells
+from experiments import launch
+from experiments import localization
+from experiments import pixel_removal
+from experiments import sanity_checks
+from xai_jax import explain
+from xai_jax import runner
+
+EXPERIMENTS = ((cells_config, cells), (localization_config, localization),
+               (pixel_removal_config, pixel_removal), (sanity_config, sanity_checks))
+
+
+@pytest.mark.parametrize("config_module, experiment, variant", [
+    (c, e, v) for c, e in EXPERIMENTS for v in c.VARIANTS],
+    ids=lambda a: a if isinstance(a, str) else a.__name__.split(".")[-1])
+def test_every_shipped_variant_validates(config_module, experiment, variant):
+  experiment.validate(config_module.get_config(variant))
+
+
+def test_shipped_removal_steps_fit_their_fraction():
+  # AOPC / AFOC at `fraction` need a grid point 0 < step <= floor(fraction * H * W).
+  for config_module, options_of in (
+      (cells_config, lambda c: c.metric_options.pixel_removal),
+      (pixel_removal_config, lambda c: c.pixel_removal)):
+    for variant in config_module.VARIANTS:
+      config = config_module.get_config(variant)
+      options = options_of(config)
+      size = config.data.size
+      step = options.step or max(1, round(0.005 * size * size))
+      assert 1 <= step <= int(options.fraction * size * size), (config_module, variant)
+  # The old tiny cells setting (step 128 > 102 = 10% of 32x32) left every AOPC at 0.
+  config = cells_config.get_config("tiny")
+  config.metric_options.pixel_removal.step = 128
+  with pytest.raises(ValueError, match=r"metric_options.pixel_removal.step: step 128 removes "
+                                       r"more than fraction 0.1 of the 1024 pixels"):
+    cells.validate(config)
+
+
+def _tiny_cells(**evaluate):
+  config = cells_config.get_config("tiny")
+  config.evaluate.update(evaluate)
+  return config
+
+
+def _set(config, path, value):
+  *parents, leaf = path.split(".")
+  for parent in parents:
+    config = config[parent]
+  config[leaf] = value
+
+
+# (field path, value, the error must match): each one refused on cells:tiny.
+CELLS_BAD = [
+    ("methods", {"nonexistent": {}},
+     r"methods.nonexistent: unknown explanation method 'nonexistent'; valid: .*gradient"),
+    ("methods", {"gradient": {"stepz": 3}},
+     r"methods.gradient: gradient: unknown options \['stepz'\]; valid: \['abs'\]"),
+    ("methods", {"integrated_gradients": {"steps": 0}},
+     r"methods.integrated_gradients: integrated_gradients: steps must be >= 1; got 0"),
+    ("methods", {"smoothgrad": {"samples": 0}},
+     r"methods.smoothgrad: smoothgrad: samples must be a positive int; got 0"),
+    ("methods", {"ig": {"method_name": "integrated_gradients", "rule": "simpson"}},
+     r"methods.ig: integrated_gradients: unknown rule 'simpson'"),
+    ("methods", {"gradient_shap": {"baselines": "uniform:0", "samples": 4}},
+     r"methods.gradient_shap: unknown baselines 'uniform:0'"),
+    ("metrics", ("five_band", "psnr"), r"unknown metrics \['psnr'\]"),
+    ("metric_options.pixel_removal.step", 200,
+     r"metric_options.pixel_removal.step: step 200 removes more than fraction 0.1 of the 1024 "
+     r"pixels .*use step <= floor\(fraction \* P\) = 102"),
+    ("metric_options.pixel_removal.score", "softmax",
+     r"metric_options.pixel_removal.score: unknown score 'softmax'"),
+    # 16 test images in shards of 8 with delta_k = 8: each shard of 8 has only 7 others.
+    ("metric_options.pixel_removal.delta_k", 8,
+     r"delta_k = 8 needs shards of more than 8 images.*shard_size = 8 is too small"),
+    # 12 images in shards of 8: the remainder shard of 4 cannot supply 4 partners.
+    ("evaluate.num_examples", 12, None),
+    # The reported crash: 9 images leave a shard of 1, which has no partner at all.
+    ("evaluate.num_examples", 9,
+     r"evaluate.num_examples / evaluate.shard_size: pixel_removal delta_k = 2 needs shards of "
+     r"more than 2 images .*leaves a last shard of 1: use num_examples = 8 or 11"),
+    ("evaluate.num_examples", 17, r"evaluate.num_examples must be in 0..data.num_test = 16"),
+    ("evaluate.models", ("base", "branch_3"), r"evaluate.models \['branch_3'\] are not trained"),
+]
+
+
+@pytest.mark.parametrize("path, value, message", CELLS_BAD,
+                         ids=[f"{p}={v}" for p, v, _ in CELLS_BAD])
+def test_bad_cells_configs_are_refused_before_any_file(tmp_path, path, value, message):
+  config = cells_config.get_config("tiny")
+  if path == "evaluate.num_examples" and value == 12:
+    config.metric_options.pixel_removal.delta_k = 4
+    message = (r"delta_k = 4 needs shards of more than 4 images .*num_examples = 12 in shards "
+               r"of shard_size = 8 leaves a last shard of 4: use num_examples = 8 or 13")
+  _set(config, path, value)
+  workdir = tmp_path / "work"
+  with pytest.raises(ValueError, match=message):
+    cells.run(config, workdir, progress=False)
+  assert not workdir.exists()
+
+
+def test_bad_configs_of_the_other_experiments_are_refused_before_any_file(tmp_path):
+  cases = []
+  config = localization_config.get_config("tiny")
+  config.methods = {"gradient": {}, "nonexistent": {}}
+  cases.append((localization, config, r"methods.nonexistent: unknown explanation method"))
+  config = localization_config.get_config("tiny")
+  config.iou.n_std = -1.0
+  cases.append((localization, config, r"metric_options.iou.n_std: must be a finite number"))
+  config = pixel_removal_config.get_config("tiny")
+  config.pixel_removal.step = 103  # 10% of 32x32 is 102 pixels
+  cases.append((pixel_removal, config, r"metric_options.pixel_removal.step: step 103"))
+  config = pixel_removal_config.get_config("tiny")
+  config.data.num_examples = 6  # shards of 4: a last shard of 2 with delta_k = 2
+  cases.append((pixel_removal, config, r"data.num_examples / evaluate.shard_size: .*last shard "
+                                       r"of 2: use num_examples = 4 or 7"))
+  config = sanity_config.get_config("tiny")
+  config.method_options.guided_backprop = {"steps": 4}
+  cases.append((sanity_checks, config, r"method_options.guided_backprop: guided_backprop: "
+                                       r"unknown options \['steps'\]; valid: none"))
+  config = sanity_config.get_config("tiny")
+  with config.unlocked():
+    config.methods = ("gradient", "ig")
+    config.method_options.ig = {"method_name": "integrated_gradients", "steps": 0}
+  cases.append((sanity_checks, config, r"method_options.ig: integrated_gradients: steps must "
+                                       r"be >= 1"))
+  for i, (experiment, config, message) in enumerate(cases):
+    workdir = tmp_path / f"work{i}"
+    with pytest.raises(ValueError, match=message):
+      experiment.run(config, workdir, progress=False)
+    assert not workdir.exists(), message
+
+
+def test_check_options_against_signatures_and_entry_checks():
+  explain.check_options("integrated_gradients", {"steps": 4, "rule": "riemann_trapezoid"})
+  explain.check_options("smoothgrad", {"method": "gradient", "abs": True, "samples": 8,
+                                       "stdev_spread": 0.15})
+  explain.check_options("random", {}, supplied=("key",))
+  for name, options, message in [
+      ("integrated_gradients", {"steps": 1, "rule": "riemann_left"}, "needs steps >= 2"),
+      ("integrated_gradients", {"steps": 2.5}, "steps must be an int"),
+      ("smoothgrad", {"method": "gradient", "foo": 1},
+       r"smoothgrad \(wrapping gradient: unknown options \['foo'\]"),
+      ("smoothgrad", {"kind": "max"}, "unknown kind 'max'"),
+      ("smoothgrad", {"stdev": 0.1, "stdev_spread": 0.1}, "not both"),
+      ("gradient_shap", {"samples": 4}, r"missing required options \['baselines'\]"),
+      ("random", {}, r"missing required options \['key'\]"),
+      ("gradcam", {"upsample": "cubic"}, "unknown upsample 'cubic'"),
+      ("integrated_gradients", {"chunk": 0}, "chunk must be a positive int"),
+      ("gradient", {"loop": "scan"}, r"unknown options \['loop'\]"),
+  ]:
+    with pytest.raises(ValueError, match=message):
+      explain.check_options(name, options)
+
+
+def test_check_shards_counts_every_shard_including_the_remainder():
+  # Shard sizes of N in shards of S: S (if N >= S) and N % S; all must exceed K.
+  for num, size, k, ok in [(16, 8, 2, True), (9, 8, 2, False), (10, 8, 2, False),
+                           (11, 8, 2, True), (8, 8, 7, True), (8, 8, 8, False),
+                           (3, 8, 2, True), (2, 8, 2, False), (9, 8, 0, True)]:
+    if ok:
+      runner.check_shards(num, size, delta_k=k)
+    else:
+      with pytest.raises(ValueError, match=f"delta_k = {k} needs shards of more than {k}"):
+        runner.check_shards(num, size, delta_k=k)
+  with pytest.raises(ValueError, match=r"num_examples must be in \[1, 16\]"):
+    runner.check_shards(17, 8, available=16)
+
+
+def test_runner_refuses_a_remainder_shard_too_small_for_the_delta(tmp_path):
+  # Before this check, shard 0 was written and shard 1 (one image) crashed in `top_k`.
+  class Nine:
+    def __len__(self):
+      return 9
+
+    def get_batch(self, indices):
+      raise AssertionError("no data may be read")
+
+  with pytest.raises(ValueError, match="leaves a last shard of 1"):
+    runner.evaluate(tmp_path / "out", source=Nine(), model=None, variables=None,
+                    methods={"gradient": {}}, metrics=("pixel_removal",),
+                    metric_options={"pixel_removal": {"delta_k": 2}}, shard_size=8,
+                    key=None)
+  assert not (tmp_path / "out").exists()
+
+
+def _json(config):
+  return json.loads(config.to_json())
+
+
+def test_training_and_evaluation_records(tmp_path):
+  config = sanity_config.get_config("tiny")
+  assert sanity_checks.check_workdir(config, tmp_path) == tmp_path
+  recorded = json.loads((tmp_path / launch.TRAINING_RECORD).read_text())
+  assert recorded == runner.config_fields(_json(config), sanity_checks.training_fields(config))
+  assert "measures" not in recorded and recorded["data.train_examples"] == 64
+  assert (tmp_path / "train_random_labels" / "train_config.json").is_file()
+  # Evaluation fields: a folder of their own, the same one on every rerun.
+  other = sanity_config.get_config("tiny")
+  other.measures = ("spearman_abs",)
+  other.data.num_explain = 2
+  folder = sanity_checks.check_workdir(other, tmp_path)
+  assert folder.parent == tmp_path and folder.name.startswith("eval_")
+  assert sanity_checks.check_workdir(other, tmp_path) == folder
+  assert sanity_checks.check_workdir(config, tmp_path) == tmp_path
+  # `figures`-like volatile fields do not count; the cells' `figures` neither.
+  cells_tiny = cells_config.get_config("tiny")
+  assert cells._check_workdir(cells_tiny, tmp_path / "c") == tmp_path / "c"
+  cells_tiny.figures = False
+  assert cells._check_workdir(cells_tiny, tmp_path / "c") == tmp_path / "c"
+  cells_tiny.data.num_test = 8  # evaluation data, not training data
+  assert cells._check_workdir(cells_tiny, tmp_path / "c").name.startswith("eval_")
+  # Training fields: refused, and nothing is recorded.
+  before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+  trained_otherwise = sanity_config.get_config("tiny")
+  trained_otherwise.train.learning_rate = 1e-2
+  with pytest.raises(ValueError, match=r"trained models of a different config \(fields "
+                                       r"\['train'\] differ\); they are kept"):
+    sanity_checks.check_workdir(trained_otherwise, tmp_path)
+  random_labels_otherwise = sanity_config.get_config("tiny")
+  random_labels_otherwise.data_randomization.max_steps = 512
+  with pytest.raises(ValueError, match=r"\['data_randomization'\]"):
+    sanity_checks.check_workdir(random_labels_otherwise, tmp_path)
+  assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
+def test_a_workdir_with_only_a_legacy_config_json(tmp_path):
+  # Workdirs written before the split hold only config.json (the whole config).
+  config = localization_config.get_config("tiny")
+  (tmp_path / "config.json").write_text(json.dumps(_json(config)))
+  other = localization_config.get_config("tiny")
+  other.train.max_steps = 8
+  with pytest.raises(ValueError, match=r"fields \['train'\] differ"):
+    localization.check_workdir(other, tmp_path)
+  assert not (tmp_path / launch.TRAINING_RECORD).exists()
+  other = localization_config.get_config("tiny")
+  other.methods = {"gradient": {}}
+  assert localization.check_workdir(other, tmp_path).name.startswith("eval_")
+  assert localization.check_workdir(config, tmp_path) == tmp_path
+
+
+def _stamps(folder: pathlib.Path) -> dict:
+  return {p: p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}
+
+
+def _trained(folder: pathlib.Path) -> tuple[dict, dict]:
+  """Checkpoint files' mtimes (a retraining rewrites them) and every other file's bytes
+  (a resumed training rewrites its history with the same bytes)."""
+  files = [p for p in folder.rglob("*") if p.is_file()]
+  checkpoints = {p: p.stat().st_mtime_ns for p in files if "checkpoints" in p.parts}
+  assert checkpoints, f"no checkpoint under {folder}"
+  return checkpoints, {p: p.read_bytes() for p in files if "checkpoints" not in p.parts}
+
+
+@pytest.mark.slow
+def test_cells_corrected_command_then_other_evaluation_fields_reuse_the_models(tmp_path):
+  workdir = tmp_path / "cells"
+
+  def small(**evaluate):
+    config = cells_config.get_config("tiny")
+    config.train.num_branches = 0
+    config.methods = {"gradient": {}}
+    config.figures = False
+    config.evaluate.update(models=("base",), gallery_size=0, **evaluate)
+    return config
+
+  with pytest.raises(ValueError, match="leaves a last shard of 1"):
+    cells.run(small(num_examples=9), workdir, progress=False)
+  assert not workdir.exists()
+  first = cells.run(small(num_examples=8), workdir, progress=False)  # the corrected command
+  assert len(first["samples"]) == 8
+  trained = _trained(workdir / "train")
+  samples_before = (workdir / "samples.csv").read_bytes()
+
+  changed = small(num_examples=16)
+  changed.methods = {"gradient": {}, "random": {}}
+  second = cells.run(changed, workdir, progress=False)
+  assert _trained(workdir / "train") == trained  # no retraining
+  folders = [p for p in workdir.iterdir() if p.name.startswith("eval_")]
+  assert len(folders) == 1
+  samples = pd.read_csv(folders[0] / "samples.csv")
+  assert len(samples) == 16 * 2 and set(samples["method"]) == {"gradient", "random"}
+  assert (workdir / "samples.csv").read_bytes() == samples_before  # the outputs do not mix
+  # Same weights: the gradient maps of the first 8 images score the same.
+  old = first["samples"].set_index("index")
+  new = second["samples"][second["samples"]["method"] == "gradient"].set_index("index")
+  np.testing.assert_allclose(new.loc[old.index, "Amu"], old["Amu"], rtol=1e-6, atol=1e-7)
+  # A rerun of the changed config resumes in its folder and recomputes nothing.
+  shards = _stamps(folders[0] / "shards")
+  cells.run(changed, workdir, progress=False)
+  assert _stamps(folders[0] / "shards") == shards
+  assert [p for p in workdir.iterdir() if p.name.startswith("eval_")] == folders
+
+
+@pytest.mark.slow
+def test_pixel_removal_other_evaluation_fields_reuse_the_trained_model(tmp_path):
+  config = pixel_removal_config.get_config("tiny")
+  config.methods = {"gradient": {}}
+  config.figures = False
+  pixel_removal.run(config, tmp_path, progress=False)
+  trained = _trained(tmp_path / "train")
+  other = pixel_removal_config.get_config("tiny")
+  other.methods = {"gradient": {}}
+  other.figures = False
+  other.data.num_examples = 4
+  other.pixel_removal.step = 51
+  out = pixel_removal.run(other, tmp_path, progress=False)
+  assert _trained(tmp_path / "train") == trained  # no retraining
+  folder = out["report"].parent
+  assert folder.name.startswith("eval_") and folder.parent == tmp_path
+  assert len(pd.read_csv(folder / "samples.csv")) == 4
+  assert len(pd.read_csv(tmp_path / "samples.csv")) == 8
+  # 51-pixel steps on 1024 pixels: 0, 51, ..., 1020 and 1024, 22 points per curve.
+  curves = pd.read_csv(folder / "curves.csv")
+  assert curves.groupby("order").size().eq(22).all()
