@@ -21,6 +21,7 @@ def test_explainer_benchmark_tiny_run_reports_times_and_floor_ratios(capsys):
   assert "integrated_gradients" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_explainer_benchmark_times_perturbation_methods_against_forward_passes():
   rows = bench.run(argparse.Namespace(
       models="cnn", methods="occlusion,kernel_shap", size=16, batch=2, steps=4, samples=2,

@@ -468,6 +468,7 @@ def test_vmap_equals_loop_and_same_key_same_bytes(tmp_path):
   assert png.endswith("cells_gallery.png")
 
 
+@pytest.mark.slow
 def test_same_key_identical_bytes_and_different_keys_differ():
   a = _jit_cell(32)(jax.random.key(1), 7, 1)
   b = _jit_cell(32)(jax.random.key(1), 7, 1)

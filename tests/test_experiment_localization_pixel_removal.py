@@ -289,8 +289,8 @@ def _removal_metrics(logits_morf, logits_lerf, counts, fraction, num_pixels):
 def test_tiny_pixel_removal_on_cells(tmp_path, trained_npz):
   """Every number recomputed independently: the gradient maps, the MoRF / LeRF curves with a
   pixel-by-pixel loop over the configured grid (whatever its step), AOPC, AFOC, n_MoRF,
-  n_LeRF, the delta variants (own map minus the mean over `delta_k` other maps of the same
-  shard) and the win rates from the samples table."""
+  n_LeRF, the mean curves, delta_aopc / delta_afoc_* (own map minus the mean over `delta_k`
+  other maps of the same shard) and the win rates from the samples table."""
   config = _with_npz(pixel_removal_config.get_config("tiny"), trained_npz)
   out = pixel_removal.run(config, tmp_path, progress=False)
   samples = pd.read_csv(tmp_path / "samples.csv")

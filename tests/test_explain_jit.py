@@ -114,6 +114,10 @@ MODES = {
 # the single-argument modes and the remaining vmaps are marked slow.
 SLOW_MODES = ("target", "x_and_target", "variables")
 FAST_VMAP = ("deeplift", "gradcam", "gradient", "integrated_gradients", "random")
+# Sampling and perturbation methods take 1.5-15 s per case on a 2-core CPU: slow in every
+# mode, so that `-m "not slow"` stays under 3 minutes.
+SLOW_NAMES = ("deeplift_shap", "gradient_shap", "kernel_shap", "layer_shap", "lime",
+              "shapley_sampling", "smoothgrad")
 
 
 def _slow_unless(fast: bool):
@@ -121,14 +125,16 @@ def _slow_unless(fast: bool):
 
 
 @pytest.mark.parametrize("name, mode", [
-    pytest.param(name, mode, marks=_slow_unless(mode not in SLOW_MODES))
+    pytest.param(name, mode, marks=_slow_unless(mode not in SLOW_MODES
+                                                 and name not in SLOW_NAMES))
     for name in NAMES for mode in sorted(MODES)])
 def test_jit_equals_eager(name, mode):
   fn, args = MODES[mode](name)
   _close(jax.jit(fn)(*args), _eager(name))
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", [
+    pytest.param(name, marks=_slow_unless(name not in SLOW_NAMES)) for name in NAMES])
 def test_jit_with_everything_traced_equals_eager_and_bad_targets_are_nan(name):
   """x, target, variables and the array options (baselines, keys) all traced."""
   jitted = jax.jit(lambda v, x, t, a: _run(name, v, x, t, a))

@@ -93,6 +93,7 @@ def _draws(samples, seed):
   return indices, rng.uniform(size=(2, samples))
 
 
+@pytest.mark.slow
 def test_layer_space_is_w_times_activation_minus_background_mean():
   model, variables, x, background, t, w_t, h = _setup()
   indices, alphas = _draws(8, 2)
@@ -151,6 +152,7 @@ def test_map_is_resized_channel_sum_and_guided_multiplies_guided_backprop(upsamp
     assert np.abs(np.diff(np.asarray(plain)[:, 0, :2], axis=-1)).max() > 0
 
 
+@pytest.mark.slow
 def test_key_draws_are_reproducible_and_chunking_does_not_change_the_sum():
   model, variables, x, background, t, _, _ = _setup()
   key = jax.random.key(9)

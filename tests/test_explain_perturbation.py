@@ -231,6 +231,7 @@ def test_shapley_sampling_with_all_permutations_equals_the_subset_formula():
     _close(got[n], want)
 
 
+@pytest.mark.slow
 def test_shapley_sampling_key_determinism_and_permutation_checks():
   run = lambda **o: explain.shapley_sampling(interaction_apply, {}, X, T,
                                              feature_mask=INTERACTION_MASK, samples=2, **o)
@@ -336,6 +337,7 @@ def test_lime_without_penalty_recovers_the_linear_coefficients():
     _close(got, want, tol=1e-8)
 
 
+@pytest.mark.slow
 def test_lime_reference_captum_matches_sklearn_lasso_with_input_space_weights():
   Lasso = _sklearn().Lasso  # pylint: disable=invalid-name
   samples = 30

@@ -168,6 +168,7 @@ def test_parameter_count_names_and_contract_sites():
       lambda x: with_aux.init(jax.random.key(0), x), x), small).shape == (1, 1000)
 
 
+@pytest.mark.slow
 def test_layer_order_is_adebayo_cascading_order():
   _, variables = _setup()
   model = models.get("inception_v3", num_classes=NUM_CLASSES)
@@ -175,6 +176,7 @@ def test_layer_order_is_adebayo_cascading_order():
   assert order == ADEBAYO_ORDER and len(order) == 17
 
 
+@pytest.mark.slow
 def test_port_handles_the_auxiliary_head():
   net, variables = _setup()
   state = net.state_dict()
@@ -231,6 +233,7 @@ def test_transform_input_matches_torchvision():
   assert _rel(plain, ref) > 1e-2  # the option matters
 
 
+@pytest.mark.slow
 def test_port_weights_cli_records_the_model_options(tmp_path):
   """`experiments.port_weights` on Inception v3: the head is `fc`, and `model.json` keeps
   `transform_input` (True for torchvision's pretrained weights, False for a state dict

@@ -73,6 +73,7 @@ def test_valid_inputs_give_the_hand_computed_values():
   np.testing.assert_allclose(pr.aopc(short, max_fraction=0.5), [15 / 2])
 
 
+@pytest.mark.slow
 def test_pixel_removal_runs_under_jit_with_traced_images():
   aopc = lambda x, s: pr.aopc(curve(x, s), max_fraction=0.5)
   np.testing.assert_allclose(jax.jit(aopc)(X, SALIENCY), [8.0])

@@ -156,6 +156,7 @@ def test_curve_matches_numpy_reference_float64(setup, order, step, fill, score):
   assert counts[-1] == H * W  # the full removal is on the grid even if step does not divide P
 
 
+@pytest.mark.slow
 def test_curve_and_metrics_float32_against_reference(setup):
   x, saliency, variables = setup
   curve = pr.perturbation_curve(MODEL, variables, x, saliency, order="morf", step=2,
@@ -228,6 +229,7 @@ def test_jit_equals_eager_and_loops_agree(setup):
                              metric(variables, x, saliency), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_batch_composition_does_not_matter_with_an_explicit_fill(setup):
   x, saliency, variables = setup
   fill = jnp.array([0.3, -0.1])  # e.g. a training-set mean per channel
@@ -252,6 +254,7 @@ def test_channel_attributions_are_reduced(setup):
     np.testing.assert_array_equal(direct.scores, from_map.scores)
 
 
+@pytest.mark.slow
 def test_constant_map_removes_in_raster_order():
   # A "model" that returns the image itself as logits reveals which pixels are removed.
   x = jnp.arange(1.0, 13.0).reshape(1, 3, 4, 1) + 100.0
@@ -271,6 +274,7 @@ def test_constant_map_removes_in_raster_order():
   np.testing.assert_array_equal(curve.labels[0], [3, 3, 2, 2, 0])
 
 
+@pytest.mark.slow
 def test_morf_with_exact_linear_attribution_removes_largest_contributions_first():
   # f_c(x) = sum_p w_c[p] . x[p] with fill 0: removing pixel p lowers f_c by a_p = w_c[p] . x[p],
   # so the exact attribution a = w_c * x summed over channels gives, in closed form,
@@ -367,6 +371,7 @@ def test_max_fraction_grid_and_zero(setup):
   assert default.counts.shape == (31,)
 
 
+@pytest.mark.slow
 def test_pixel_removal_metrics_match_the_curves(setup):
   x, saliency, variables = setup
   metrics = pr.deepmaps_metrics(MODEL, variables, x, saliency, step=3, fraction=0.2)

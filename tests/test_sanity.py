@@ -45,6 +45,7 @@ def _closed_form_gradient(variables, target, image_shape):
   return rows[:, target].T.reshape((len(target),) + image_shape)
 
 
+@pytest.mark.slow
 def test_layer_order_is_reverse_definition_order():
   model, variables, x, _ = _setup()
   # JAX sorts dict keys ("hidden" < "logits" < "norm"), so the order must come from the call.
@@ -83,6 +84,7 @@ def test_truncated_normal_init_has_the_requested_spread():
   assert kernel.std() == pytest.approx(0.0088, rel=0.15)
 
 
+@pytest.mark.slow
 def test_cascading_randomization_matches_the_closed_form_gradient_at_every_stage():
   model, variables, x, target = _setup()
   key = jax.random.key(4)

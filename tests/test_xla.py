@@ -77,6 +77,7 @@ def test_cpu_compile_gives_dots_not_convolutions_to_ynn_and_opt_out_compiles_as_
   assert _ynn_fusions(xla.jit(matmul), a, w) == _ynn_fusions(jax.jit(matmul), a, w)
 
 
+@pytest.mark.slow
 def test_results_match_jax_jit_and_eager(default_env):
   x, k = _conv_args()
   expected = _conv(x, k)

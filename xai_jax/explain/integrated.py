@@ -12,8 +12,8 @@ exactly as Captum 0.9 builds them (reference-semantics A.3):
 | riemann_middle     | linspace(1/(2n), 1 - 1/(2n), n)   | 1/n                     |
 | riemann_trapezoid  | linspace(0, 1, n)                 | 1/(n-1), ends halved    |
 
-Gauss-Legendre nodes are computed in float64 and rounded to float32, Riemann
-nodes come from a float32 linspace (torch.linspace's algorithm). Captum's
+Gauss-Legendre nodes are computed in float64 and rounded to the input's precision,
+Riemann nodes come from a float32 linspace (torch.linspace's algorithm). Captum's
 trapezoid weights are 1/n with the ends halved, which sum to 1 - 1/n (so the
 attributions of a linear model sum to (1 - 1/n) * (f(x) - f(b))); that is
 reproduced with `captum_compat=True`, the correct weights are the default.
@@ -56,8 +56,10 @@ def nodes_and_weights(steps: int, rule: str = "gausslegendre", *,
   Args:
     steps: number of nodes n (>= 1; >= 2 for the Riemann rules, as in Captum).
     rule: one of `RULES`.
-    captum_compat: only for "riemann_trapezoid": Captum's weights (1/n, ends
-      halved; they sum to 1 - 1/n) instead of the correct 1/(n-1).
+    captum_compat: Captum's weights: for "riemann_trapezoid" 1/n with the ends halved
+      (they sum to 1 - 1/n) instead of the correct 1/(n-1); for every rule rounded to
+      float32 (Captum multiplies by `torch.tensor(step_sizes).float()` whatever the input's
+      precision, a ~3e-8 relative change of the Gauss-Legendre weights in float64).
     dtype: of the returned arrays. Gauss-Legendre nodes and every rule's weights are
       computed in float64 and rounded to `dtype` (float64 for float64 inputs, so that they
       are not float32-rounded); the Riemann nodes are torch's float32 `linspace` values,
@@ -78,7 +80,10 @@ def nodes_and_weights(steps: int, rule: str = "gausslegendre", *,
     if steps < 1:
       raise ValueError(f"steps must be >= 1; got {steps}")
     t, u = np.polynomial.legendre.leggauss(steps)
-    return (0.5 * (1.0 + t)).astype(dtype), (0.5 * u).astype(dtype)
+    weights = 0.5 * u
+    if captum_compat:
+      weights = weights.astype(np.float32)
+    return (0.5 * (1.0 + t)).astype(dtype), weights.astype(dtype)
   if steps < 2:
     raise ValueError(f"{rule} needs steps >= 2 (as Captum); got {steps}")
   n = steps
@@ -96,6 +101,8 @@ def nodes_and_weights(steps: int, rule: str = "gausslegendre", *,
     weights[-1] /= 2
   else:
     weights = np.full(n, 1.0 / n, np.float64)
+  if captum_compat:
+    weights = weights.astype(np.float32)
   return alphas.astype(dtype), weights.astype(dtype)
 
 
@@ -139,7 +146,8 @@ def integrated_gradients(model: common.Model, variables: common.PyTree, x: jax.A
       broadcasting to `x` (`[1, H, W, C]`, `[N, H, W, C]`, ...).
     steps: number of quadrature nodes n.
     rule: quadrature rule, one of `RULES` ("gausslegendre" is Captum's default).
-    captum_compat: reproduce Captum's trapezoid weights (sum 1 - 1/n).
+    captum_compat: reproduce Captum's weights (trapezoid weights summing to 1 - 1/n,
+      float32 weights for float64 inputs too; see `nodes_and_weights`).
     chunk: steps per model call (memory ~ chunk * N images' activations and
       gradients); None -> `common.default_chunk` (about 32 images of 224x224
       in flight). Captum's `internal_batch_size` is `chunk * N`.
