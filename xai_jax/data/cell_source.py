@@ -10,7 +10,7 @@ demand with the pure-JAX generator `xai_jax.data.cells.make_cell`. It is shared 
 * the TFDS builder `xai_jax.data.tfds_cells.XaiCells` (dataset `xai_cells`),
   which writes the same samples to `array_record` files.
 
-Sample definition (see `../shared/specs/cells.md`, section 1.6):
+Sample definition:
 
     split_key = fold_in(dataset_key, SPLIT_IDS[split])
     sample_key = fold_in(split_key, index)

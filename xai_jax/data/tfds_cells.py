@@ -5,8 +5,8 @@ The samples are exactly those of `xai_jax.data.cells.source` (defined in
 regenerated from `fold_in(split_key, i)`, so a rebuild gives identical records
 and the on-disk dataset equals the disk-free source up to the uint8 rounding of
 images. Reference: Tjoa & Guan, "Quantifying Explainability of Saliency Methods
-in Deep Neural Networks" (2020, arXiv:2009.02899); `../shared/specs/cells.md`
-section 1.6 for the split layout.
+in Deep Neural Networks" (2020, arXiv:2009.02899); the split layout is defined in
+`xai_jax.data.cell_source`.
 
 Layout (config "224", the default; others "64", "128", "512" and "tiny"):
 
