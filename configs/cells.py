@@ -1,4 +1,4 @@
-r"""Configs of the cells experiment (`experiments/cells.py`), Tjoa & Guan (2020) on synthetic cells.
+r"""Configs of the cells experiment (`xai_jax.pipelines.cells`), Tjoa & Guan (2020) on the cells.
 
 Variants (`--config=configs/cells.py:<variant>`):
 
@@ -23,11 +23,11 @@ Variants (`--config=configs/cells.py:<variant>`):
 
 * `tiny` (the tests): 32x32, a few training steps, 16 test images, 3 methods; seconds.
 
-* `paper_alexnet`, `paper_vgg`, `paper_resnet34`: Tjoa & Guan's setting (cells.md section 3;
-  their Table I): AlexNet (`alexnet_plus`, head "tjoa") and VGG16 (head "tjoa") at 224x224,
+* `paper_alexnet`, `paper_vgg`, `paper_resnet34`: Tjoa & Guan's setting (their Table I and
+  seed code, as `xai_jax.train.paper_settings` records it): AlexNet (`alexnet_plus`, head "tjoa") and VGG16 (head "tjoa") at 224x224,
   ResNet34 at 512x512; Adam with L2 weight decay 1e-5, learning rate 1e-4 (AlexNet, VGG) or
   1e-3 (ResNet), batch 16 / 16 / 4, continuous-mode epochs 16 / 4 / 2 on the 6400 training
-  images, then 5 branches in regular-evaluation mode (evaluate every 4 steps on one of the
+  images, then 5 branches in regular-evaluation mode for 16 / 4 / 4 epochs (evaluate every 4 steps on one of the
   8 validation shards, patience n_l 48 / 48 / 24, refresh fraction r_f 0.3 / 0.3 / 0.4,
   target 0.96); all 1600 test images; their method panel; five-band with the soft (M = 56)
   and clamped (M = 41) thresholds. The TFDS dataset is built first (`data.source = "tfds"`).
@@ -44,18 +44,19 @@ Variants (`--config=configs/cells.py:<variant>`):
 
 Every field can be overridden from the command line, e.g.
 `--config.evaluate.num_examples=50 --config.dtype=bfloat16`. The config is checked before
-anything runs (`experiments.cells.validate`): unknown methods, options or metrics, a
+anything runs (`xai_jax.pipelines.cells.validate`): unknown methods, options or metrics, a
 pixel-removal step above `fraction` of the pixels, or a number of examples that leaves a last
 shard too small for the delta (e.g. 9 on `tiny`: a last shard of 1 image cannot supply
 delta_k = 2 partners) fail at once, naming the field. Changing only evaluation fields
 (methods, metrics, `metric_options`, `evaluate.*`, `data.num_test`, dtype) on a trained
 workdir reuses its models; the new outputs go to `WORKDIR/eval_<hash>/` (see
-`experiments/launch.py`).
+`xai_jax.pipelines.workdir`).
 """
 
 import ml_collections
 
 from configs import common
+from xai_jax import train
 
 # The explainer panel of the quick run: every method of `xai_jax.explain.METHODS` that needs
 # no extra data, with step counts that keep the run within minutes on a CPU.
@@ -166,24 +167,24 @@ def get_config(variant: str = "quick") -> ml_collections.ConfigDict:
     config.methods = ml_collections.ConfigDict({
         "gradient": {}, "integrated_gradients": {"steps": 4}, "random": {}})
     # step 102 = 10% of the 32x32 pixels: AOPC / AFOC at 10% see one removal step (a step
-    # above 102 would leave them 0 for every map; `runner.check_metrics` refuses it).
+    # above 102 would leave them 0 for every map; `metrics.registry.check_options` refuses it).
     config.metric_options.pixel_removal.update(step=102, chunk=4)
   elif variant in PAPER_MODELS:
     name, size, options = PAPER_MODELS[variant]
-    family = {"alexnet_plus": "alexnet", "vgg16": "vgg", "resnet34": "resnet"}[name]
-    batch = {"alexnet": 16, "vgg": 16, "resnet": 4}[family]
+    paper = train.paper_settings(name)  # Tjoa & Guan's hyperparameters for this family
     config.data.update(source="tfds", size=size, num_train=6400, num_validation=1600,
                        num_test=1600)
     config.model.name = name
     config.model.options = options
     config.train.update(
-        batch_size=batch, learning_rate=1e-3 if family == "resnet" else 1e-4,
-        schedule="constant", warmup_steps=0, weight_decay=1e-5,
-        base_epochs={"alexnet": 16, "vgg": 4, "resnet": 2}[family], base_max_steps=0,
-        num_branches=5, branch_learning_rate=1e-3 if family == "resnet" else 1e-4,
-        branch_epochs={"alexnet": 16, "vgg": 4, "resnet": 2}[family], branch_max_steps=0,
-        eval_every=4, patience=24 if family == "resnet" else 48,
-        refresh_fraction=0.4 if family == "resnet" else 0.3, checkpoint_every=500)
+        batch_size=paper["batch_size"], learning_rate=paper["learning_rate"],
+        schedule="constant", warmup_steps=0, weight_decay=paper["weight_decay"],
+        base_epochs=paper["epochs_continuous"], base_max_steps=0,
+        num_branches=paper["num_branches"], branch_learning_rate=paper["learning_rate"],
+        branch_epochs=paper["epochs_regular"], branch_max_steps=0,
+        eval_every=paper["eval_every"], patience=paper["patience"],
+        refresh_fraction=paper["refresh_fraction"], target_accuracy=paper["target_accuracy"],
+        checkpoint_every=500)
     config.evaluate.update(models=("base", *(f"branch_{i}" for i in range(5))),
                            shard_size=16 if size == 224 else 4)
     config.methods = ml_collections.ConfigDict(PAPER_METHODS)

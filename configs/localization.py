@@ -1,4 +1,4 @@
-r"""Configs of `experiments/localization.py`: IOU / IOU* of Gattas (2020).
+r"""Configs of `xai_jax.pipelines.localization`: IOU / IOU* of Gattas (2020).
 
 Variants (`--config=configs/localization.py:<variant>`):
 
@@ -48,11 +48,11 @@ Variants (`--config=configs/localization.py:<variant>`):
 
 Every field can be overridden from the command line (the config is locked, so a misspelt
 field fails).
-`experiments.localization.validate` checks the whole config before any data is read or a
+`xai_jax.pipelines.localization.validate` checks the whole config before any data is read or a
 model trained (methods and their options, IOU options, data, model, shards); a refused config
 writes nothing. On a workdir whose model was trained here, changing only evaluation fields
 reuses the model and writes the new outputs to `WORKDIR/eval_<hash>/`; other training fields
-are refused (see `experiments/launch.py`).
+are refused (see `xai_jax.pipelines.workdir`).
 """
 
 import ml_collections

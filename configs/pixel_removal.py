@@ -1,4 +1,4 @@
-r"""Configs of `experiments/pixel_removal.py`: the DeepMaps pixel-removal protocol.
+r"""Configs of `xai_jax.pipelines.pixel_removal`: the DeepMaps pixel-removal protocol.
 
 Variants (`--config=configs/pixel_removal.py:<variant>`):
 
@@ -53,12 +53,12 @@ Variants (`--config=configs/pixel_removal.py:<variant>`):
   pairwise comparisons on every metric except delta_afoc_lerf.
 
 Every field can be overridden from the command line (the config is locked).
-`experiments.pixel_removal.validate` checks the whole config before any data is read or a
+`xai_jax.pipelines.pixel_removal.validate` checks the whole config before any data is read or a
 model trained (methods and their options; `pixel_removal.step` at most `fraction` of the
 pixels; every shard, the last one included, larger than `delta_k`); a refused config writes
 nothing. On a workdir whose model was trained here, changing only evaluation fields reuses
 the model and writes the new outputs to `WORKDIR/eval_<hash>/`; other training fields are
-refused (see `experiments/launch.py`).
+refused (see `xai_jax.pipelines.workdir`).
 """
 
 import ml_collections

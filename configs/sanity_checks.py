@@ -31,7 +31,7 @@ Variants (`get_config(variant)`):
   keep the most of their absolute-value structure at the end (0.32: the input's edges
   survive) while their sign is lost. Guided backprop decays slowest on signed Spearman and
   SSIM (with Grad-CAM on HOG). The numbers of a run are in `WORKDIR/report.md` (see
-  `experiments/sanity_checks.py` for every output).
+  `xai_jax.pipelines.sanity_checks` for every output).
 
 * "tiny": seconds, for the tests: 32x32 cells, a few training steps, three methods, four
   images, three similarity measures (HOG needs maps of at least 48x48 pixels), data
@@ -61,7 +61,7 @@ Variants (`get_config(variant)`):
   VarGrad ~ Grad-CAM < integrated gradients ~ input x gradient < guided backprop ~ guided
   Grad-CAM.
 
-`experiments.sanity_checks.check_config` checks the whole config (methods and their options,
+`xai_jax.pipelines.sanity_checks.check_config` checks the whole config (methods and their options,
 measures, modes, data, model) before anything is trained; a refused config writes nothing.
 On a trained workdir, changing only evaluation fields (methods, measures, randomisation,
 images explained, ...) reuses the trained models (`train/`, `train_random_labels/`) and writes
@@ -108,7 +108,7 @@ def get_config(variant: str = "quick") -> ml_collections.ConfigDict:
   config.variant = variant
   config.seed = 0
 
-  # Images: "cells" (xai_jax.data.cells.source) or "image_folder" (JPEG/PNG files).
+  # Images: "cells" (xai_jax.data.cell_source.source) or "image_folder" (JPEG/PNG files).
   config.data = ml_collections.ConfigDict(dict(
       source="cells", size=48, train_examples=2560, num_explain=16, explain_split="test",
       image_folder="", normalize="none", explain_batch_size=16))

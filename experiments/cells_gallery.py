@@ -13,7 +13,7 @@ from absl import flags
 from absl import logging
 import jax
 
-from xai_jax.reports import gallery
+from xai_jax.pipelines import cells_gallery
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder.", required=True)
 _SIZE = flags.DEFINE_integer("size", 224, "Image side length, 32..1024.")
@@ -23,7 +23,7 @@ _SEED = flags.DEFINE_integer("seed", 0, "PRNG seed.")
 def main(argv):
   del argv
   logging.info("devices: %s", jax.devices())
-  png_path, npz_path = gallery.cells_gallery(_WORKDIR.value, size=_SIZE.value, seed=_SEED.value)
+  png_path, npz_path = cells_gallery.run(_WORKDIR.value, size=_SIZE.value, seed=_SEED.value)
   print(png_path)
   print(npz_path)
 

@@ -17,6 +17,7 @@ from skimage.transform import resize as sk_resize
 from skimage.transform import rotate as sk_rotate
 
 from xai_jax.data import cells
+from xai_jax.pipelines import cells_gallery
 from xai_jax.reports import gallery
 
 SIZE = 256                 # test size: lengths are half those of the 512 original
@@ -451,7 +452,7 @@ def test_jit_equals_eager():
 @pytest.mark.slow
 def test_vmap_equals_loop_and_same_key_same_bytes(tmp_path):
   # The gallery runs make_batch (jit of vmap(make_cell), traced labels/backgrounds).
-  png, npz = gallery.cells_gallery(tmp_path, size=32, seed=4)
+  png, npz = cells_gallery.run(tmp_path, size=32, seed=4)
   assert (tmp_path / "cells_gallery.png").stat().st_size > 1000
   saved = np.load(npz)
   assert saved["images"].shape == (30, 32, 32, 3) and saved["heatmaps"].shape == (30, 32, 32)
@@ -462,7 +463,7 @@ def test_vmap_equals_loop_and_same_key_same_bytes(tmp_path):
     image, heatmap = _jit_cell(32)(keys[i], i % 10, i // 10)
     np.testing.assert_allclose(saved["images"][i], np.asarray(image), atol=1e-6)
     assert (saved["heatmaps"][i] != np.asarray(heatmap)).mean() < 2e-3
-  again = gallery.gallery_samples(jax.random.key(4), size=32)
+  again = cells_gallery.gallery_samples(jax.random.key(4), size=32)
   assert again["images"].tobytes() == saved["images"].tobytes()
   assert again["heatmaps"].tobytes() == saved["heatmaps"].tobytes()
   assert png.endswith("cells_gallery.png")
@@ -527,3 +528,21 @@ def test_heatmap_to_rgb_colours():
   assert rgb[0, 1, 0] > rgb[0, 1, 2] and rgb[0, 2, 0] > rgb[0, 2, 2]
   with pytest.raises(ValueError, match="heatmap"):
     gallery.heatmap_to_rgb(np.array([0.5]))
+  # The palette has a colour for each value the generator writes.
+  np.testing.assert_allclose(tuple(gallery.HEATMAP_COLORS), cells.HEATMAP_VALUES, atol=1e-6)
+
+
+def test_gallery_figure_titles_from_the_given_names():
+  images = np.zeros((2, 8, 8, 3), np.float32)
+  heatmaps = np.zeros((2, 8, 8), np.float32)
+  named = cells_gallery.gallery_figure(
+      {"images": images, "heatmaps": heatmaps, "labels": np.array([3, 7]),
+       "backgrounds": np.array([2, 2])})
+  assert [a.get_title() for a in named.axes[:2]] == [f"3 {cells.CLASS_NAMES[3]}",
+                                                     f"7 {cells.CLASS_NAMES[7]}"]
+  assert named.axes[0].get_ylabel() == f"image\nbg 2 {cells.BACKGROUND_NAMES[2]}"
+  bare = gallery.gallery_figure(images, heatmaps, [3, 7], [2, 2])
+  assert [a.get_title() for a in bare.axes[:2]] == ["3", "7"]
+  assert bare.axes[0].get_ylabel() == "image\nbg 2"
+  with pytest.raises(ValueError, match="class_names has 2 names"):
+    gallery.gallery_figure(images, heatmaps, [3, 7], [2, 2], class_names=("a", "b"))

@@ -5,7 +5,7 @@
   pixel-removal step above `fraction` of the pixels, a last shard too small for the delta)
   is refused before anything is written: the workdir does not even exist afterwards, and the
   error names the field.
-* Training fields and evaluation fields are recorded apart (`experiments/launch.py`): a
+* Training fields and evaluation fields are recorded apart (`xai_jax.pipelines.workdir`): a
   trained workdir refuses other training fields but accepts other evaluation fields, whose
   outputs go to `WORKDIR/eval_<hash>/` while the trained models are reused.
 """
@@ -21,13 +21,14 @@ from configs import cells as cells_config
 from configs import localization as localization_config
 from configs import pixel_removal as pixel_removal_config
 from configs import sanity_checks as sanity_config
-from experiments import cells
-from experiments import launch
-from experiments import localization
-from experiments import pixel_removal
-from experiments import sanity_checks
 from xai_jax import explain
 from xai_jax import runner
+from xai_jax.pipelines import cells
+from xai_jax.pipelines import image_experiment
+from xai_jax.pipelines import localization
+from xai_jax.pipelines import pixel_removal
+from xai_jax.pipelines import sanity_checks
+from xai_jax.pipelines import workdir as workdir_layout
 
 EXPERIMENTS = ((cells_config, cells), (localization_config, localization),
                (pixel_removal_config, pixel_removal), (sanity_config, sanity_checks))
@@ -213,7 +214,7 @@ def _json(config):
 def test_training_and_evaluation_records(tmp_path):
   config = sanity_config.get_config("tiny")
   assert sanity_checks.check_workdir(config, tmp_path) == tmp_path
-  recorded = json.loads((tmp_path / launch.TRAINING_RECORD).read_text())
+  recorded = json.loads((tmp_path / workdir_layout.TRAINING_RECORD).read_text())
   assert recorded == runner.config_fields(_json(config), sanity_checks.training_fields(config))
   assert "measures" not in recorded and recorded["data.train_examples"] == 64
   assert (tmp_path / "train_random_labels" / "train_config.json").is_file()
@@ -227,11 +228,11 @@ def test_training_and_evaluation_records(tmp_path):
   assert sanity_checks.check_workdir(config, tmp_path) == tmp_path
   # `figures`-like volatile fields do not count; the cells' `figures` neither.
   cells_tiny = cells_config.get_config("tiny")
-  assert cells._check_workdir(cells_tiny, tmp_path / "c") == tmp_path / "c"
+  assert cells.check_workdir(cells_tiny, tmp_path / "c") == tmp_path / "c"
   cells_tiny.figures = False
-  assert cells._check_workdir(cells_tiny, tmp_path / "c") == tmp_path / "c"
+  assert cells.check_workdir(cells_tiny, tmp_path / "c") == tmp_path / "c"
   cells_tiny.data.num_test = 8  # evaluation data, not training data
-  assert cells._check_workdir(cells_tiny, tmp_path / "c").name.startswith("eval_")
+  assert cells.check_workdir(cells_tiny, tmp_path / "c").name.startswith("eval_")
   # Training fields: refused, and nothing is recorded.
   before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
   trained_otherwise = sanity_config.get_config("tiny")
@@ -253,12 +254,12 @@ def test_a_workdir_with_only_a_legacy_config_json(tmp_path):
   other = localization_config.get_config("tiny")
   other.train.max_steps = 8
   with pytest.raises(ValueError, match=r"fields \['train'\] differ"):
-    localization.check_workdir(other, tmp_path)
-  assert not (tmp_path / launch.TRAINING_RECORD).exists()
+    image_experiment.check_workdir(other, tmp_path)
+  assert not (tmp_path / workdir_layout.TRAINING_RECORD).exists()
   other = localization_config.get_config("tiny")
   other.methods = {"gradient": {}}
-  assert localization.check_workdir(other, tmp_path).name.startswith("eval_")
-  assert localization.check_workdir(config, tmp_path) == tmp_path
+  assert image_experiment.check_workdir(other, tmp_path).name.startswith("eval_")
+  assert image_experiment.check_workdir(config, tmp_path) == tmp_path
 
 
 def _stamps(folder: pathlib.Path) -> dict:

@@ -29,9 +29,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from configs import sanity_checks as sanity_config
 from xai_jax import files, models, runner, train
-from xai_jax.data import cells
+from xai_jax.data import cell_source
 from xai_jax.models import port
+from xai_jax.pipelines import image_experiment
+from xai_jax.pipelines import sanity_checks
 
 DAMAGES = ("truncate", "empty", "garble", "delete")
 
@@ -187,7 +190,7 @@ SIZE, SHARD, NUM = 32, 4, 8
 def evaluation_setup():
   model = models.get("small_vgg", num_classes=10, widths=(8,))
   variables = models.init(model, jax.random.key(0), (1, SIZE, SIZE, 3))
-  return model, variables, cells.source("test", size=SIZE, num_examples=NUM)
+  return model, variables, cell_source.source("test", size=SIZE, num_examples=NUM)
 
 
 def _evaluate(workdir, setup, **overrides):
@@ -465,15 +468,14 @@ def test_ported_weights_without_records_load_with_a_warning(ported, tmp_path):
 
 
 def test_a_damaged_weights_npz_is_refused(tmp_path):
-  from experiments import localization  # pylint: disable=import-outside-toplevel
-  load = localization._load_npz  # pylint: disable=protected-access
+  load = image_experiment.load_npz
   variables = {"params": {"fc": {"kernel": np.arange(6.0).reshape(2, 3), "bias": np.ones(3)}}}
   path = tmp_path / "model.npz"
-  localization.save_npz(variables, path)
+  image_experiment.save_npz(variables, path)
   np.testing.assert_array_equal(load(path)["params"]["fc"]["kernel"],
                                 variables["params"]["fc"]["kernel"])
   for how in DAMAGES:
-    localization.save_npz(variables, path)
+    image_experiment.save_npz(variables, path)
     damage(path, how)
     with pytest.raises(files.DamagedFileError, match=re.escape(str(path))):
       load(path)
@@ -493,8 +495,6 @@ _SANITY_TARGETS = ("train/accuracy.json", "train_random_labels/accuracy.json",
 
 @pytest.fixture(scope="module")
 def sanity_run(tmp_path_factory):
-  from configs import sanity_checks as sanity_config  # pylint: disable=import-outside-toplevel
-  from experiments import sanity_checks  # pylint: disable=import-outside-toplevel
   config = sanity_config.get_config("tiny")
   workdir = tmp_path_factory.mktemp("sanity")
   sanity_checks.run(config, workdir, progress=False)
@@ -504,7 +504,6 @@ def sanity_run(tmp_path_factory):
 @pytest.mark.slow
 @pytest.mark.parametrize("how", DAMAGES)
 def test_damaged_sanity_check_files_are_recomputed_to_the_same_bytes(sanity_run, tmp_path, how):
-  from experiments import sanity_checks  # pylint: disable=import-outside-toplevel
   config, reference = sanity_run
   workdir = tmp_path / "w"
   shutil.copytree(reference, workdir)

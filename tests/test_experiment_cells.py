@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 
 from configs import cells as cells_configs
-from experiments import cells as experiment
 from xai_jax import train
+from xai_jax.pipelines import cells as experiment
 from xai_jax.metrics import stats
 
 
@@ -75,6 +75,8 @@ def test_win_rates_match_a_direct_count(finished):
   row = wins[(wins["model"] == "base") & (wins["metric"] == "Amu")
              & (wins["method"] == "integrated_gradients") & (wins["opponent"] == "random")]
   assert row["win_rate"].item() == pytest.approx(expected)
+  assert row["images"].item() == len(a)
+  assert list(wins.columns) == ["model", "metric", "method", "opponent", "win_rate", "images"]
   scores = base.pivot(index="index", columns="method", values="Amu").to_numpy()
   assert np.isfinite(stats.win_rate_matrix(scores)).all()
 
@@ -125,6 +127,9 @@ def test_paper_configs_follow_the_paper_settings(variant):
   assert config.train.target_accuracy == paper["target_accuracy"]
   assert config.train.eval_every == paper["eval_every"]
   assert config.train.base_epochs == paper["epochs_continuous"]
+  # Branches train for the regular-mode epochs (ResNet: 4, not the continuous 2; cells.md table).
+  assert config.train.branch_epochs == paper["epochs_regular"]
+  assert config.train.branch_learning_rate == paper["learning_rate"]
   assert config.train.num_branches == paper["num_branches"]
   assert config.data.num_test == 1600 and config.evaluate.num_examples == 0
 
@@ -154,7 +159,7 @@ def test_bfloat16_evaluation_reuses_the_trained_models(finished):
   assert result["report"] == workdir / "bfloat16" / "report.md"
   other = cells_configs.get_config("tiny")
   other.dtype = "bfloat16"  # same folder, other methods: a folder of its own, same models
-  folder = experiment._check_workdir(other, workdir)  # pylint: disable=protected-access
+  folder = experiment.check_workdir(other, workdir)
   assert folder.parent == workdir and folder.name.startswith("eval_")
   assert json.loads((folder / "config.json").read_text())["methods"] == other.methods.to_dict()
-  assert experiment._check_workdir(other, workdir) == folder  # pylint: disable=protected-access
+  assert experiment.check_workdir(other, workdir) == folder

@@ -1,4 +1,4 @@
-"""End-to-end tests of `experiments/localization.py` and `experiments/pixel_removal.py`.
+"""End-to-end tests of `xai_jax.pipelines.localization` and `xai_jax.pipelines.pixel_removal`.
 
 Two kinds of checks:
 
@@ -21,11 +21,13 @@ import pytest
 
 from configs import localization as localization_config
 from configs import pixel_removal as pixel_removal_config
-from experiments import localization
-from experiments import pixel_removal
 from xai_jax import explain
 from xai_jax import models
-from xai_jax.data import cell_source
+from xai_jax.data import sources
+from xai_jax.metrics import registry
+from xai_jax.pipelines import image_experiment
+from xai_jax.pipelines import localization
+from xai_jax.pipelines import pixel_removal
 
 SIDE = 4  # 4x4 images: P = 16 pixels
 
@@ -36,7 +38,7 @@ def linear_apply(variables, x):
   return jnp.stack([f0, jnp.full_like(f0, variables["b"])], axis=-1)
 
 
-class ArraySource(cell_source.RandomAccessSource):
+class ArraySource(sources.RandomAccessSource):
   """A source over in-memory arrays."""
 
   def __init__(self, **arrays):
@@ -67,8 +69,9 @@ def oracles(monkeypatch):
 
 
 def _use(monkeypatch, source, variables):
-  monkeypatch.setattr(localization, "build_source", lambda config: source)
-  monkeypatch.setattr(localization, "build_model",
+  # Both pipelines read their data and model through `image_experiment`.
+  monkeypatch.setattr(image_experiment, "build_source", lambda config: source)
+  monkeypatch.setattr(image_experiment, "build_model",
                       lambda config, workdir, progress=True: (linear_apply, variables, "linear"))
 
 
@@ -160,14 +163,14 @@ def test_pixel_removal_closed_form(tmp_path, monkeypatch, oracles):
       np.testing.assert_allclose(by.loc[method, f"delta_{column}"], 0.0, atol=1e-5)
     np.testing.assert_array_equal(by.loc[method, "flipped_morf"], 1.0)
   wins = out["win_rates"].set_index(["metric", "method", "opponent"])["win_rate"]
-  # The weights' own order is better on every metric: +0.5 (all images won). (The deltas are
+  # The weights' own order is better on every metric: 1.0 (all images won). (The deltas are
   # 0 up to float rounding, so their win rates are not asserted beyond antisymmetry.)
   for metric in pixel_removal.METRICS:
-    assert wins[(metric, "oracle_weights", "oracle_reversed")] == 0.5
-    assert wins[(metric, "oracle_reversed", "oracle_weights")] == -0.5
+    assert wins[(metric, "oracle_weights", "oracle_reversed")] == 1.0
+    assert wins[(metric, "oracle_reversed", "oracle_weights")] == 0.0
     delta = f"delta_{metric}"
-    assert wins[(delta, "oracle_weights", "oracle_reversed")] == -wins[
-        (delta, "oracle_reversed", "oracle_weights")]
+    assert wins[(delta, "oracle_weights", "oracle_reversed")] + wins[
+        (delta, "oracle_reversed", "oracle_weights")] == 1.0
   curves = out["curves"]
   morf = curves[(curves.method == "oracle_weights") & (curves.order == "morf")]
   np.testing.assert_allclose(morf["score"].to_numpy()[:4], [136, 120, 105, 91])
@@ -196,11 +199,11 @@ def trained_npz(tmp_path_factory):
   saved as the flat `.npz` that `model.npz` loads."""
   folder = tmp_path_factory.mktemp("trained")
   config = localization_config.get_config("tiny")
-  model, variables, described = localization.build_model(config, folder, progress=False)
+  model, variables, described = image_experiment.build_model(config, folder, progress=False)
   assert "trained on 64 cells" in described
   assert (folder / "train").is_dir()  # orbax checkpoints of the resumable training
   path = folder / "cnn.npz"
-  localization.save_npz(variables, path)
+  image_experiment.save_npz(variables, path)
   return str(path)
 
 
@@ -221,8 +224,8 @@ def test_tiny_localization_on_cells_matches_numpy(tmp_path, trained_npz):
   assert json.loads((tmp_path / "config.json").read_text())["variant"] == "tiny"
   assert (tmp_path / "figures" / "gallery.png").is_file()
   # Recompute the gradient maps and IOU / IOU* here.
-  model, variables, _ = localization.build_model(config, tmp_path, progress=False)
-  batch = localization.build_source(config).get_batch(np.arange(8))
+  model, variables, _ = image_experiment.build_model(config, tmp_path, progress=False)
+  batch = image_experiment.build_source(config).get_batch(np.arange(8))
   x = jnp.asarray(batch["image"])
   target = jnp.argmax(model.apply(variables, x), axis=-1)
   maps = np.asarray(explain.to_map(explain.explain("gradient", model, variables, x, target),
@@ -308,10 +311,10 @@ def test_tiny_pixel_removal_on_cells(tmp_path, trained_npz):
   assert set(curves["order"]) == {"morf", "lerf"}
   assert curves.groupby(["method", "order"]).size().eq(len(counts)).all()
 
-  model, variables, _ = localization.build_model(config, tmp_path, progress=False)
+  model, variables, _ = image_experiment.build_model(config, tmp_path, progress=False)
   forward = models.as_apply(model)
   apply = jax.jit(lambda images: forward(variables, images))
-  source = localization.build_source(config)
+  source = image_experiment.build_source(config)
   rows = samples[samples["method"] == "gradient"].set_index("index")
   own_curves = {"morf": [], "lerf": []}
   checked_n = 0
@@ -358,17 +361,19 @@ def test_tiny_pixel_removal_on_cells(tmp_path, trained_npz):
     scores = np.stack(scores)
     np.testing.assert_allclose(table["score"], scores.mean(0), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(table["drop"], (scores[:, :1] - scores).mean(0), atol=1e-5)
-  # Win rates, by hand from the samples table: wins + ties / 2 over the images, minus 1/2.
+  # Win rates, by hand from the samples table: wins + ties / 2 over the images, in [0, 1].
   wins = pd.read_csv(tmp_path / "win_rates.csv").set_index(["metric", "method", "opponent"])
-  directions = {**pixel_removal.METRICS, **pixel_removal.DELTA_METRICS}
+  scored = (*pixel_removal.METRICS, *pixel_removal.DELTA_METRICS)
   table = samples.pivot(index="index", columns="method")
-  assert len(wins) == 2 * len(directions)
-  for metric, higher in directions.items():
+  assert len(wins) == 2 * len(scored)
+  for metric in scored:
+    higher = registry.direction(metric)
     a, b = table[metric]["gradient"].to_numpy(), table[metric]["random"].to_numpy()
     better = (a > b) if higher else (a < b)
-    expected = np.mean(better + 0.5 * (a == b)) - 0.5
+    expected = np.mean(better + 0.5 * (a == b))
     assert wins.loc[(metric, "gradient", "random"), "win_rate"] == pytest.approx(expected)
-    assert wins.loc[(metric, "random", "gradient"), "win_rate"] == pytest.approx(-expected)
+    assert wins.loc[(metric, "random", "gradient"), "win_rate"] == pytest.approx(1 - expected)
+    assert wins.loc[(metric, "gradient", "random"), "images"] == len(a)
   assert "Pixel removal" in out["report"].read_text()
   for name in ("figures/perturbation_curves.png", "figures/flip_rate.png",
                "figures/win_rates_n_morf.png", "accuracy.csv", "summary.md"):
@@ -405,9 +410,9 @@ def test_bad_data_source_is_named(tmp_path):
   config.data.source = "parquet"
   with pytest.raises(ValueError, match="unknown data.source 'parquet'; valid: cells, "
                                        "image_folder, tfds"):
-    localization.build_source(config)
+    image_experiment.build_source(config)
   config.data.source = "image_folder"
   with pytest.raises(ValueError, match="needs --config.data.image_folder"):
-    localization.build_source(config)
+    image_experiment.build_source(config)
   with pytest.raises(ValueError, match="a model is needed"):
-    localization.build_model(config, tmp_path)
+    image_experiment.build_model(config, tmp_path)

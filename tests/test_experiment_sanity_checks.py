@@ -17,10 +17,11 @@ import pandas as pd
 import pytest
 
 from configs import sanity_checks as sanity_config
-from experiments import sanity_checks
+from experiments import sanity_checks as sanity_checks_main
 from xai_jax import explain
 from xai_jax import runner
 from xai_jax.metrics import sanity
+from xai_jax.pipelines import sanity_checks
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 MODES = ("cascading", "independent", "data")
@@ -140,10 +141,10 @@ def test_a_rerun_through_main_recomputes_only_missing_shards(finished, tmp_path,
   monkeypatch.setattr(sanity_checks, "explain_stages", counting)
   argv = ["sanity_checks", f"--config={REPO / 'configs' / 'sanity_checks.py'}:tiny",
           f"--workdir={workdir}"]
-  defined = sanity_checks.define_flags()
+  defined = sanity_checks_main.define_flags()
   try:
     flags.FLAGS(argv)
-    sanity_checks.main(argv[:1])
+    sanity_checks_main.main(argv[:1])
   finally:
     flags.FLAGS.unparse_flags()
     for name in defined:  # leave the global flags as found

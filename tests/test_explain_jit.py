@@ -20,6 +20,7 @@ targets.
 
 import functools
 
+import flax.linen
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -27,6 +28,7 @@ import pytest
 
 from xai_jax import explain, models
 from xai_jax.explain import common
+from xai_jax.models import taps
 
 N, H, W, C, K = 2, 8, 8, 3, 4
 KEY = jax.random.key(7)
@@ -271,3 +273,7 @@ def test_contract_check_is_shared():
     with pytest.raises(ValueError, match=f"^{name} needs an xai_jax.models contract model"):
       explain.explain(name, apply, VARIABLES, X, T, **OPTIONS.get(name, ({}, {}))[0],
                       **_arrays(name))
+  # The one definition (models.taps): a contract model passes, a Module without `ops` does not.
+  taps.check_contract(MODEL, "any_method")
+  with pytest.raises(ValueError, match="^any_method needs .* got Dense$"):
+    taps.check_contract(flax.linen.Dense(3), "any_method")

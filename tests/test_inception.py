@@ -182,7 +182,7 @@ def test_port_handles_the_auxiliary_head():
   state = net.state_dict()
   aux_keys = [k for k in state if k.startswith("AuxLogits.")]
   assert aux_keys  # torchvision keeps the head even in eval mode
-  expected = port.expected_keys("inception_v3", num_classes=NUM_CLASSES)
+  expected = port._expected_keys("inception_v3", num_classes=NUM_CLASSES)
   assert set(expected) == {k for k in state if not k.startswith("AuxLogits.")
                            and not k.endswith("num_batches_tracked")}
   assert "AuxLogits" not in variables["params"]
@@ -238,7 +238,7 @@ def test_port_weights_cli_records_the_model_options(tmp_path):
   """`experiments.port_weights` on Inception v3: the head is `fc`, and `model.json` keeps
   `transform_input` (True for torchvision's pretrained weights, False for a state dict
   file), so `port.load` rebuilds the model the weights were made for."""
-  from experiments import port_weights  # pylint: disable=import-outside-toplevel
+  from xai_jax.pipelines import port_weights  # pylint: disable=import-outside-toplevel
   assert port_weights.model_options("inception_v3", pretrained=True) == {
       "transform_input": True}
   assert port_weights.model_options("vgg16", pretrained=True) == {}

@@ -577,3 +577,87 @@ def test_shape_cached_recomputes_only_for_new_shapes_and_stays_bounded():
   before = len(calls)
   logits_shape(model, variables, jnp.ones((2, 2, 2, 1)))  # the oldest entry was evicted
   assert len(calls) == before + 1
+
+
+# ------------------------------------------------------------------ Adebayo et al.'s MNIST models
+
+
+def _mnist_param_shapes(name, widths=(32, 64), hidden=1024):
+  """The appendix's architectures at 28x28x1, written out: {layer: (kernel, bias) shapes}."""
+  if name == "cnn":
+    c1, c2 = widths
+    flat = 7 * 7 * c2  # 28 -> 14 -> 7 after the two 2x2 max-pools
+    return {"conv1": ((5, 5, 1, c1), (c1,)), "conv2": ((5, 5, c1, c2), (c2,)),
+            "fc1": ((flat, hidden), (hidden,)), "fc2": ((hidden, 10), (10,))}
+  sizes = (28 * 28, 2500, 1500, 500, 10)
+  return {f"fc{i + 1}": ((a, b), (b,)) for i, (a, b) in enumerate(zip(sizes, sizes[1:]))}
+
+
+@pytest.mark.parametrize("name,count", [("cnn", 3_274_634), ("mlp", 6_469_510)])
+def test_adebayo_mnist_models_at_28x28x1(name, count):
+  model = models.get(name, num_classes=10)
+  x = jnp.asarray(np.random.default_rng(0).random((2, 28, 28, 1)), jnp.float32)
+  variables = models.init(model, jax.random.key(0), x.shape)
+  params = variables["params"]
+  shapes = {layer: (p["kernel"].shape, p["bias"].shape) for layer, p in params.items()}
+  assert shapes == _mnist_param_shapes(name)
+  assert sum(math.prod(a.shape) for a in jax.tree.leaves(params)) == count
+  out = taps.tap_gradients(model, variables, x, jnp.array([3, 8]))
+  assert out.logits.shape == (2, 10) and out.input_grad.shape == (2, 28, 28, 1)
+  expected_activations = ({"relu1": (2, 28, 28, 32), "relu2": (2, 14, 14, 64),
+                           "relu3": (2, 1024)} if name == "cnn" else
+                          {"relu1": (2, 2500), "relu2": (2, 1500), "relu3": (2, 500)})
+  assert {k: v.shape for k, v in out.activations.items()} == expected_activations
+  assert set(out.bias_grads) == {f"{layer}/bias" for layer in shapes}
+  np.testing.assert_allclose(out.logits, model.apply(variables, x), rtol=1e-6, atol=1e-6)
+
+
+def test_cnn_width_options_and_their_errors():
+  model = models.get("cnn", num_classes=10, widths=(4, 6), hidden=16)
+  variables = models.init(model, jax.random.key(0), (1, 28, 28, 1))
+  shapes = {layer: (p["kernel"].shape, p["bias"].shape)
+            for layer, p in variables["params"].items()}
+  assert shapes == _mnist_param_shapes("cnn", widths=(4, 6), hidden=16)
+  assert models.get("cnn") == models.get("cnn", widths=(32, 64), hidden=1024)
+  with pytest.raises(ValueError, match="widths must have 2 entries"):
+    models.init(models.get("cnn", widths=(4, 6, 8)), jax.random.key(0), (1, 28, 28, 1))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["cnn", "mlp"])
+def test_every_registered_explainer_runs_on_the_mnist_models(name):
+  """Every `explain.METHODS` entry at 28x28x1; the MLP has no spatial layer for the layer
+  methods (Grad-CAM, guided Grad-CAM, layer SHAP), which say so."""
+  from xai_jax import explain  # pylint: disable=import-outside-toplevel
+  from xai_jax.explain import full_gradient  # pylint: disable=import-outside-toplevel
+  model = models.get(name, num_classes=10)
+  variables = models.init(model, jax.random.key(0), (1, 28, 28, 1))
+  x = jax.random.uniform(jax.random.key(1), (2, 28, 28, 1))
+  target = jnp.array([3, 7])
+  key = jax.random.key(2)
+  baselines = 0.1 * jax.random.normal(key, (2, 28, 28, 1))
+  grid = np.repeat(np.repeat(np.arange(16).reshape(4, 4), 7, axis=0), 7, axis=1)
+  options = {
+      "integrated_gradients": dict(steps=2), "smoothgrad": dict(key=key, samples=2),
+      "gradient_shap": dict(baselines=baselines, key=key, samples=2),
+      "deeplift_shap": dict(baselines=baselines), "random": dict(key=key),
+      "occlusion": dict(sliding_window_shapes=(7, 7), strides=7),
+      "feature_ablation": dict(feature_mask=grid),
+      "shapley_sampling": dict(feature_mask=grid, samples=2, key=key),
+      "lime": dict(feature_mask=grid, samples=8, key=key),
+      "kernel_shap": dict(feature_mask=grid, samples=8, key=key),
+      "layer_shap": dict(background=baselines, samples=2, key=key),
+  }
+  layer_methods = ("gradcam", "guided_gradcam", "layer_shap")
+  map_methods = ("gradcam", "fullgrad", "simple_fullgrad", "deepmaps", "random", "edge")
+  for method in explain.METHODS:
+    if name == "mlp" and method in layer_methods:
+      with pytest.raises(ValueError, match="no default Grad-CAM layer"):
+        explain.explain(method, model, variables, x, target, **options.get(method, {}))
+      continue
+    out = np.asarray(explain.explain(method, model, variables, x, target,
+                                     **options.get(method, {})))
+    assert out.shape == (x.shape[:3] if method in map_methods else x.shape), method
+    assert np.isfinite(out).all() and np.abs(out).max() > 0, method
+  _, _, relative_error = full_gradient.fullgrad_completeness(model, variables, x, target)
+  assert np.max(relative_error) < 1e-3, relative_error

@@ -374,7 +374,7 @@ def test_max_fraction_grid_and_zero(setup):
 @pytest.mark.slow
 def test_pixel_removal_metrics_match_the_curves(setup):
   x, saliency, variables = setup
-  metrics = pr.deepmaps_metrics(MODEL, variables, x, saliency, step=3, fraction=0.2)
+  metrics = pr.pixel_removal_metrics(MODEL, variables, x, saliency, step=3, fraction=0.2)
   morf = pr.perturbation_curve(MODEL, variables, x, saliency, order="morf", step=3)
   lerf = pr.perturbation_curve(MODEL, variables, x, saliency, order="lerf", step=3)
   np.testing.assert_allclose(metrics["aopc"], pr.aopc(morf, max_fraction=0.2), rtol=1e-6)
@@ -388,7 +388,7 @@ def test_pixel_removal_metrics_match_the_curves(setup):
 @pytest.mark.slow
 def test_delta_against_a_loop_over_draws(setup):
   x, saliency, variables = setup
-  metric = functools.partial(pr.deepmaps_metrics, step=3, fill=jnp.array([0.2, 0.0]))
+  metric = functools.partial(pr.pixel_removal_metrics, step=3, fill=jnp.array([0.2, 0.0]))
   result = pr.delta(metric, MODEL, variables, x, saliency, k=2, key=jax.random.key(3))
   index = np.asarray(result.other_index)
   assert index.shape == (4, 2)
@@ -434,7 +434,7 @@ def test_random_saliency_has_delta_near_zero():
   x = jax.random.normal(kx, (n, H, W, C))
   variables = jax.tree.map(lambda v: 3.0 * v, MODEL.init(kp, x))
   noise = jax.random.uniform(ks, (n, H, W))
-  metric = functools.partial(pr.deepmaps_metrics, step=2, fill=jnp.zeros(C), chunk=8)
+  metric = functools.partial(pr.pixel_removal_metrics, step=2, fill=jnp.zeros(C), chunk=8)
   result = pr.delta(metric, MODEL, variables, x, noise, k=5, key=jax.random.key(4))
   informative = 0
   for name in ("aopc", "afoc_morf", "afoc_lerf", "n_morf", "n_lerf"):
@@ -450,3 +450,93 @@ def test_random_saliency_has_delta_near_zero():
                   key=jax.random.key(4)).delta["aopc"]
   d = np.asarray(good, np.float64)
   assert d.mean() > 4 * d.std(ddof=1) / np.sqrt(n)
+
+
+def test_shared_curve_delta_equals_delta_of_the_metrics(setup):
+  # One MoRF and one LeRF call on the own and the borrowed maps together give what `delta`
+  # gives with separate metric calls: same draws, same repeated batch (so the same "mean"
+  # fill), and the own curves are the first N rows.
+  x, saliency, variables = setup
+  key = jax.random.key(3)
+  options = dict(fraction=0.2, step=3, fill="mean", chunk=4)
+  shared = pr.shared_curve_delta(MODEL, variables, x, saliency, k=2, key=key, **options)
+  metric = functools.partial(pr.pixel_removal_metrics, **options)
+  reference = pr.delta(metric, MODEL, variables, x, saliency, k=2, key=key)
+  np.testing.assert_array_equal(shared.other_index, reference.other_index)
+  assert set(shared.own) == set(pr.REMOVAL_METRICS)
+  assert set(shared.delta) == set(shared.others) == set(pr.DELTA_METRICS)
+  for name in pr.REMOVAL_METRICS:
+    np.testing.assert_allclose(shared.own[name], reference.own[name], rtol=1e-6, atol=1e-7,
+                               err_msg=name)
+  for name in pr.DELTA_METRICS:
+    np.testing.assert_allclose(shared.others[name], reference.others[name], rtol=1e-6,
+                               atol=1e-7, err_msg=name)
+    np.testing.assert_allclose(shared.delta[name], reference.delta[name], rtol=1e-6, atol=1e-6,
+                               err_msg=name)
+  # The own curves: rows 0..N-1 of the curve of the repeated batch.
+  index = np.asarray(reference.other_index)
+  x_all = jnp.concatenate([x, jnp.repeat(x, 2, axis=0)])
+  maps_all = jnp.concatenate([saliency, saliency[index.reshape(-1)]])
+  for order in ("morf", "lerf"):
+    full = pr.perturbation_curve(MODEL, variables, x_all, maps_all, order=order, step=3)
+    own = shared.curves[order]
+    assert own.scores.shape == (4, full.scores.shape[1])
+    np.testing.assert_allclose(own.scores, full.scores[:4], rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(own.labels, full.labels[:4])
+    np.testing.assert_array_equal(own.target, full.target[:4])
+    np.testing.assert_array_equal(own.fractions, full.fractions)
+
+
+def test_shared_curve_delta_without_delta_and_under_jit(setup):
+  x, saliency, variables = setup
+  fill = jnp.array([0.2, 0.0])
+  plain = pr.shared_curve_delta(MODEL, variables, x, saliency, k=0, fraction=0.2, step=3,
+                                fill=fill)
+  assert plain.others is None and plain.delta is None and plain.other_index is None
+  reference = pr.pixel_removal_metrics(MODEL, variables, x, saliency, fraction=0.2, step=3,
+                                       fill=fill)
+  for name in pr.REMOVAL_METRICS:
+    np.testing.assert_allclose(plain.own[name], reference[name], rtol=1e-6, atol=1e-7)
+  # A per-channel fill may be a tuple (hashable, for static options).
+  as_tuple = pr.shared_curve_delta(MODEL, variables, x, saliency, k=0, fraction=0.2, step=3,
+                                   fill=(0.2, 0.0))
+  np.testing.assert_array_equal(as_tuple.own["aopc"], plain.own["aopc"])
+  run = jax.jit(lambda v, xx, s, key: pr.shared_curve_delta(
+      MODEL, v, xx, s, k=3, key=key, fraction=0.2, step=3, fill=fill))
+  jitted = run(variables, x, saliency, jax.random.key(5))
+  eager = pr.shared_curve_delta(MODEL, variables, x, saliency, k=3, key=jax.random.key(5),
+                                fraction=0.2, step=3, fill=fill)
+  np.testing.assert_array_equal(jitted.other_index, eager.other_index)
+  for name in pr.DELTA_METRICS:
+    np.testing.assert_allclose(jitted.delta[name], eager.delta[name], rtol=1e-5, atol=1e-6)
+  # k = N - 1: every other image is borrowed exactly once.
+  np.testing.assert_array_equal(np.sort(np.asarray(eager.other_index), axis=1),
+                                [[j for j in range(4) if j != i] for i in range(4)])
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(k=4, key=jax.random.key(0)), r"k must be an int in \[0, N = 4\)"),
+    (dict(k=-1, key=jax.random.key(0)), "k must be an int"),
+    (dict(k=True, key=jax.random.key(0)), "k must be an int"),
+    (dict(k=2), "needs an explicit PRNG key"),
+    (dict(k=2, key=0), "key"),
+    (dict(k=0, fraction=0.0), "fraction"),
+    (dict(k=0, step=20, fraction=0.2), "step 20 removes more than fraction"),
+])
+def test_shared_curve_delta_bad_input(setup, kwargs, message):
+  x, saliency, variables = setup
+  kwargs = {"step": 3, **kwargs}
+  with pytest.raises(ValueError, match=message):
+    pr.shared_curve_delta(MODEL, variables, x, saliency, **kwargs)
+
+
+def test_metrics_from_curves_is_the_metric_set(setup):
+  x, saliency, variables = setup
+  morf = pr.perturbation_curve(MODEL, variables, x, saliency, order="morf", step=3)
+  lerf = pr.perturbation_curve(MODEL, variables, x, saliency, order="lerf", step=3)
+  values = pr.metrics_from_curves(morf, lerf, fraction=0.2)
+  assert tuple(values) == pr.REMOVAL_METRICS
+  assert all(v.dtype == jnp.float32 for v in values.values())
+  reference = pr.pixel_removal_metrics(MODEL, variables, x, saliency, fraction=0.2, step=3)
+  for name in pr.REMOVAL_METRICS:
+    np.testing.assert_allclose(values[name], reference[name], rtol=1e-6, err_msg=name)

@@ -216,7 +216,7 @@ def test_mismatched_state_dict_lists_every_problem_in_one_error():
 
 
 def test_port_weights_cli_roundtrip(tmp_path):
-  from experiments import port_weights
+  from xai_jax.pipelines import port_weights
   tmodel = _randomise(torchvision.models.resnet18(num_classes=6), seed=7)
   path = tmp_path / "resnet18.pth"
   torch.save(tmodel.state_dict(), path)
@@ -228,7 +228,7 @@ def test_port_weights_cli_roundtrip(tmp_path):
 
 
 def test_port_weights_without_network_fails_clearly(tmp_path, monkeypatch):
-  from experiments import port_weights
+  from xai_jax.pipelines import port_weights
   import torchvision.models._api as api
 
   def offline(*args, **kwargs):

@@ -1,6 +1,6 @@
 """Figures, tables and report of an evaluation (`xai_jax.reports.evaluation`).
 
-Synthetic tables in the EXP_CONTRACT.md schema (2 models, 3 methods, 20 images)
+Synthetic tables in the schema of `runner.evaluate` (2 models, 3 methods, 20 images)
 are built by hand; every figure is checked for a valid PNG and, through a spy on
 the module's save step, for the content it draws (panel count, plotted values,
 AUCs, win rates) against independent numpy loops.
@@ -157,7 +157,8 @@ def _assert_png(path, *, min_bytes: int = 4000):
 def test_method_class_gallery_rows_per_class_columns_per_method(tmp_path, spy):
   # 12 samples, classes 0 and 1 twice: still one row per class.
   gallery = _gallery(12)
-  path = evaluation.method_class_gallery(gallery, tmp_path / "sub" / "classes.png")
+  path = evaluation.method_class_gallery(gallery, tmp_path / "sub" / "classes.png",
+                                         class_names=cells.CLASS_NAMES)
   assert path == tmp_path / "sub" / "classes.png"
   _assert_png(path)
   axes = spy[-1]["axes"]
@@ -188,6 +189,16 @@ def test_method_class_gallery_options_and_errors(tmp_path, spy):
   assert len(axes) == 3 * 3
   assert [a["title"] for a in axes[:3]] == ["image", "gradcam", "gradient"]
   assert [a["ylabel"].split("\n")[0] for a in axes[::3]] == ["10", "11", "12"]
+  # Without class names the labels 0..9 are numbers too (the report knows no data set);
+  # with names, a label beyond them stays a number.
+  numbered = _gallery(3, labels=[0, 1, 2], heatmaps=False)
+  evaluation.method_class_gallery(numbered, tmp_path / "n.png", methods=["gradient"])
+  assert [a["ylabel"] for a in spy[-1]["axes"][::2]] == ["0\npred 0", "1\npred 1", "2\npred 3"]
+  evaluation.method_class_gallery(numbered, tmp_path / "n.png", methods=["gradient"],
+                                  class_names=("zero", "one"))
+  assert [a["ylabel"].split("\n")[0] for a in spy[-1]["axes"][::2]] == ["zero", "one", "2"]
+  with pytest.raises(ValueError, match="class_names must be a sequence"):
+    evaluation.method_class_gallery(numbered, tmp_path / "x.png", class_names="abc")
   with pytest.raises(ValueError, match="unknown methods.*gradient"):
     evaluation.method_class_gallery(gallery, tmp_path / "x.png", methods=["lime"])
   with pytest.raises(ValueError, match="no 'images'"):
@@ -338,7 +349,7 @@ def _loop_win_rates(samples, metric, higher_is_better, model=None):
         if not higher_is_better:
           x, y = -x, -y
         total += 1.0 if x > y else 0.5 if x == y else 0.0
-      table[i, j] = total / len(images) - 0.5
+      table[i, j] = total / len(images)
   return table, len(images)
 
 
@@ -349,12 +360,17 @@ def test_win_rate_table_and_figure_match_a_loop(tmp_path, spy, samples, metric, 
   table = evaluation.win_rate_table(samples, metric=metric, higher_is_better=higher, model=model)
   assert list(table.index) == list(METHODS) == list(table.columns)
   np.testing.assert_allclose(table.to_numpy(), expected, atol=1e-12)
+  np.testing.assert_allclose(np.diag(table.to_numpy()), 0.5)  # win rates in [0, 1]
   assert table.attrs["images"] == images
+  # Without a direction, the registry's (the same as the papers', see test_metric_registry).
+  from_registry = evaluation.win_rate_table(samples, metric=metric, model=model)
+  pd.testing.assert_frame_equal(from_registry, table)
   path = evaluation.win_rate_figure(samples, tmp_path / f"win_{metric}.png", metric=metric,
                                     higher_is_better=higher, model=model)
   _assert_png(path)
   panel = spy[-1]["axes"][0]
   np.testing.assert_allclose(panel["images"][0][0], expected, atol=1e-12)
+  assert panel["images"][0][1] == (0.0, 1.0)  # colours centred on an even match, 0.5
   np.testing.assert_allclose([float(t) for t in panel["texts"]], expected.ravel(), atol=0.005)
   assert f"{images} images" in panel["title"]
 
@@ -372,6 +388,48 @@ def test_win_rate_errors(tmp_path, samples):
   with pytest.raises(ValueError, match="unknown model"):
     evaluation.win_rate_figure(samples, tmp_path / "x.png", metric="aopc",
                                higher_is_better=True, model="vgg")
+  # No direction to rank by: an index column, or a column the registry does not know.
+  with pytest.raises(ValueError, match="'Au1' is not a score"):
+    evaluation.win_rate_table(samples, metric="Au1")
+  with pytest.raises(ValueError, match="unknown metric 'confidence'"):
+    evaluation.win_rate_table(samples, metric="confidence")
+  assert evaluation.win_rate_table(samples, metric="confidence", higher_is_better=True).shape == (
+      3, 3)
+  with pytest.raises(ValueError, match="higher_is_better must be"):
+    evaluation.win_rate_table(samples, metric="aopc", higher_is_better="yes")
+
+
+def test_pairwise_win_rates_match_the_loop_per_model(samples):
+  metrics = ["aopc", "n_morf", "iou", "delta_aopc"]  # delta_aopc: not in the table, skipped
+  table = evaluation.pairwise_win_rates(samples, metrics=metrics)
+  assert list(table.columns) == ["model", "metric", "method", "opponent", "win_rate", "images"]
+  pairs = [(a, b) for a in METHODS for b in METHODS if a != b]
+  assert len(table) == len(MODELS) * 3 * len(pairs)
+  expected_rows = [(model, metric, a, b) for model in MODELS
+                   for metric in ("aopc", "n_morf", "iou") for a, b in pairs]
+  assert list(table[["model", "metric", "method", "opponent"]].itertuples(
+      index=False, name=None)) == expected_rows
+  for (model, metric), group in table.groupby(["model", "metric"], sort=False):
+    higher = {"aopc": True, "n_morf": False, "iou": True}[metric]
+    expected, images = _loop_win_rates(samples, metric, higher, model)
+    for row in group.itertuples(index=False):
+      i, j = METHODS.index(row.method), METHODS.index(row.opponent)
+      assert row.win_rate == pytest.approx(expected[i, j], abs=1e-12)
+      assert row.images == images
+  # W[a, b] + W[b, a] = 1.
+  wins = table.set_index(["model", "metric", "method", "opponent"])["win_rate"]
+  for (model, metric, a, b), value in wins.items():
+    assert value + wins[(model, metric, b, a)] == pytest.approx(1.0)
+  # The NaN iou (model base, image 5) drops that image from base's iou only.
+  assert set(table[(table.metric == "iou") & (table.model == "base")]["images"]) == {N_IMAGES - 1}
+  assert set(table[(table.metric == "aopc")]["images"]) == {N_IMAGES}
+  one_method = evaluation.pairwise_win_rates(samples[samples.method == "gradient"],
+                                             metrics=metrics)
+  assert one_method.empty and list(one_method.columns) == list(table.columns)
+  with pytest.raises(ValueError, match="'Au1' is not a score"):
+    evaluation.pairwise_win_rates(samples, metrics=["Au1"])
+  with pytest.raises(ValueError, match="duplicate"):
+    evaluation.pairwise_win_rates(pd.concat([samples, samples.iloc[:1]]), metrics=["aopc"])
 
 
 # ----------------------------------------------------------------------------

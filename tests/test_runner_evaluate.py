@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from xai_jax import explain, models, runner
-from xai_jax.data import cells
+from xai_jax.data import cell_source
 from xai_jax.metrics import ground_truth, pixel_removal
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -34,7 +34,7 @@ REMOVAL = {"fraction": 0.125, "step": 128, "delta_k": 2, "chunk": 4}
 def setup():
   model = models.get("small_vgg", num_classes=10, widths=(8, 16))
   variables = models.init(model, jax.random.key(0), (1, SIZE, SIZE, 3))
-  source = cells.source("test", size=SIZE, num_examples=2 * SHARD)
+  source = cell_source.source("test", size=SIZE, num_examples=2 * SHARD)
   # A random network predicts one class for every image. Centring each logit over the data
   # (through the last bias) and scaling it makes the predictions vary and lets pixel removal
   # flip them, so the pixel-removal columns are not trivially 0 / 1.
@@ -220,10 +220,11 @@ def test_missing_ground_truth_and_nan_images_raise(setup, tmp_path):
 _DEVICES_SCRIPT = textwrap.dedent("""
     import sys, jax
     from xai_jax import models, runner
-    from xai_jax.data import cells
+    from xai_jax.data import cell_source
     model = models.get("small_vgg", num_classes=10, widths=(8,))
     variables = models.init(model, jax.random.key(0), (1, 32, 32, 3))
-    tables = runner.evaluate(sys.argv[1], source=cells.source("test", size=32, num_examples=10),
+    source = cell_source.source("test", size=32, num_examples=10)
+    tables = runner.evaluate(sys.argv[1], source=source,
                              model=model, variables=variables,
                              methods={"smoothgrad": {"samples": 2}},
                              metric_options={"pixel_removal": {"fraction": 0.25, "step": 256,
@@ -260,3 +261,20 @@ def test_method_keys_differ_per_method_and_shard_and_not_by_order():
   drawn = {data(n, s) for n in names for s in (0, 1)}
   assert len(drawn) == 2 * len(names)  # a shared prefix does not share a key
   assert data("gradient_shap", 1) == data("gradient_shap", 1)
+
+
+def test_keys_are_filled_in_for_exactly_the_methods_that_take_one():
+  # Which method draws randomness comes from the explainer registry, not from a list of names.
+  x = jnp.zeros((2, 8, 8, 3))
+  key = jax.random.key(0)
+  for name in explain.METHODS:
+    options = runner._explain_options(name, {}, x, key)  # pylint: disable=protected-access
+    assert ("key" in options) == explain.takes_key(name), name
+  given = jax.random.key(9)
+  assert runner._explain_options("smoothgrad", {"key": given}, x, key)["key"] is given  # pylint: disable=protected-access
+  assert {"smoothgrad", "gradient_shap", "random"} <= {
+      n for n in explain.METHODS if explain.takes_key(n)}
+  # A keyed method is accepted without a key (the runner supplies it).
+  resolved = runner.check_methods({"noisy": {"method_name": "smoothgrad", "samples": 2},
+                                   "gradient": {}})
+  assert resolved == {"noisy": ("smoothgrad", {"samples": 2}), "gradient": ("gradient", {})}

@@ -21,6 +21,7 @@ import pytest
 from xai_jax import explain, models, train
 from xai_jax.data import cells
 from xai_jax.metrics import sanity
+from xai_jax.pipelines import sanity_checks
 from xai_jax.reports import sanity as sanity_figures
 
 SIZE = 32
@@ -92,9 +93,10 @@ def test_figures_are_written(cascades, tmp_path):
 def test_data_randomization_memorises_permuted_labels(trained):
   model, variables, x, target = trained
   data = cells.make_batch(jax.random.key(7), 64, size=SIZE)
+  train_fn = sanity_checks.label_memorizer(model, epochs_per_check=10, max_epochs=200)
   result = sanity.data_randomization(explain.gradient, model, variables, data["image"],
                                      data["label"], x, target, key=jax.random.key(8),
-                                     epochs_per_check=10, max_epochs=200)
+                                     train_fn=train_fn)
   assert result.train_accuracy > 0.95
   assert result.true_labels.shape == result.random_labels.shape == x.shape
   # A model that memorised random labels explains differently from the trained one.

@@ -190,3 +190,38 @@ def test_hog_on_maps_smaller_than_a_block_raises():
 def test_unknown_measure_lists_the_valid_ones():
   with pytest.raises(ValueError, match="spearman_abs"):
     similarity.similarities(np.zeros((1, 8, 8)), np.zeros((1, 8, 8)), measures=("pearson",))
+
+
+@pytest.mark.parametrize("side", [7, 8, 10])
+def test_ssim_on_maps_smaller_than_the_11_pixel_window_names_the_size_and_the_minimum(side):
+  # scikit-image itself would fail here with "ensure that your images are at least 7x7".
+  a, b = _random_maps(11, (2, side, side + 3, 3)), _random_maps(12, (2, side, side + 3, 3))
+  with pytest.raises(ValueError, match="win_size exceeds image extent"):
+    skimage.metrics.structural_similarity(a[0], b[0], gaussian_weights=True, sigma=1.5,
+                                          data_range=1.0, channel_axis=-1)
+  message = rf"11x11 Gaussian window and needs maps of at least 11x11 pixels; got {side}x"
+  with pytest.raises(ValueError, match=message):
+    similarity.ssim(a, b)
+  with pytest.raises(ValueError, match=message):
+    similarity.similarities(a, b, measures=("ssim",))
+
+
+@pytest.mark.parametrize("sigma, window", [(1.5, 11), (0.5, 5), (0.2, 3), (3.0, 23)])
+def test_ssim_window_is_scikit_images_and_maps_of_exactly_that_size_work(sigma, window):
+  assert similarity.ssim_window(sigma) == window
+  # The smallest map is the window; the value is scikit-image's with that window named.
+  a, b = (m[:, :window, :window + 2] for m in _structured_maps(13, (2, 32, 32, 3)))
+  expected = [skimage.metrics.structural_similarity(
+      _min_max_whole_map(x), _min_max_whole_map(y), win_size=window, gaussian_weights=True,
+      sigma=sigma, data_range=1.0, channel_axis=-1) for x, y in zip(a, b)]
+  np.testing.assert_allclose(similarity.ssim(a, b, sigma=sigma), expected, rtol=1e-12)
+  smaller = (slice(None), slice(1, None))
+  with pytest.raises(ValueError, match=f"at least {window}x{window} pixels; got "
+                                       f"{window - 1}x{window + 2}"):
+    similarity.ssim(a[smaller], b[smaller], sigma=sigma)
+
+
+def test_ssim_rejects_a_sigma_whose_window_is_one_pixel():
+  maps = _random_maps(14, (1, 16, 16))
+  with pytest.raises(ValueError, match=r"1x1 window.*sigma must be > 1/7"):
+    similarity.ssim(maps, maps, sigma=0.1)

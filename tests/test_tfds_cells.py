@@ -1,4 +1,4 @@
-"""Tests of the TFDS dataset `xai_cells` and the disk-free source `cells.source`.
+"""Tests of the TFDS dataset `xai_cells` and the disk-free source `cell_source.source`.
 
 The TFDS build is checked against the random-access source (which regenerates
 each sample from its key), and the source against itself (alone vs batched,

@@ -36,8 +36,12 @@ import pandas as pd
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm import auto as tqdm
 
-from xai_jax import xla
+from xai_jax import explain
 from xai_jax import files
+from xai_jax import xla
+from xai_jax.explain.postprocess import to_map
+from xai_jax.metrics import registry
+from xai_jax.models.base import as_apply
 
 BATCH_AXIS = "batch"
 
@@ -338,18 +342,8 @@ def _check_shard(workdir, tables: Sequence[str], shard: int) -> bool:
 # --------------------------------------------------------------------------------------------
 # Explain and score a dataset: every configured method x every configured metric, in shards.
 
-METRICS = ("five_band", "iou", "pixel_removal")
-"""Metric families `evaluate` computes (see `evaluate` for the columns each adds)."""
-
-FIVE_BAND_SETTINGS = {"soft": "", "clamped": "_clamp"}
-"""Five-band threshold presets (Tjoa & Guan's two settings) and their column suffixes."""
-
-PIXEL_REMOVAL_DEFAULTS = {"fraction": 0.1, "step": None, "fill": "mean", "chunk": 4,
-                          "delta_k": 5, "score": "logit"}
-IOU_DEFAULTS = {"n_std": 0.5, "n_std_star": 1.0, "abs": True}
-_KEYED_METHODS = ("smoothgrad", "gradient_shap", "random", "shapley_sampling", "lime",
-                  "kernel_shap")
 _MAP_REDUCE = "sum"
+"""How attributions become the maps that the metrics (except five-band) and the gallery use."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -377,7 +371,8 @@ def check_methods(methods: Mapping[str, Mapping[str, Any]]) -> dict[str, tuple[s
   What `evaluate` runs first; experiments call it while validating their config, before any
   data generation or training. Besides `explain.check_options`, the runner's own option
   values are checked: `method_name` (the registry name when it differs from the display
-  name) and named baselines ("zeros", "uniform:K").
+  name) and named baselines ("zeros", "uniform:K"). A `key` is not required from methods
+  that take one (`explain.takes_key`): `evaluate` fills it in.
 
   Returns:
     `{display name: (registry name, options without method_name)}`.
@@ -386,7 +381,6 @@ def check_methods(methods: Mapping[str, Mapping[str, Any]]) -> dict[str, tuple[s
     ValueError: no methods, or a bad method or option; the message starts with
       `methods.<display name>`.
   """
-  from xai_jax import explain  # pylint: disable=import-outside-toplevel
   if not methods:
     raise ValueError("no methods to evaluate: give {display name: options}")
   resolved = {}
@@ -402,7 +396,7 @@ def check_methods(methods: Mapping[str, Mapping[str, Any]]) -> dict[str, tuple[s
         if isinstance(options.get(field), str):
           _baseline_count(options[field], field)
       explain.check_options(name, options,
-                            supplied=("key",) if name in _KEYED_METHODS else ())
+                            supplied=("key",) if explain.takes_key(name) else ())
     except ValueError as error:
       raise ValueError(f"methods.{display}: {error}") from None
     resolved[display] = (name, options)
@@ -411,91 +405,6 @@ def check_methods(methods: Mapping[str, Mapping[str, Any]]) -> dict[str, tuple[s
 
 def _is_int(value) -> bool:
   return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
-
-
-def _is_number(value) -> bool:
-  return (isinstance(value, (int, float, np.number)) and not isinstance(value, (bool, np.bool_))
-          and np.isfinite(float(value)))
-
-
-def check_metrics(metrics: Sequence[str], metric_options: Mapping[str, Mapping] | None, *,
-                  image_size: tuple[int, int] | None = None
-                  ) -> tuple[tuple[str, ...], dict[str, Any], dict[str, Any]]:
-  """Checks metric names and options, with the defaults filled in, before any work.
-
-  Option names are checked for every metric; values for the metrics in `metrics`. With
-  `image_size`, the pixel-removal grid is checked against it
-  (`pixel_removal.check_removal_grid`: a `step` above `fraction` of the pixels leaves AOPC
-  and AFOC 0 for every image).
-
-  Args:
-    metrics: a subset of `METRICS`.
-    metric_options: `{"pixel_removal": {...}, "iou": {...}}` (see `evaluate`).
-    image_size: `(H, W)` of the evaluated images, when known.
-
-  Returns:
-    `(metrics, pixel-removal options, IOU options)`.
-
-  Raises:
-    ValueError: naming the metric and the option (`metric_options.<metric>.<option>`).
-  """
-  from xai_jax.metrics import pixel_removal  # pylint: disable=import-outside-toplevel
-  unknown = [m for m in metrics if m not in METRICS]
-  if unknown:
-    raise ValueError(f"unknown metrics {unknown}; valid: {', '.join(METRICS)}")
-  metric_options = dict(metric_options or {})
-  bad = [m for m in metric_options if m not in METRICS]
-  if bad:
-    raise ValueError(f"metric_options for unknown metrics {bad}; valid: {', '.join(METRICS)}")
-  removal = {**PIXEL_REMOVAL_DEFAULTS, **metric_options.get("pixel_removal", {})}
-  iou_options = {**IOU_DEFAULTS, **metric_options.get("iou", {})}
-  for name, given, defaults in (("pixel_removal", removal, PIXEL_REMOVAL_DEFAULTS),
-                                ("iou", iou_options, IOU_DEFAULTS)):
-    extra = sorted(set(given) - set(defaults))
-    if extra:
-      raise ValueError(f"unknown {name} options {extra}; valid: {sorted(defaults)}")
-
-  def fail(metric: str, option: str, message: str):
-    raise ValueError(f"metric_options.{metric}.{option}: {message}")
-
-  if "pixel_removal" in metrics:
-    fraction, step, fill = removal["fraction"], removal["step"], removal["fill"]
-    if not _is_number(fraction) or not 0 < fraction <= 1:
-      fail("pixel_removal", "fraction", f"must be a fraction in (0, 1]; got {fraction!r}")
-    if step is not None and (not _is_int(step) or step < 1):
-      fail("pixel_removal", "step", f"must be a positive int (pixels per grid point) or None "
-           f"(0.5% of the pixels); got {step!r}")
-    fills = ("mean", "image_mean", "blur")
-    if isinstance(fill, str):
-      if fill not in fills:
-        fail("pixel_removal", "fill", f"unknown fill {fill!r}; valid: {', '.join(fills)}, a "
-             "number or per-channel numbers")
-    elif not (_is_number(fill) or (isinstance(fill, (tuple, list)) and fill
-                                   and all(_is_number(v) for v in fill))):
-      fail("pixel_removal", "fill", f"must be one of {', '.join(fills)}, a finite number or "
-           f"per-channel numbers; got {fill!r}")
-    if not _is_int(removal["chunk"]) or removal["chunk"] < 1:
-      fail("pixel_removal", "chunk", f"must be a positive int; got {removal['chunk']!r}")
-    delta_k = removal["delta_k"]
-    if delta_k is not None and (not _is_int(delta_k) or delta_k < 0):
-      fail("pixel_removal", "delta_k", f"must be an int >= 0 (0: no delta); got {delta_k!r}")
-    if removal["score"] not in pixel_removal.SCORES:
-      fail("pixel_removal", "score", f"unknown score {removal['score']!r}; valid: "
-           f"{', '.join(pixel_removal.SCORES)}")
-    if image_size is not None:
-      height, width = image_size
-      try:
-        pixel_removal.check_removal_grid(int(height) * int(width), step=step,
-                                         fraction=float(fraction))
-      except ValueError as error:
-        fail("pixel_removal", "step", f"{error} (images of {height}x{width})")
-  if "iou" in metrics:
-    for option in ("n_std", "n_std_star"):
-      if not _is_number(iou_options[option]) or iou_options[option] < 0:
-        fail("iou", option, f"must be a finite number >= 0; got {iou_options[option]!r}")
-    if not isinstance(iou_options["abs"], (bool, np.bool_)):
-      fail("iou", "abs", f"must be true or false; got {iou_options['abs']!r}")
-  return tuple(metrics), removal, iou_options
 
 
 def check_shards(num_examples: int, shard_size: int, *, delta_k: int = 0,
@@ -576,7 +485,7 @@ def _method_key(key: jax.Array, display: str, shard: int) -> jax.Array:
 def _explain_options(name: str, options: dict, x: jax.Array, key: jax.Array) -> dict:
   """Fills the options a method cannot run without: keys, and baselines given by name."""
   options = dict(options)
-  if name in _KEYED_METHODS and "key" not in options:
+  if explain.takes_key(name) and "key" not in options:
     options["key"] = key
   for field in ("baseline", "baselines"):
     spec = options.get(field)
@@ -648,7 +557,7 @@ def load_gallery(path) -> dict[str, np.ndarray]:
 
 
 def evaluate(workdir, *, source, model, variables, methods: Mapping[str, Mapping[str, Any]],
-             metrics: Sequence[str] = METRICS,
+             metrics: Sequence[str] = registry.FAMILY_NAMES,
              metric_options: Mapping[str, Mapping[str, Any]] | None = None,
              shard_size: int = 64, num_examples: int | None = None, key: jax.Array,
              model_name: str = "model", mesh: Mesh | None = None, progress: bool = True,
@@ -659,17 +568,18 @@ def evaluate(workdir, *, source, model, variables, methods: Mapping[str, Mapping
   devices of `mesh` (`shard_batch`), the model's prediction `c = argmax f(x)` is the target of
   every explanation (Tjoa & Guan and DeepMaps explain the predicted class), each method runs
   once on the whole batch (compiled once per method and options; the variables are
-  arguments), and the metrics are computed on the device:
+  arguments), and every metric family of `metrics` (`xai_jax.metrics.registry`: its columns,
+  directions, options and the ground truth it needs) is computed on the device, in one jit
+  per method:
 
-  * "five_band" (needs "heatmap"; Tjoa & Guan): `Amu Au Au1 Rmu Ru Ru1 Pmu Pu Pu1` for the
-    soft preset and the same with suffix `_clamp` for the clamped one (`five_band_scores` on
-    the raw attribution), and the `roc` table.
-  * "iou" (needs "mask", or "heatmap" whose non-zero pixels are the mask; Gattas 2020):
-    `iou` (n_std 0.5) and `iou_star` (n_std 1.0) of the channel-summed map.
-  * "pixel_removal" (DeepMaps): `aopc afoc_morf afoc_lerf n_morf n_lerf flipped_morf
-    flipped_lerf` from full MoRF and LeRF curves, and with `delta_k > 0` the DeepMaps Eq. 9
-    variants `delta_<metric>` against `delta_k` maps of other images of the same shard; the
-    `curves` table holds the mean curves.
+  * "five_band" (needs "heatmap"): the five-band columns of both threshold settings, and the
+    `roc` table.
+  * "iou" (needs "mask", or "heatmap" whose non-zero pixels are the mask): `iou`, `iou_star`.
+  * "pixel_removal": the DeepMaps set from full MoRF and LeRF curves and, with `delta_k > 0`,
+    its Eq. 9 variants `delta_<metric>` against the maps of `delta_k` other images of the
+    same shard; the `curves` table holds the mean curves.
+
+  The columns of a run are `registry.columns(metrics, metric_options)`.
 
   Every shard writes its rows atomically (`run_shard_tables`), so an interrupted run resumes
   where it stopped and its final tables are byte-identical to an uninterrupted run. Random
@@ -686,10 +596,12 @@ def evaluate(workdir, *, source, model, variables, methods: Mapping[str, Mapping
     variables: the model's variables.
     methods: `{display name: options}`; options are passed to the method (`explain.METHODS`),
       plus `method_name` when the display name is not a registry name. `key` is filled in for
-      SmoothGrad, GradientShap and random maps; `baseline(s)` may be "zeros" or "uniform:K".
-    metrics: a subset of `METRICS`.
-    metric_options: `{"pixel_removal": {fraction, step, fill, chunk, delta_k, score},
-      "iou": {n_std, n_std_star, abs}}`, defaults `PIXEL_REMOVAL_DEFAULTS`, `IOU_DEFAULTS`.
+      the methods that take one (`explain.takes_key`: SmoothGrad, GradientShap, random maps,
+      the sampling methods); `baseline(s)` may be "zeros" or "uniform:K".
+    metrics: metric family names, keys of `registry.FAMILIES`.
+    metric_options: `{family: {option: value}}`, e.g. `{"pixel_removal": {fraction, step,
+      fill, chunk, delta_k, score}, "iou": {n_std, n_std_star, abs}}`; defaults
+      `registry.FAMILIES[family].defaults`.
     shard_size: samples per shard (and per device batch: memory scales with it).
     num_examples: evaluate the first `num_examples` samples (default all).
     key: PRNG key of every random draw.
@@ -705,21 +617,20 @@ def evaluate(workdir, *, source, model, variables, methods: Mapping[str, Mapping
     ValueError: unknown methods or metrics, a metric whose ground truth the source lacks, a
       shard too small for the delta draws, NaN images.
   """
-  from xai_jax import explain  # pylint: disable=import-outside-toplevel
-
   resolved = check_methods(methods)
-  metrics, removal, iou_options = check_metrics(metrics, metric_options)
+  metrics, options = registry.check_options(metrics, metric_options)
   total = len(source) if num_examples is None else num_examples
-  delta_k = int(removal["delta_k"] or 0) if "pixel_removal" in metrics else 0
-  check_shards(total, shard_size, delta_k=delta_k, available=len(source))
+  check_shards(total, shard_size, delta_k=registry.delta_k(metrics, options),
+               available=len(source))
   mesh = batch_mesh() if mesh is None else mesh
   num_shards = -(-total // shard_size)
   workdir = pathlib.Path(workdir)
   tables = tuple(f"{model_name}/{t}" for t in ("samples", "roc", "curves"))
   gallery_path = workdir / model_name / "gallery.npz"
-  static_removal = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in
-                         ((k, removal[k]) for k in ("fraction", "step", "fill", "chunk", "score")))
-  static_iou = tuple(sorted(iou_options.items()))
+  families = tuple(name for name in registry.FAMILIES if name in metrics)
+  static_options = tuple((name, tuple((k, tuple(v) if isinstance(v, list) else v)
+                                      for k, v in sorted(options[name].items())))
+                         for name in families)
 
   def compute_shard(shard: int) -> dict[str, pd.DataFrame]:
     indices = np.arange(shard * shard_size, min(total, (shard + 1) * shard_size))
@@ -730,9 +641,10 @@ def evaluate(workdir, *, source, model, variables, methods: Mapping[str, Mapping
                        f"{indices[~np.isfinite(images).reshape(len(indices), -1).all(1)]})")
     n = len(indices)
     labels = np.asarray(batch.get("label", np.full(n, -1)), np.int64)
-    for metric, needs in (("five_band", ("heatmap",)), ("iou", ("mask", "heatmap"))):
-      if metric in metrics and not any(k in batch for k in needs):
-        raise ValueError(f"metric {metric!r} needs a source with {' or '.join(needs)!r}; "
+    for family in families:
+      needs = registry.family(family).ground_truth
+      if needs and not any(k in batch for k in needs):
+        raise ValueError(f"metric {family!r} needs a source with {' or '.join(needs)!r}; "
                          f"the batch has {sorted(batch)}")
     heatmap = None if batch.get("heatmap") is None else np.asarray(batch["heatmap"], np.float32)
     mask = batch.get("mask", None if heatmap is None else heatmap > 0)
@@ -753,8 +665,7 @@ def evaluate(workdir, *, source, model, variables, methods: Mapping[str, Mapping
                                      **_explain_options(name, options, x, method_key))
       scored = jax.device_get(_score(
           model, variables, x, attributions, heatmap, mask, jax.random.fold_in(method_key, 1),
-          n=n, metrics=metrics, removal=static_removal, iou_options=static_iou,
-          delta_k=delta_k))
+          n=n, options=static_options))
       maps_of[display] = np.asarray(scored["maps"])
       frame = base.copy()
       frame.insert(1, "method", display)
@@ -812,102 +723,37 @@ def evaluate(workdir, *, source, model, variables, methods: Mapping[str, Mapping
 @functools.partial(xla.jit, static_argnames=("model",))
 def _predict(model, variables, x):
   """`(argmax f(x), softmax probability of it)`, the target of every explanation."""
-  from xai_jax.models.base import as_apply  # pylint: disable=import-outside-toplevel
   logits = as_apply(model)(variables, x).astype(jnp.float32)
   target = jnp.argmax(logits, axis=-1).astype(jnp.int32)
   return target, jnp.max(jax.nn.softmax(logits, axis=-1), axis=-1)
 
 
-@functools.partial(xla.jit, static_argnames=("model", "n", "metrics", "removal", "iou_options",
-                                             "delta_k"))
-def _score(model, variables, x, attributions, heatmap, mask, key, *, n, metrics, removal,
-           iou_options, delta_k):
-  """Every metric of one method's attributions on the first `n` (unpadded) rows, in one jit.
+@functools.partial(xla.jit, static_argnames=("model", "n", "options"))
+def _score(model, variables, x, attributions, heatmap, mask, key, *, n, options):
+  """Every metric family of one method's attributions on the first `n` (unpadded) rows, in
+  one jit.
 
-  Returns `{"maps": float32[n, H, W], "columns": {name: [n]}, "roc": {setting: (recall
-  sum, FPR sum)}, "curves": {order: {fraction, score_sum, drop_sum, flip_sum}}}`.
+  Args:
+    options: `((family, ((option, value), ...)), ...)`, hashable, in registry order.
+
+  Returns:
+    `{"maps": float32[n, H, W], "columns": {name: [n]}, "roc": {setting: (recall sum, FPR
+    sum)}, "curves": {order: {fraction, score_sum, drop_sum, flip_sum}}}`, gathered from the
+    families' `registry.FamilyScores`.
   """
-  from xai_jax.explain.postprocess import to_map  # pylint: disable=import-outside-toplevel
-  from xai_jax.metrics import ground_truth, pixel_removal  # pylint: disable=import-outside-toplevel
-  removal, iou_options = dict(removal), dict(iou_options)
   attributions = attributions[:n].astype(jnp.float32)
   maps = attributions if attributions.ndim == 3 else to_map(attributions, _MAP_REDUCE)
+  inputs = registry.ScoringInputs(
+      model=model, variables=variables, images=x[:n], attributions=attributions, maps=maps,
+      heatmap=None if heatmap is None else heatmap[:n], mask=None if mask is None else mask[:n],
+      key=key)
   out = {"maps": maps, "columns": {}, "roc": {}, "curves": {}}
-  columns = out["columns"]
-  if "five_band" in metrics:
-    for setting, suffix in FIVE_BAND_SETTINGS.items():
-      scores = ground_truth.five_band_scores(attributions, heatmap[:n], thresholds=setting)
-      for column, values in ground_truth.five_band_summary(scores).items():
-        columns[column + suffix] = values
-      out["roc"][setting] = (scores.recall.sum(0), scores.fpr.sum(0))
-  if "iou" in metrics:
-    columns["iou"] = ground_truth.iou(maps, mask[:n], n_std=iou_options["n_std"],
-                                      abs=iou_options["abs"])
-    columns["iou_star"] = ground_truth.iou_star(maps, mask[:n], n_std=iou_options["n_std_star"],
-                                                abs=iou_options["abs"])
-  if "pixel_removal" in metrics:
-    own, others, curves = _pixel_removal(pixel_removal, model, variables, x[:n], maps, removal,
-                                         delta_k=delta_k, key=key)
-    columns.update(own)
-    if delta_k:
-      for column in _DELTA_COLUMNS:
-        columns["delta_" + column] = own[column].astype(jnp.float32) - others[column]
-    for order, curve in curves.items():
-      scores = curve.scores.astype(jnp.float32)
-      out["curves"][order] = {
-          "fraction": curve.fractions, "score_sum": scores.sum(0),
-          "drop_sum": (scores[:, :1] - scores).sum(0),
-          "flip_sum": (curve.labels != curve.labels[:, :1]).sum(0).astype(jnp.float32)}
+  for family, family_options in options:
+    scores = registry.family(family).score(inputs, dict(family_options))
+    out["columns"].update(scores.columns)
+    out["roc"].update(scores.roc)
+    out["curves"].update(scores.curves)
   return out
-
-
-def _pixel_removal(pixel_removal, model, variables, x, maps, options, *, delta_k: int,
-                   key: jax.Array):
-  """Own metrics, mean metrics with `delta_k` other maps (DeepMaps Eq. 9) and own curves.
-
-  As `pixel_removal.delta(pixel_removal_metrics, ...)` with the same draws
-  (`draw_others(key, N, N, k, arange(N))`), but the own and the borrowed maps share one
-  MoRF and one LeRF `perturbation_curve` call of `N * (k + 1)` images, whose first N rows
-  are also the own curves of the `curves` table (no second evaluation of the own maps).
-  """
-  n = x.shape[0]
-  if delta_k:
-    index = pixel_removal.draw_others(key, n, n, delta_k, jnp.arange(n))
-    x_all = jnp.concatenate([x, jnp.repeat(x, delta_k, axis=0)], axis=0)
-    maps_all = jnp.concatenate([maps, maps[index.reshape(-1)]], axis=0)
-  else:
-    x_all, maps_all = x, maps
-  curve_options = {k: options[k] for k in ("step", "fill", "chunk", "score")}
-  if isinstance(curve_options["fill"], (tuple, list)):  # per-channel fill, e.g. an RGB mean
-    curve_options["fill"] = jnp.asarray(curve_options["fill"], x.dtype)
-  curves = {order: pixel_removal.perturbation_curve(model, variables, x_all, maps_all,
-                                                    order=order, max_fraction=1.0,
-                                                    **curve_options)
-            for order in ("morf", "lerf")}
-  values = _removal_from_curves(pixel_removal, curves, options["fraction"])
-  own = {k: v[:n] for k, v in values.items()}
-  others = ({k: v[n:].astype(jnp.float32).reshape(n, delta_k).mean(axis=1)
-             for k, v in values.items()} if delta_k else None)
-  own_curves = {order: curve.replace(scores=curve.scores[:n], labels=curve.labels[:n],
-                                     target=curve.target[:n])
-                for order, curve in curves.items()}
-  return own, others, own_curves
-
-
-_DELTA_COLUMNS = ("aopc", "afoc_morf", "afoc_lerf", "n_morf", "n_lerf")
-
-
-def _removal_from_curves(pixel_removal, curves, fraction: float) -> dict[str, jax.Array]:
-  """The DeepMaps set from a MoRF and a LeRF curve (as `pixel_removal_metrics`)."""
-  morf, lerf = curves["morf"], curves["lerf"]
-  n_morf, flipped_morf = pixel_removal.pixels_to_flip(morf)
-  n_lerf, flipped_lerf = pixel_removal.pixels_to_flip(lerf)
-  return {"aopc": pixel_removal.aopc(morf, max_fraction=fraction),
-          "afoc_morf": pixel_removal.afoc(morf, fraction=fraction),
-          "afoc_lerf": pixel_removal.afoc(lerf, fraction=fraction),
-          "n_morf": n_morf, "n_lerf": n_lerf,
-          "flipped_morf": flipped_morf.astype(jnp.float32),
-          "flipped_lerf": flipped_lerf.astype(jnp.float32)}
 
 
 def _mean_over_shards(frame: pd.DataFrame, keys: Sequence[str],

@@ -109,7 +109,7 @@ _HISTORY_FIELDS = ("step", "epoch", "loss", "train_accuracy", "eval_accuracy", "
 # Optimiser and paper settings
 
 
-def model_family(name: str) -> str:
+def _model_family(name: str) -> str:
   """Maps a model name (`"resnet34"`, `"vgg16_bn"`, `"alexnet"`, ...) to its paper family.
 
   Raises:
@@ -136,7 +136,7 @@ def paper_settings(name: str) -> dict[str, Any]:
   Raises:
     ValueError: unknown family.
   """
-  family = model_family(name)
+  family = _model_family(name)
   return dict(learning_rate=PAPER_LEARNING_RATES[family], weight_decay=PAPER_WEIGHT_DECAY,
               batch_size=PAPER_BATCH_SIZES[family], patience=PAPER_PATIENCE[family],
               refresh_fraction=PAPER_REFRESH_FRACTION[family],

@@ -5,8 +5,7 @@ synthetic-cell dataset of Tjoa & Guan, "Quantifying Explainability of Saliency
 Methods in Deep Neural Networks" (2020, arXiv:2009.02899), and regenerates it on
 demand with the pure-JAX generator `xai_jax.data.cells.make_cell`. It is shared by
 
-* `source(split, ...)`, a random-access data source that needs no disk at all
-  (exposed as `xai_jax.data.cells.source`), and
+* `source(split, ...)`, a random-access data source that needs no disk at all, and
 * the TFDS builder `xai_jax.data.tfds_cells.XaiCells` (dataset `xai_cells`),
   which writes the same samples to `array_record` files.
 
@@ -27,8 +26,8 @@ indices `[200 k, 200 (k + 1))`.
 
 Example:
 
-    from xai_jax.data import cells
-    train = cells.source("train", size=64)          # 6400 samples, no disk
+    from xai_jax.data import cell_source
+    train = cell_source.source("train", size=64)    # 6400 samples, no disk
     example = train[0]                              # dict of numpy arrays
     batch = train.get_batch(range(0, 128))          # one jitted vmapped call
 """
@@ -37,13 +36,15 @@ from __future__ import annotations
 
 import functools
 import operator
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from xai_jax import xla
+from xai_jax.data import cells
+from xai_jax.data import sources
 
 # The paper's split layout (`L/pipeline/data/prepare_10classes_data.py`):
 # number of shards per split, each of `SHARD_SIZE` samples.
@@ -129,25 +130,6 @@ def _labels_batch(the_split_key, indices):
   return jax.vmap(_labels_of, in_axes=(None, 0))(the_split_key, indices)
 
 
-def _check_indices(indices: Any, *, num_examples: int | None = None) -> np.ndarray:
-  """Returns indices as a 1-D int64 numpy array, checking their range."""
-  array = np.asarray(indices)
-  if array.ndim == 0:
-    array = array[None]
-  if array.ndim != 1:
-    raise ValueError(f"indices must be 1-D, got shape {array.shape}.")
-  if array.size and not np.issubdtype(array.dtype, np.integer):
-    raise TypeError(f"indices must be integers, got dtype {array.dtype}.")
-  array = array.astype(np.int64)
-  if array.size:
-    upper = num_examples if num_examples is not None else 2**31
-    bad = (array < 0) | (array >= upper)
-    if bad.any():
-      raise IndexError(
-          f"index {int(array[bad][0])} out of range [0, {upper}).")
-  return array
-
-
 def sample_labels(the_split_key: jax.Array, indices: Any) -> tuple[np.ndarray, np.ndarray]:
   """Draws the labels and backgrounds of samples without generating images.
 
@@ -163,7 +145,7 @@ def sample_labels(the_split_key: jax.Array, indices: Any) -> tuple[np.ndarray, n
   Raises:
     IndexError: a negative index.
   """
-  indices = _check_indices(indices)
+  indices = sources.check_indices(indices)
   # Pad to a power of two (at least 1024) so that few shapes are compiled.
   padded = np.zeros(max(1024, 1 << max(0, len(indices) - 1).bit_length()), np.int64)
   padded[:len(indices)] = indices
@@ -171,22 +153,14 @@ def sample_labels(the_split_key: jax.Array, indices: Any) -> tuple[np.ndarray, n
   return np.asarray(label)[:len(indices)], np.asarray(background)[:len(indices)]
 
 
-def _make_cell():
-  # Imported lazily: `xai_jax.data.cells` re-exports `source` from this module.
-  from xai_jax.data import cells  # pylint: disable=g-import-not-at-top
-  return cells.make_cell
-
-
 @functools.partial(xla.jit, static_argnames=("size",))
 def _generate_batch(the_split_key, indices, *, size):
-  make_cell = _make_cell()
-
   def one(index):
     label_key, background_key, cell_key = _sample_keys(the_split_key, index)
     label = jax.random.randint(label_key, (), 0, NUM_LABELS, dtype=jnp.int32)
     background = jax.random.randint(
         background_key, (), 0, NUM_BACKGROUNDS, dtype=jnp.int32)
-    image, heatmap = make_cell(cell_key, label, background, size=size)
+    image, heatmap = cells.make_cell(cell_key, label, background, size=size)
     return dict(image=image, heatmap=heatmap, label=label, background=background)
 
   return jax.vmap(one)(indices)
@@ -243,7 +217,7 @@ def generate(the_split_key: jax.Array, indices: Any, *, size: int = 224,
   """
   size = _check_size(size)
   chunk_size = _check_chunk_size(chunk_size, size)
-  indices = _check_indices(indices)
+  indices = sources.check_indices(indices)
   parts = []
   for start in range(0, len(indices), chunk_size):
     chunk = indices[start:start + chunk_size]
@@ -286,74 +260,10 @@ def image_to_uint8(image: np.ndarray) -> np.ndarray:
   return np.round(np.clip(np.asarray(image, np.float32), 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
-class RandomAccessSource:
-  """Base of random-access sources: indexing, batches and the grain protocol.
-
-  Subclasses implement `__len__` and `_get_batch(indices int64[N])` returning a
-  dict of stacked numpy arrays.
-  """
-
-  def __len__(self) -> int:
-    raise NotImplementedError
-
-  def _get_batch(self, indices: np.ndarray) -> dict[str, np.ndarray]:
-    raise NotImplementedError
-
-  def _check_index(self, index: Any) -> int:
-    try:
-      index = operator.index(index)
-    except TypeError:
-      raise TypeError(
-          f"index must be an int, a slice or a 1-D int array, got {type(index)}."
-      ) from None
-    if not 0 <= index < len(self):
-      raise IndexError(f"index {index} out of range [0, {len(self)}).")
-    return index
-
-  def get_batch(self, indices: Iterable[int] | np.ndarray) -> dict[str, np.ndarray]:
-    """Returns the samples at `indices` stacked: the fast batched path.
-
-    Args:
-      indices: 1-D ints in [0, len(self)).
-
-    Returns:
-      dict of numpy arrays with a leading axis of len(indices).
-
-    Raises:
-      IndexError: an index out of range (negative indices are not wrapped).
-    """
-    if not isinstance(indices, (np.ndarray, Sequence)):
-      indices = list(indices)
-    return self._get_batch(_check_indices(indices, num_examples=len(self)))
-
-  def __getitem__(self, index):
-    """`source[i]` -> one sample; `source[a:b]` or `source[int array]` -> a batch.
-
-    Raises:
-      IndexError: index out of range (negative indices are not wrapped).
-    """
-    if isinstance(index, slice):
-      return self.get_batch(np.arange(len(self))[index])
-    if isinstance(index, (np.ndarray, list, tuple, range)):
-      return self.get_batch(index)
-    index = self._check_index(index)
-    batch = self._get_batch(np.array([index], np.int64))
-    return {k: v[0] for k, v in batch.items()}
-
-  def __getitems__(self, indices: Sequence[int]) -> list[dict[str, np.ndarray]]:
-    """Grain's batched-read protocol: a list of single samples."""
-    batch = self.get_batch(indices)
-    return [{k: v[i] for k, v in batch.items()} for i in range(len(indices))]
-
-  def __iter__(self):
-    for index in range(len(self)):
-      yield self[index]
-
-
-class CellSource(RandomAccessSource):
+class CellSource(sources.RandomAccessSource):
   """Random-access synthetic cells regenerated from a key: no disk needed.
 
-  Exposed as `xai_jax.data.cells.source`; build it with `source(split, ...)`.
+  Build it with `source(split, ...)`.
   `source[i]` gives a dict of numpy arrays:
 
     image: float32[size, size, 3] in [0, 1]
@@ -414,14 +324,14 @@ class CellSource(RandomAccessSource):
     """
     if indices is None:
       indices = np.arange(len(self))
-    indices = _check_indices(indices, num_examples=len(self))
+    indices = sources.check_indices(indices, num_examples=len(self))
     return sample_labels(self.key, indices)
 
 
 def source(split: str, *, size: int = 224, key: Any = None,
            num_examples: int | None = None,
            chunk_size: int | None = None) -> CellSource:
-  """A random-access source of synthetic cells (`xai_jax.data.cells.source`).
+  """A random-access source of synthetic cells, regenerated from a key (no disk).
 
   Sample `i` is regenerated from `fold_in(split_key(key, split), i)` (see the
   module docstring) in fixed-size chunks, so it is bitwise identical whether
@@ -460,6 +370,6 @@ def num_examples_of(split: str) -> int:
 __all__ = [
     "SPLITS", "SHARD_SIZE", "SPLIT_IDS", "HEATMAP_VALUES", "default_key",
     "split_key", "sample_labels", "generate", "source", "CellSource",
-    "RandomAccessSource", "heatmap_to_codes", "codes_to_heatmap",
+    "heatmap_to_codes", "codes_to_heatmap",
     "image_to_uint8", "default_chunk_size", "num_examples_of",
 ]

@@ -684,14 +684,3 @@ def cell_settings(key: jax.Array, label: Any, *, size: int = 224) -> dict[str, j
   size = _check_size(size)
   _check_values(label, "label", NUM_CLASSES, CLASS_NAMES)
   return _cell_settings(key, label, size)
-
-
-def source(split: str, **kwargs: Any):
-  """A random-access source of synthetic cells, regenerated from keys (no disk).
-
-  Thin forward to `xai_jax.data.cell_source.source` (imported lazily, since
-  that module builds on this one); see there for the arguments (`size`, `key`,
-  ...) and the sample definition shared with the TFDS dataset `xai_cells`.
-  """
-  from xai_jax.data import cell_source  # pylint: disable=g-import-not-at-top
-  return cell_source.source(split, **kwargs)

@@ -1,6 +1,6 @@
 """Natural images for evaluation: image folders, TFDS image datasets, bounding-box masks.
 
-Two random-access sources (`cell_source.RandomAccessSource`: `len`, `source[i]`,
+Two random-access sources (`sources.RandomAccessSource`: `len`, `source[i]`,
 `get_batch(indices)`) give the batches `xai_jax.runner.evaluate` consumes:
 
 * `ImageFolderSource(root, size=...)`: the sorted JPEG/PNG files of a folder (flat, or
@@ -45,8 +45,11 @@ from typing import Any, Callable, Mapping, Sequence
 import xml.etree.ElementTree as ElementTree
 
 import numpy as np
+from skimage import io
+from skimage import transform
+import tensorflow_datasets as tfds
 
-from xai_jax.data import cell_source
+from xai_jax.data import sources
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 CROPS = ("resize", "center")
@@ -292,7 +295,6 @@ def _as_rgb_float(image: np.ndarray, where: Any) -> np.ndarray:
 
 def _transform(image: np.ndarray, geometry: _Geometry) -> np.ndarray:
   """Resizes (bilinear, anti-aliased when shrinking) and crops `image` float32[H, W, 3]."""
-  from skimage import transform  # pylint: disable=import-outside-toplevel
   g = geometry
   if g.resized != (g.height, g.width):
     shrinking = g.resized[0] < g.height or g.resized[1] < g.width
@@ -363,7 +365,7 @@ def _filtered_positions(count: int, labels: Callable[[], np.ndarray], *,
   return positions
 
 
-class ImageFolderSource(cell_source.RandomAccessSource):
+class ImageFolderSource(sources.RandomAccessSource):
   """Random access to the images of a folder, resized to `size x size`, with labels and masks.
 
   Files: the images directly in `root` and in its immediate subfolders (extensions
@@ -514,7 +516,6 @@ class ImageFolderSource(cell_source.RandomAccessSource):
             f" num_examples={len(self)}, masks={self.annotations_dir is not None})")
 
   def _load(self, i: int) -> tuple[np.ndarray, np.ndarray | None]:
-    from skimage import io  # pylint: disable=import-outside-toplevel
     path = self.files[i]
     try:
       raw = io.imread(path)
@@ -560,7 +561,7 @@ def _tfds_boxes(record: Mapping[str, Any]) -> np.ndarray | None:
   return None
 
 
-class TfdsImageSource(cell_source.RandomAccessSource):
+class TfdsImageSource(sources.RandomAccessSource):
   """Random access to a prepared TFDS image dataset (array_record; no TensorFlow).
 
   Features used: `"image"` (uint8 `[H, W, C]`, any size: resized / cropped to `size` as in
@@ -594,7 +595,6 @@ class TfdsImageSource(cell_source.RandomAccessSource):
         dataset without an "image" feature (or without "label" for the filters), or bad
         options.
     """
-    import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
     self.size = _check_size(size)
     self.crop = _check_crop(crop)
     self.normalize = _check_normalize(normalize)

@@ -1,10 +1,9 @@
 """TFDS dataset `xai_cells`: the synthetic cells of Tjoa & Guan on disk.
 
-The samples are exactly those of `xai_jax.data.cells.source` (defined in
-`xai_jax.data.cell_source`) with the default key: sample `i` of a split is
-regenerated from `fold_in(split_key, i)`, so a rebuild gives identical records
-and the on-disk dataset equals the disk-free source up to the uint8 rounding of
-images. Reference: Tjoa & Guan, "Quantifying Explainability of Saliency Methods
+The samples are exactly those of the disk-free source `xai_jax.data.cell_source.source`
+with the default key: sample `i` of a split is regenerated from `fold_in(split_key, i)`,
+so a rebuild gives identical records and the on-disk dataset equals the disk-free source
+up to the uint8 rounding of images. Reference: Tjoa & Guan, "Quantifying Explainability of Saliency Methods
 in Deep Neural Networks" (2020, arXiv:2009.02899); the split layout is defined in
 `xai_jax.data.cell_source`.
 
@@ -63,6 +62,7 @@ import tensorflow_datasets as tfds
 
 from xai_jax.data import cell_source
 from xai_jax.data import cells
+from xai_jax.data import sources
 
 BACKGROUND_NAMES = tuple(cells.BACKGROUND_NAMES)  # none, blotches, rings
 # zlib level of the PNGs (Pillow's default). Measured at 224: level 1 is 3.5x faster
@@ -225,8 +225,8 @@ def build(data_dir: str, *, config: str = "224") -> tfds.core.DatasetBuilder:
   return builder
 
 
-class TfdsCellSource(cell_source.RandomAccessSource):
-  """Random access to a built `xai_cells` split, decoded like `cells.source`.
+class TfdsCellSource(sources.RandomAccessSource):
+  """Random access to a built `xai_cells` split, decoded like `cell_source.source`.
 
   `source[i]` gives a dict of numpy arrays: `image` float32[s, s, 3] in [0, 1]
   (multiples of 1/255), `heatmap` float32[s, s] in {0, 0.4, 0.9}, `label` and

@@ -20,10 +20,9 @@ default) only when x is concrete.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import Any, Callable, Mapping, Sequence
-
-import numpy as np
 
 from xai_jax.explain import cam, common, integrated, noise, perturbation
 # The modules, bound before their same-named functions below shadow them.
@@ -39,13 +38,23 @@ from xai_jax.explain.guided import deconvolution, guided_backprop
 from xai_jax.explain.integrated import integrated_gradients
 from xai_jax.explain.layer_shap import layer_expected_gradients, layer_shap
 from xai_jax.explain.lrp import lrp
-from xai_jax.explain.noise import gradient_shap, smoothgrad
+from xai_jax.explain.noise import gradient_shap
 from xai_jax.explain.perturbation import (feature_ablation, kernel_shap, lime, occlusion,
                                           shapley_sampling)
 from xai_jax.explain.postprocess import (normalize_min_max, resize, resize_bilinear,
                                          resize_nearest, to_map)
 from xai_jax.explain.segmentation import segment
 
+
+@functools.wraps(noise.smoothgrad)
+def smoothgrad(method, model, variables, x, target=None, **options):
+  # `noise.smoothgrad`, with `method` also given by registry name (resolved here, where the
+  # registry is: `noise` cannot import it).
+  if isinstance(method, str):
+    if method not in METHODS:
+      raise ValueError(f"unknown method {method!r}; valid: {', '.join(sorted(METHODS))}")
+    method = METHODS[method]
+  return noise.smoothgrad(method, model, variables, x, target, **options)
 
 
 def _smoothgrad_entry(model, variables, x, target=None, *, method="gradient", **options):
@@ -89,8 +98,7 @@ def explain(name: str, model, variables, x, target=None, **options):
     ValueError: for an unknown name (the message lists the valid ones), or
       whatever the method raises for bad input.
   """
-  if name not in METHODS:
-    raise ValueError(f"unknown explanation method {name!r}; valid: {', '.join(sorted(METHODS))}")
+  _check_name(name)
   return METHODS[name](model, variables, x, target, **options)
 
 
@@ -107,18 +115,13 @@ def _accepted(function: Callable) -> tuple[dict[str, inspect.Parameter], bool]:
   return named, any(p.kind == p.VAR_KEYWORD for p in parameters)
 
 
-def _check_positive_int(name: str, field: str, value) -> None:
-  if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
-    raise ValueError(f"{name}: {field} must be a positive int; got {value!r}")
-
-
 def _check_values(name: str, options: Mapping[str, Any]) -> None:
   """The option values each method checks on entry that need no model and no data."""
   try:
     if name == "integrated_gradients" and ("steps" in options or "rule" in options):
       integrated.nodes_and_weights(options.get("steps", 50), options.get("rule", "gausslegendre"))
     if options.get("samples") is not None:  # None: lime's per-reference default
-      _check_positive_int(name, "samples", options["samples"])
+      common.check_positive_int(options["samples"], "samples")
     if options.get("chunk") is not None:
       common.resolve_chunk(options["chunk"], 1, (1, 1, 1, 1))
     if "loop" in options:
@@ -152,6 +155,52 @@ _STATIC_CHECKS = {
 }
 
 
+def _check_name(name: str) -> None:
+  if name not in METHODS:
+    raise ValueError(f"unknown explanation method {name!r}; valid: {', '.join(sorted(METHODS))}")
+
+
+def _option_parameters(name: str) -> tuple[dict[str, inspect.Parameter | None], bool]:
+  """The options the registered method `name` takes itself, and whether it forwards others.
+
+  For "smoothgrad", whose registry entry forwards `**options`, these are the keyword-only
+  parameters of `noise.smoothgrad` plus `method` (mapped to None: it has a default); the
+  rest go to the wrapped method, so the entry is not open-ended here.
+
+  Raises:
+    ValueError: for an unknown name (the message lists the valid ones).
+  """
+  _check_name(name)
+  if name == "smoothgrad":  # smoothgrad(method, model, variables, x, target, *, ...)
+    named: dict[str, inspect.Parameter | None] = {
+        k: p for k, p in inspect.signature(noise.smoothgrad).parameters.items()
+        if p.kind == p.KEYWORD_ONLY}
+    named["method"] = None
+    return named, False
+  return _accepted(METHODS[name])
+
+
+def takes_key(name: str) -> bool:
+  """Whether the registered method `name` takes a PRNG `key` option (it draws randomness).
+
+  Read from the method's signature, so a caller that fills in keys (the runner, the
+  sanity checks) needs no list of method names: True for SmoothGrad (its noise, whatever
+  the method it wraps), GradientSHAP, the random baseline, Shapley value sampling, LIME,
+  KernelSHAP and layer SHAP; False for the deterministic methods.
+
+  Args:
+    name: a key of `METHODS`.
+
+  Returns:
+    True when `explain(name, ..., key=jax.random.key(seed))` is accepted.
+
+  Raises:
+    ValueError: for an unknown name (the message lists the valid ones).
+  """
+  named, _ = _option_parameters(name)
+  return "key" in named
+
+
 def check_options(name: str, options: Mapping[str, Any] | None = None, *,
                   supplied: Sequence[str] = ()) -> None:
   """Checks, without a model or data, that `explain(name, ..., **options)` can accept `options`.
@@ -174,13 +223,9 @@ def check_options(name: str, options: Mapping[str, Any] | None = None, *,
     ValueError: naming the method and the option: an unknown method or option (listing the
       valid ones), a missing required option, or a bad value.
   """
-  if name not in METHODS:
-    raise ValueError(f"unknown explanation method {name!r}; valid: {', '.join(sorted(METHODS))}")
+  named, open_ended = _option_parameters(name)
   options = dict(options or {})
-  if name == "smoothgrad":  # smoothgrad(method, model, variables, x, target, *, ...)
-    named = {k: p for k, p in inspect.signature(noise.smoothgrad).parameters.items()
-             if p.kind == p.KEYWORD_ONLY}
-    named["method"] = None
+  if name == "smoothgrad":
     inner = options.get("method", "gradient")
     if not isinstance(inner, str):
       raise ValueError(f"smoothgrad: option method must be a registry name; got {inner!r}")
@@ -193,7 +238,6 @@ def check_options(name: str, options: Mapping[str, Any] | None = None, *,
       raise ValueError(f"smoothgrad (wrapping {error}); smoothgrad's own options: "
                        f"{sorted(named)}") from None
   else:
-    named, open_ended = _accepted(METHODS[name])
     unknown = [] if open_ended else sorted(set(options) - set(named))
     if unknown:
       raise ValueError(f"{name}: unknown options {unknown}; valid: {sorted(named) or 'none'}")
@@ -206,11 +250,11 @@ def check_options(name: str, options: Mapping[str, Any] | None = None, *,
 
 
 __all__ = [
-    "METHODS", "check_options", "explain", "deconvolution", "deeplift", "deeplift_multipliers",
-    "deeplift_shap", "deepmaps", "edge", "feature_ablation", "fullgrad", "fullgrad_completeness",
-    "gradcam", "gradient", "gradient_shap", "guided_backprop", "guided_gradcam",
-    "input_x_gradient", "integrated_gradients", "kernel_shap", "layer_attributions",
-    "layer_expected_gradients", "layer_shap", "lime", "lrp",
+    "METHODS", "check_options", "explain", "takes_key", "deconvolution", "deeplift",
+    "deeplift_multipliers", "deeplift_shap", "deepmaps", "edge", "feature_ablation", "fullgrad",
+    "fullgrad_completeness", "gradcam", "gradient", "gradient_shap", "guided_backprop",
+    "guided_gradcam", "input_x_gradient", "integrated_gradients", "kernel_shap",
+    "layer_attributions", "layer_expected_gradients", "layer_shap", "lime", "lrp",
     "normalize_min_max", "occlusion", "predicted_class", "random_map", "resize",
     "resize_bilinear", "resize_nearest", "segment", "shapley_sampling", "simple_fullgrad",
     "smoothgrad", "to_map",

@@ -165,7 +165,7 @@ def gradcam(model: nn.Module, variables: Any, x: Array, target: Array | int | No
       channels that do not fit the model), an unknown layer, mode or
       upsampling, or a non-spatial layer.
   """
-  common.check_contract(model, "gradcam")
+  taps.check_contract(model, "gradcam")
   relu, upsample = _resolve(mode, relu, upsample)
   x, target, valid = common.prepare(model, variables, x, target)
   layer = check_layer(model, variables, x, layer)
@@ -205,7 +205,7 @@ def guided_gradcam(model: nn.Module, variables: Any, x: Array, target: Array | i
   Raises:
     ValueError: as `gradcam`.
   """
-  common.check_contract(model, "guided_gradcam")
+  taps.check_contract(model, "guided_gradcam")
   if upsample not in UPSAMPLE:
     raise ValueError(f"unknown upsample {upsample!r}; valid: {', '.join(UPSAMPLE)}")
   x, target, valid = common.prepare(model, variables, x, target)

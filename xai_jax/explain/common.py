@@ -97,23 +97,6 @@ def concrete_array(a, dtype=None) -> jax.Array:
     return jnp.asarray(a, dtype)
 
 
-def check_contract(model, method: str) -> None:
-  """Raises unless `model` is an `xai_jax.models` contract model.
-
-  Methods that read named activations or bias sites, or replace nonlinearities
-  (`taps.with_ops`), need a flax Module with an `ops` field; a plain apply
-  function is not enough.
-
-  Raises:
-    ValueError: naming `method` and the type received.
-  """
-  if not isinstance(model, nn.Module) or not hasattr(model, "ops"):
-    raise ValueError(
-        f"{method} needs an xai_jax.models contract model (a flax Module with an `ops` "
-        f"field that marks its activations and bias sites and lets explainers replace its "
-        f"nonlinearities, see xai_jax.models.taps); got {type(model).__name__}")
-
-
 def check_images(x, *, name: str = "x") -> jax.Array:
   """Validates and returns an image batch as a float array `[N, H, W, C]`.
 
@@ -390,6 +373,17 @@ def check_like(a, x: jax.Array, name: str) -> jax.Array:
     raise ValueError(f"{name} of shape {jnp.shape(a)} does not broadcast to x's shape "
                      f"{x.shape}") from e
   return a
+
+
+def check_positive_int(value, name: str) -> int:
+  """Returns `value` as an int if it is a positive Python or NumPy integer (not a bool).
+
+  Raises:
+    ValueError: naming `name` and the value received.
+  """
+  if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
+    raise ValueError(f"{name} must be a positive int; got {value!r}")
+  return int(value)
 
 
 def check_key(key, *, name: str = "key"):

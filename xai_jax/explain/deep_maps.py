@@ -145,7 +145,7 @@ def layer_attributions(model: nn.Module, variables: Any, x: Array,
     ValueError: for a non-contract model, bad `x` / `target`, or variables /
       channels that do not fit the model.
   """
-  common.check_contract(model, "layer_attributions")
+  taps.check_contract(model, "layer_attributions")
   x, target, valid = common.prepare(model, variables, x, target)
   maps = _layer_maps_jit(model, variables, x, target, per_channel=bool(per_channel),
                          align_corners=bool(align_corners), normalize=bool(normalize))
@@ -186,7 +186,7 @@ def deepmaps(model: nn.Module, variables: Any, x: Array, target: Array | int | N
       channels that do not fit the model), `first_layer` out of range or an
       unknown layer name.
   """
-  common.check_contract(model, "deepmaps")
+  taps.check_contract(model, "deepmaps")
   x, target, valid = common.prepare(model, variables, x, target)
   names = layer_names(model, variables, x)
   if layers is None:

@@ -346,7 +346,7 @@ def deeplift(model: nn.Module, variables: Any, x: Array, target: Array | int | N
     ValueError: for a non-contract model, a bad `x`, `target`, `baseline` or
       `eps`, or variables / channels that do not fit the model.
   """
-  common.check_contract(model, "deeplift")
+  taps.check_contract(model, "deeplift")
   eps = _check_eps(eps)
   x, target, valid = common.prepare(model, variables, x, target)
   baseline = common.check_like(baseline, x, "baseline")
@@ -392,7 +392,7 @@ def deeplift_shap(model: nn.Module, variables: Any, x: Array, target: Array | in
     ValueError: for a non-contract model, bad shapes (also variables or
       channels that do not fit the model), a single baseline or a bad chunk.
   """
-  common.check_contract(model, "deeplift_shap")
+  taps.check_contract(model, "deeplift_shap")
   eps = _check_eps(eps)
   x, target, valid = common.prepare(model, variables, x, target)
   baselines = common.check_images(baselines, name="baselines")

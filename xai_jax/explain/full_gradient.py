@@ -111,7 +111,7 @@ def fullgrad(model: nn.Module, variables: Any, x: Array,
     ValueError: for a non-contract model, bad `x` / `target`, or variables /
       channels that do not fit the model.
   """
-  common.check_contract(model, "fullgrad")
+  taps.check_contract(model, "fullgrad")
   x, target, valid = common.prepare(model, variables, x, target)
   return common.nan_where_invalid(_fullgrad(model, variables, x, target, simple=False), valid)
 
@@ -134,7 +134,7 @@ def simple_fullgrad(model: nn.Module, variables: Any, x: Array,
     ValueError: for a non-contract model, bad `x` / `target`, or variables /
       channels that do not fit the model.
   """
-  common.check_contract(model, "simple_fullgrad")
+  taps.check_contract(model, "simple_fullgrad")
   x, target, valid = common.prepare(model, variables, x, target)
   return common.nan_where_invalid(_fullgrad(model, variables, x, target, simple=True), valid)
 
@@ -172,7 +172,7 @@ def fullgrad_completeness(model: nn.Module, variables: Any, x: Array,
   Raises:
     ValueError: for a non-contract model or bad `x` / `target`.
   """
-  common.check_contract(model, "fullgrad_completeness")
+  taps.check_contract(model, "fullgrad_completeness")
   x, target, valid = common.prepare(model, variables, x, target)
   lhs, rhs = _completeness(model, variables, x, target)
   tiny = jnp.finfo(rhs.dtype).tiny

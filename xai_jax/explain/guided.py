@@ -12,11 +12,12 @@ and max-pool keep their ordinary gradients (Captum hooks only `nn.ReLU`
 modules). The score is `sum_n logits[n, target[n]]`; no absolute value.
   * guided backprop: `g_in = 1[x > 0] * max(g_out, 0)`;
   * deconvolution:   `g_in = max(g_out, 0)` (the forward mask is ignored).
+The rule is the only difference: `RELU_RULES` maps each method to its ReLU and
+both run one body.
 """
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import flax.linen as nn
@@ -63,14 +64,8 @@ def _deconv_bwd(_, g):
 
 deconv_relu.defvjp(_deconv_fwd, _deconv_bwd)
 
-GUIDED_OPS = taps.Ops(relu=guided_relu)
-DECONV_OPS = taps.Ops(relu=deconv_relu)
-
-
-@functools.partial(xla.jit, static_argnames=("model",))
-def _modified_gradient(model, variables, x, target):
-  grad, _ = common.target_gradient(model, variables, x, target)
-  return grad
+RELU_RULES = {"guided_backprop": guided_relu, "deconvolution": deconv_relu}
+"""The replacement ReLU (its backward rule) of each method; nothing else differs."""
 
 
 def modified_relu_gradient(model: nn.Module, variables: Any, x: Array, target: Array,
@@ -92,9 +87,25 @@ def modified_relu_gradient(model: nn.Module, variables: Any, x: Array, target: A
   return grad
 
 
+_jitted_modified_relu_gradient = xla.jit(modified_relu_gradient,
+                                         static_argnames=("model", "relu"))
+
+
+def _modified_relu_attribution(method: str, model: nn.Module, variables: Any, x: Array,
+                               target: Array | int | None) -> Array:
+  """The body of every `RELU_RULES` method: checked inputs, then `modified_relu_gradient`."""
+  taps.check_contract(model, method)
+  x, target, valid = common.prepare(model, variables, x, target)
+  grad = _jitted_modified_relu_gradient(model, variables, x, target, relu=RELU_RULES[method])
+  return common.nan_where_invalid(grad, valid)
+
+
 def guided_backprop(model: nn.Module, variables: Any, x: Array,
                     target: Array | int | None) -> Array:
-  """Guided backpropagation (Captum `GuidedBackprop`).
+  """Guided backpropagation (Springenberg et al. 2015; Captum `GuidedBackprop`).
+
+  The input gradient of the target score with every ReLU's backward replaced by
+  `g_in = 1[x > 0] * max(g_out, 0)` (`guided_relu`).
 
   Args:
     model: an `xai_jax.models` contract model.
@@ -110,15 +121,15 @@ def guided_backprop(model: nn.Module, variables: Any, x: Array,
     ValueError: for a non-contract model, bad `x` / `target`, or variables /
       channels that do not fit the model.
   """
-  common.check_contract(model, "guided_backprop")
-  x, target, valid = common.prepare(model, variables, x, target)
-  grad = _modified_gradient(taps.with_ops(model, GUIDED_OPS), variables, x, target)
-  return common.nan_where_invalid(grad, valid)
+  return _modified_relu_attribution("guided_backprop", model, variables, x, target)
 
 
 def deconvolution(model: nn.Module, variables: Any, x: Array,
                   target: Array | int | None) -> Array:
-  """Deconvolution (Captum `Deconvolution`).
+  """Deconvolution (Zeiler & Fergus 2014; Captum `Deconvolution`).
+
+  The input gradient of the target score with every ReLU's backward replaced by
+  `g_in = max(g_out, 0)`, the forward mask ignored (`deconv_relu`).
 
   Args:
     model: an `xai_jax.models` contract model.
@@ -134,7 +145,4 @@ def deconvolution(model: nn.Module, variables: Any, x: Array,
     ValueError: for a non-contract model, bad `x` / `target`, or variables /
       channels that do not fit the model.
   """
-  common.check_contract(model, "deconvolution")
-  x, target, valid = common.prepare(model, variables, x, target)
-  grad = _modified_gradient(taps.with_ops(model, DECONV_OPS), variables, x, target)
-  return common.nan_where_invalid(grad, valid)
+  return _modified_relu_attribution("deconvolution", model, variables, x, target)

@@ -53,13 +53,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from xai_jax import xla
-from xai_jax.explain import cam, common, guided, postprocess
+from xai_jax.explain import cam, common, guided, postprocess, sampling
 from xai_jax.models import taps
 
 Array = jax.Array
 
 SPACES = ("layer", "input")
 UPSAMPLE = ("bilinear", "nearest")
+KEY_SLOTS = ("indices", "alphas", "noise")
+"""Layer SHAP's use of `jax.random.split(key, 3)` (see `sampling.expected_gradients_draws`)."""
 
 
 def _noise(args, point, sigma):
@@ -113,15 +115,6 @@ def _activations(model, variables, images, *, layer):
   return taps.forward(model, variables, images)[1][layer]
 
 
-def _check_injected(name, value, shape, *, integer: bool):
-  if common.is_concrete(value):
-    value = common.concrete_array(value)
-  if value.shape != shape or (integer and not jnp.issubdtype(value.dtype, jnp.integer)):
-    kind = "int" if integer else "float"
-    raise ValueError(f"{name} must be {kind} {list(shape)}; got {value.dtype}{list(value.shape)}")
-  return value
-
-
 def check_static_options(options) -> None:
   """Checks the options of `layer_shap` that need no model (`space`, `upsample`, `guided`,
   `samples`, a concrete `local_smoothing`); used by `explain.check_options` too.
@@ -135,9 +128,7 @@ def check_static_options(options) -> None:
     raise ValueError(f"unknown upsample {options['upsample']!r}; valid: {', '.join(UPSAMPLE)}")
   if not isinstance(options.get("guided", True), bool):
     raise ValueError(f"guided must be a bool; got {options['guided']!r}")
-  samples = options.get("samples", 200)
-  if isinstance(samples, bool) or not isinstance(samples, (int, np.integer)) or samples < 1:
-    raise ValueError(f"samples must be a positive int; got {samples!r}")
+  common.check_positive_int(options.get("samples", 200), "samples")
   level = options.get("local_smoothing", 0.0)
   if common.is_concrete(level) and not float(np.asarray(level)) >= 0:
     raise ValueError(f"local_smoothing must be >= 0; got {level}")
@@ -183,51 +174,25 @@ def layer_expected_gradients(model: nn.Module, variables: Any, x: Array,
       an unknown layer or space, a negative `local_smoothing`, malformed
       injected draws, or a missing or malformed key.
   """
-  common.check_contract(model, "layer_shap")
+  taps.check_contract(model, "layer_shap")
   check_static_options(dict(space=space, samples=samples, local_smoothing=local_smoothing))
   x, target, valid = common.prepare(model, variables, x, target)
   layer = cam.check_layer(model, variables, x, layer)
-  concrete = common.is_concrete(background)
-  if concrete:
-    background = common.concrete_array(background)
-  if background.ndim != 4 or background.shape[1:] != x.shape[1:] or background.shape[0] < 1:
-    raise ValueError(f"background must be [M, {', '.join(map(str, x.shape[1:]))}] with M >= 1; "
-                     f"got shape {background.shape}")
-  if concrete and not common.all_finite(background):
-    raise ValueError("background contains NaN or infinite values")
-  background = background.astype(x.dtype)
+  background = sampling.check_references(background, x, name="background")
   sigma = local_smoothing
   smoothing = True  # a traced level may be > 0
   if common.is_concrete(sigma):
     sigma = float(np.asarray(sigma))
     smoothing = sigma > 0
-  n = x.shape[0]
-  needs_key = alphas is None or background_indices is None or (noise is None and smoothing)
-  if needs_key and key is None:
-    raise ValueError("key is required unless alphas, background_indices (and noise when "
-                     "local_smoothing > 0) are injected")
-  keys = jax.random.split(common.check_key(key), 3) if key is not None else None
-  if background_indices is None:
-    background_indices = jax.random.randint(keys[0], (n, samples), 0, background.shape[0])
-  background_indices = _check_injected("background_indices", background_indices, (n, samples),
-                                       integer=True)
-  if common.is_concrete(background_indices) and (
-      int(np.min(background_indices)) < 0
-      or int(np.max(background_indices)) >= background.shape[0]):
-    raise ValueError(f"background_indices must lie in [0, {background.shape[0]})")
-  if alphas is None:
-    alphas = jax.random.uniform(keys[1], (n, samples), x.dtype)
-  alphas = _check_injected("alphas", jnp.asarray(alphas, x.dtype), (n, samples), integer=False)
-  step_args = {"indices": jnp.swapaxes(background_indices, 0, 1).astype(jnp.int32),
-               "alphas": jnp.swapaxes(alphas, 0, 1)}
   point_shape = (cam.activation_probe_shapes(model, variables, x)[layer].shape
                  if space == "layer" else x.shape)
-  if noise is not None:
-    noise = _check_injected("noise", jnp.asarray(noise, x.dtype), (n, samples) + point_shape[1:],
-                            integer=False)
-    step_args["noise"] = jnp.swapaxes(noise, 0, 1) * jnp.asarray(sigma, x.dtype)
-  elif smoothing:
-    step_args["keys"] = jax.random.split(keys[2], samples)
+  step_args = sampling.expected_gradients_draws(
+      key, samples=samples, references=background.shape[0], point_shape=point_shape,
+      dtype=x.dtype, smoothing=smoothing, key_slots=KEY_SLOTS, indices=background_indices,
+      alphas=alphas, noise=noise, indices_name="background_indices",
+      smoothing_name="local_smoothing")
+  if "noise" in step_args:  # injected standard normal noise, scaled here
+    step_args["noise"] = step_args["noise"] * jnp.asarray(sigma, x.dtype)
   sigma = jnp.asarray(sigma, x.dtype)
   if space == "layer":
     operands = (variables, x, target, _activations(model, variables, x, layer=layer),
@@ -269,7 +234,7 @@ def layer_shap(model: nn.Module, variables: Any, x: Array, target: Array | int |
     ValueError: as `layer_expected_gradients`, for an unknown `upsample`, a
       non-bool `guided` or a non-spatial layer.
   """
-  common.check_contract(model, "layer_shap")
+  taps.check_contract(model, "layer_shap")
   check_static_options(dict(upsample=upsample, guided=guided, space=space, samples=samples,
                             local_smoothing=local_smoothing))
   x, target, valid = common.prepare(model, variables, x, target)

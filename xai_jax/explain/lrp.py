@@ -192,7 +192,7 @@ def lrp(model: nn.Module, variables: Any, x: Array, target: Array | int | None, 
       batch-norm layer in `layer_rules`, `epsilon <= 0`, a negative `gamma`, or a
       module that owns parameters but is not a linear layer.
   """
-  common.check_contract(model, "lrp")
+  taps.check_contract(model, "lrp")
   check_static_options(dict(rule=rule, epsilon=epsilon, gamma=gamma, zero_bias=zero_bias,
                             layer_rules=layer_rules))
   x, target, valid = common.prepare(model, variables, x, target)

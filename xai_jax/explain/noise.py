@@ -29,20 +29,21 @@ import jax.numpy as jnp
 import numpy as np
 
 from xai_jax import xla
-from xai_jax.explain import common
+from xai_jax.explain import common, sampling
 
 KINDS = ("mean", "squared", "var")
 
+GRADIENT_SHAP_KEY_SLOTS = ("indices", "noise", "alphas")
+"""GradientSHAP's use of `jax.random.split(key, 3)` (see `sampling.expected_gradients_draws`)."""
 
-def _resolve_method(method) -> Callable:
+
+def _check_method(method) -> Callable:
+  # Registry names are resolved by `xai_jax.explain.smoothgrad` (the registry imports this
+  # module, so it cannot be imported here).
   if callable(method):
     return method
-  if isinstance(method, str):
-    from xai_jax import explain  # pylint: disable=import-outside-toplevel
-    if method not in explain.METHODS:
-      raise ValueError(f"unknown method {method!r}; valid: {', '.join(sorted(explain.METHODS))}")
-    return explain.METHODS[method]
-  raise ValueError(f"method must be an explainer function or a registry name; got {method!r}")
+  raise ValueError(f"method must be an explainer function (xai_jax.explain.smoothgrad also "
+                   f"takes a registry name); got {method!r}")
 
 
 def _split_options(options: dict) -> tuple[tuple, dict]:
@@ -123,9 +124,10 @@ def smoothgrad(method, model: common.Model, variables: common.PyTree, x: jax.Arr
   averages |gradient| = `smoothgrad(gradient, ..., abs=True)`.
 
   Args:
-    method: an explainer `method(model, variables, x, target, **options)` or
-      its registry name; it must be per-example (the noisy copies are stacked
-      into one batch of `chunk * N` images).
+    method: an explainer `method(model, variables, x, target, **options)`, or
+      its registry name when called as `xai_jax.explain.smoothgrad`; it must be
+      per-example (the noisy copies are stacked into one batch of `chunk * N`
+      images).
     model: Flax module or `apply(variables, x) -> logits` callable.
     variables: model variables.
     x: `float32[N, H, W, C]`.
@@ -153,11 +155,10 @@ def smoothgrad(method, model: common.Model, variables: common.PyTree, x: jax.Arr
       `stdev`/`stdev_spread`, or a missing or malformed key (an integer seed
       instead of `jax.random.key(seed)`).
   """
-  method = _resolve_method(method)
+  method = _check_method(method)
   if kind not in KINDS:
     raise ValueError(f"unknown kind {kind!r}; valid: {', '.join(KINDS)}")
-  if isinstance(samples, bool) or not isinstance(samples, (int, np.integer)) or samples < 1:
-    raise ValueError(f"samples must be a positive int; got {samples!r}")
+  common.check_positive_int(samples, "samples")
   x, target, valid = common.prepare(model, variables, x, target)
   if stdev is not None and stdev_spread is not None:
     raise ValueError("give either stdev (absolute) or stdev_spread (relative), not both")
@@ -253,51 +254,16 @@ def gradient_shap(model: common.Model, variables: common.PyTree, x: jax.Array,
       fit the model) or injected arrays, or a missing or malformed key.
   """
   x, target, valid = common.prepare(model, variables, x, target)
-  concrete_baselines = common.is_concrete(baselines)
-  if concrete_baselines:
-    baselines = common.concrete_array(baselines)
-  if baselines.ndim != x.ndim or baselines.shape[1:] != x.shape[1:] or baselines.shape[0] < 1:
-    raise ValueError(f"baselines must be [M, {', '.join(map(str, x.shape[1:]))}] with M >= 1; "
-                     f"got shape {baselines.shape}")
-  if concrete_baselines and not common.all_finite(baselines):
-    raise ValueError("baselines contain NaN or infinite values")
-  baselines = baselines.astype(x.dtype)
-  if isinstance(samples, bool) or not isinstance(samples, (int, np.integer)) or samples < 1:
-    raise ValueError(f"samples must be a positive int; got {samples!r}")
+  baselines = sampling.check_references(baselines, x, name="baselines")
+  common.check_positive_int(samples, "samples")
   stdev = _noise_level(stdev, "stdev")
   noisy = not common.is_concrete(stdev) or stdev > 0
-  n = x.shape[0]
-  needs_key = alphas is None or baseline_indices is None or (noise is None and noisy)
-  if needs_key and key is None:
-    raise ValueError("key is required unless alphas, baseline_indices (and noise when "
-                     "stdev > 0) are injected")
-  keys = jax.random.split(common.check_key(key), 3) if key is not None else None
-  if baseline_indices is None:
-    baseline_indices = jax.random.randint(keys[0], (n, samples), 0, baselines.shape[0])
-  elif common.is_concrete(baseline_indices):
-    baseline_indices = common.concrete_array(baseline_indices)
-  if baseline_indices.shape != (n, samples) or not jnp.issubdtype(baseline_indices.dtype,
-                                                                   jnp.integer):
-    raise ValueError(f"baseline_indices must be int [{n}, {samples}]; got "
-                     f"{baseline_indices.dtype}{list(baseline_indices.shape)}")
-  if common.is_concrete(baseline_indices) and (
-      int(np.min(baseline_indices)) < 0 or int(np.max(baseline_indices)) >= baselines.shape[0]):
-    raise ValueError(f"baseline_indices must lie in [0, {baselines.shape[0]})")
-  if alphas is None:
-    alphas = jax.random.uniform(keys[2], (n, samples), x.dtype)
-  alphas = jnp.asarray(alphas, x.dtype)
-  if alphas.shape != (n, samples):
-    raise ValueError(f"alphas must have shape ({n}, {samples}); got {alphas.shape}")
-  step_args = {"indices": jnp.swapaxes(baseline_indices, 0, 1).astype(jnp.int32),
-               "alphas": jnp.swapaxes(alphas, 0, 1)}
-  if noise is not None:
-    noise = jnp.asarray(noise, x.dtype)
-    if noise.shape != (n, samples) + x.shape[1:]:
-      raise ValueError(f"noise must have shape {(n, samples) + x.shape[1:]}; got {noise.shape}")
-    step_args["noise"] = jnp.swapaxes(noise, 0, 1)
-  elif noisy:
-    step_args["keys"] = jax.random.split(keys[1], samples)
-  sigma = jnp.full((n,), stdev, x.dtype)
+  step_args = sampling.expected_gradients_draws(
+      key, samples=samples, references=baselines.shape[0], point_shape=x.shape,
+      dtype=x.dtype, smoothing=noisy, key_slots=GRADIENT_SHAP_KEY_SLOTS,
+      indices=baseline_indices, alphas=alphas, noise=noise, indices_name="baseline_indices",
+      smoothing_name="stdev")
+  sigma = jnp.full((x.shape[0],), stdev, x.dtype)
   chunk = common.resolve_chunk(chunk, samples, x.shape)
   unit = functools.partial(_shap_unit, model=model)
   eager = functools.partial(_shap_body, common.jit_target_gradient, model)

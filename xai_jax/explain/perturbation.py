@@ -65,12 +65,6 @@ LIME_DEFAULTS = {
 # ---------------------------------------------------------------------------
 
 
-def _positive_int(value, name: str) -> int:
-  if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
-    raise ValueError(f"{name} must be a positive int; got {value!r}")
-  return int(value)
-
-
 def _number(value, name: str, *, positive: bool) -> float:
   if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)):
     raise ValueError(f"{name} must be a Python number; got {value!r}")
@@ -94,7 +88,7 @@ def check_static_options(name: str, options: dict) -> None:
   if name == "occlusion" and "sliding_window_shapes" in options:
     _parse_window(options["sliding_window_shapes"], options.get("strides"))
   if options.get("num_features") is not None:
-    _positive_int(options["num_features"], "num_features")
+    common.check_positive_int(options["num_features"], "num_features")
   if isinstance(options.get("feature_mask"), str):
     _choice(options["feature_mask"], "feature_mask method", segmentation.METHODS)
   if name == "lime":
@@ -139,7 +133,7 @@ def feature_mask_of(feature_mask, x: jax.Array, num_features: int | None = None
   """
   n, h, w, c = x.shape
   if num_features is not None:
-    num_features = _positive_int(num_features, "num_features")
+    num_features = common.check_positive_int(num_features, "num_features")
   if feature_mask is None:
     mask, count = _default_mask(x.shape)
     if num_features is not None and num_features < count:
@@ -473,6 +467,34 @@ def feature_ablation(model: common.Model, variables: common.PyTree, x: jax.Array
 
 
 # ---------------------------------------------------------------------------
+# Entry of the sampling methods.
+# ---------------------------------------------------------------------------
+
+
+def _sampling_entry(model, variables, x, target, *, samples, baseline, feature_mask,
+                    num_features) -> tuple:
+  """The checks Shapley value sampling and KernelSHAP share, in their order.
+
+  Returns:
+    `(samples, x, target, valid, fill, mask, features)`: `samples` as an int, the prepared
+    `x`, `target` and validity (`common.prepare`), the baseline broadcast to `x`, and the
+    feature mask with its number of features (`feature_mask_of`).
+  """
+  samples = common.check_positive_int(samples, "samples")
+  x, target, valid = common.prepare(model, variables, x, target)
+  fill = common.check_like(baseline, x, "baseline")
+  mask, features = feature_mask_of(feature_mask, x, num_features)
+  return samples, x, target, valid, fill, mask, features
+
+
+def _required_key(method: str, key, injected: str) -> jax.Array:
+  """`key`, checked, for a method that draws `injected` unless they are given."""
+  if key is None:
+    raise ValueError(f"{method} needs a key (jax.random.key) unless {injected} are given")
+  return common.check_key(key)
+
+
+# ---------------------------------------------------------------------------
 # Shapley value sampling.
 # ---------------------------------------------------------------------------
 
@@ -533,16 +555,12 @@ def shapley_sampling(model: common.Model, variables: common.PyTree, x: jax.Array
   Raises:
     ValueError: on malformed inputs, masks or permutations, or a missing key.
   """
-  samples = _positive_int(samples, "samples")
-  x, target, valid = common.prepare(model, variables, x, target)
-  baseline = common.check_like(baseline, x, "baseline")
-  mask, features = feature_mask_of(feature_mask, x, num_features)
+  samples, x, target, valid, baseline, mask, features = _sampling_entry(
+      model, variables, x, target, samples=samples, baseline=baseline,
+      feature_mask=feature_mask, num_features=num_features)
   if permutations is None:
-    if key is None:
-      raise ValueError("shapley_sampling needs a key (jax.random.key) unless permutations "
-                       "are given")
-    permutations = _draw_permutations(common.check_key(key), samples=samples,
-                                      features=features)
+    permutations = _draw_permutations(_required_key("shapley_sampling", key, "permutations"),
+                                      samples=samples, features=features)
   permutations = _check_permutations(permutations, samples, features)
   ranks = jnp.argsort(permutations, axis=1).astype(jnp.int32)  # position of each feature
   spec = {"sample": jnp.repeat(jnp.arange(samples, dtype=jnp.int32), features),
@@ -674,7 +692,8 @@ def lime(model: common.Model, variables: common.PyTree, x: jax.Array,
   reference = _choice(reference, "reference", REFERENCES)
   distance = _choice(distance, "distance", DISTANCES)
   defaults = LIME_DEFAULTS[reference]
-  samples = _positive_int(defaults["samples"] if samples is None else samples, "samples")
+  samples = common.check_positive_int(defaults["samples"] if samples is None else samples,
+                                      "samples")
   width = _number(defaults["kernel_width"] if kernel_width is None else kernel_width,
                   "kernel_width", positive=True)
   alpha = _number(defaults["alpha"] if alpha is None else alpha, "alpha", positive=False)
@@ -688,9 +707,8 @@ def lime(model: common.Model, variables: common.PyTree, x: jax.Array,
   else:
     fill = common.check_like(baseline, x, "baseline")
   if coalitions is None:
-    if key is None:
-      raise ValueError("lime needs a key (jax.random.key) unless coalitions are given")
-    kept = jax.random.bernoulli(common.check_key(key), 0.5, (n, samples, features))
+    kept = jax.random.bernoulli(_required_key("lime", key, "coalitions"), 0.5,
+                                (n, samples, features))
     if reference == "lime":
       kept = kept.at[:, 0].set(True)
   else:
@@ -777,15 +795,13 @@ def kernel_shap(model: common.Model, variables: common.PyTree, x: jax.Array,
   Raises:
     ValueError: on malformed inputs, masks or coalitions, or a missing key.
   """
-  samples = _positive_int(samples, "samples")
-  x, target, valid = common.prepare(model, variables, x, target)
+  samples, x, target, valid, fill, mask, features = _sampling_entry(
+      model, variables, x, target, samples=samples, baseline=baseline,
+      feature_mask=feature_mask, num_features=num_features)
   n = x.shape[0]
-  fill = common.check_like(baseline, x, "baseline")
-  mask, features = feature_mask_of(feature_mask, x, num_features)
   if coalitions is None:
-    if key is None:
-      raise ValueError("kernel_shap needs a key (jax.random.key) unless coalitions are given")
-    kept = kernel_shap_coalitions(key, n, samples, features)
+    kept = kernel_shap_coalitions(_required_key("kernel_shap", key, "coalitions"), n, samples,
+                                  features)
   else:
     kept = _check_coalitions(coalitions, n, samples, features)
   y = _surrogate_inputs(model, variables, x, target, mask, fill, kept, chunk=chunk, loop=loop)

@@ -8,10 +8,14 @@ predicted class gives a *perturbation curve*. Everything here is computed from s
   order, evaluated on the device in chunks of grid points (no Python loop per step or image).
 * `aopc` (Samek et al. 2016), `afoc` (Srinivas & Fleuret 2019), `pixels_to_flip`
   (n_MoRF / n_LeRF, Grabska-Barwinska et al. 2021).
-* `pixel_removal_metrics` (alias `deepmaps_metrics`): the DeepMaps set from one MoRF and one
+* `pixel_removal_metrics`: the DeepMaps set from one MoRF and one
   LeRF curve.
+* `metrics_from_curves`: the same set from curves already computed.
 * `delta`: DeepMaps Eq. 9, a metric with the image's own map minus its mean with the maps of
   K other images drawn with an explicit key.
+* `shared_curve_delta`: the DeepMaps set and its Eq. 9 delta from one MoRF and one LeRF
+  curve of the own and the borrowed maps together, with the own curves (what an evaluation
+  that also reports mean curves needs, without evaluating the own maps twice).
 * `check_removal_grid`: fails fast on a `step` so coarse that AOPC / AFOC at a fraction would
   see no removal step (0 for every image).
 
@@ -58,6 +62,11 @@ ORDERS = ("morf", "lerf", "random")
 FILLS = ("mean", "image_mean", "blur", "<float>", "<array broadcastable to x>")
 SCORES = ("logit", "prob")
 LOOPS = ("map", "python")
+REMOVAL_METRICS = ("aopc", "afoc_morf", "afoc_lerf", "n_morf", "n_lerf", "flipped_morf",
+                   "flipped_lerf")
+"""The keys of `pixel_removal_metrics` / `metrics_from_curves`, in that order."""
+DELTA_METRICS = ("aopc", "afoc_morf", "afoc_lerf", "n_morf", "n_lerf")
+"""The metrics `shared_curve_delta` gives a DeepMaps Eq. 9 delta for (not the flip flags)."""
 DEFAULT_STEP_FRACTION = 0.005
 
 
@@ -668,24 +677,50 @@ def pixel_removal_metrics(
   return _metrics_from_curves(morf, lerf, fraction=fraction)
 
 
-@functools.partial(xla.jit, static_argnames=("fraction",))
-def _metrics_from_curves(morf: PerturbationCurve, lerf: PerturbationCurve, *,
-                         fraction: float) -> dict[str, jax.Array]:
+def metrics_from_curves(morf: PerturbationCurve, lerf: PerturbationCurve, *,
+                        fraction: float = 0.1) -> dict[str, jax.Array]:
+  """The DeepMaps pixel-removal set (`pixel_removal_metrics`) from a MoRF and a LeRF curve.
+
+  Plain JAX (jit it, or call it inside a jitted function): `pixel_removal_metrics` and
+  `shared_curve_delta` compute their metrics with it.
+
+  Args:
+    morf: a full MoRF `PerturbationCurve` (`max_fraction=1.0`, so that n_MoRF sees every
+      decision change).
+    lerf: the LeRF curve of the same images and grid.
+    fraction: removed fraction for AOPC (up to) and AFOC (at), in (0, 1].
+
+  Returns:
+    A dict with the keys `REMOVAL_METRICS`, each `float32[N]` (as `pixel_removal_metrics`).
+
+  Raises:
+    ValueError: a curve that is not a `PerturbationCurve`, `fraction` outside (0, 1] or
+      beyond the curves, or a grid whose first step removes more than `fraction` of the
+      pixels (`check_removal_grid`).
+  """
+  return {name: values.astype(jnp.float32)
+          for name, values in _curve_metrics(morf, lerf, fraction=fraction).items()}
+
+
+def _curve_metrics(morf: PerturbationCurve, lerf: PerturbationCurve, *,
+                   fraction: float) -> dict[str, jax.Array]:
+  """`metrics_from_curves` with AOPC and AFOC left in the curves' score dtype.
+
+  `shared_curve_delta` keeps that dtype: under `jit`, XLA may drop a bfloat16 -> float32
+  round trip (excess precision), so casting inside would change the values it records for a
+  bfloat16 model.
+  """
   n_morf, flipped_morf = pixels_to_flip(morf)
   n_lerf, flipped_lerf = pixels_to_flip(lerf)
-  f32 = lambda a: a.astype(jnp.float32)
-  return {
-      "aopc": f32(aopc(morf, max_fraction=fraction)),
-      "afoc_morf": f32(afoc(morf, fraction=fraction)),
-      "afoc_lerf": f32(afoc(lerf, fraction=fraction)),
-      "n_morf": n_morf,
-      "n_lerf": n_lerf,
-      "flipped_morf": f32(flipped_morf),
-      "flipped_lerf": f32(flipped_lerf),
-  }
+  return {"aopc": aopc(morf, max_fraction=fraction),
+          "afoc_morf": afoc(morf, fraction=fraction),
+          "afoc_lerf": afoc(lerf, fraction=fraction),
+          "n_morf": n_morf, "n_lerf": n_lerf,
+          "flipped_morf": flipped_morf.astype(jnp.float32),
+          "flipped_lerf": flipped_lerf.astype(jnp.float32)}
 
 
-deepmaps_metrics = pixel_removal_metrics
+_metrics_from_curves = xla.jit(metrics_from_curves, static_argnames=("fraction",))
 
 
 @functools.partial(xla.jit, static_argnames=("num_images", "pool_size", "k"))
@@ -815,3 +850,115 @@ def _delta_split(values, *, n, k):
   others = jax.tree.map(
       lambda v: jnp.asarray(v, jnp.float32)[n:].reshape(n, k).mean(axis=1), values)
   return own, others
+
+
+class SharedCurveDelta(NamedTuple):
+  """Result of `shared_curve_delta`.
+
+  Attributes:
+    own: `{metric: float[N]}` for every key of `REMOVAL_METRICS`, with the images' own maps
+      (as `pixel_removal_metrics`; AOPC and AFOC in the model output's dtype, the others
+      float32).
+    others: `{metric: float32[N]}` for `DELTA_METRICS`, the mean over the `k` borrowed maps;
+      None when `k == 0`.
+    delta: `{metric: float32[N]}` for `DELTA_METRICS`, `own - others` (DeepMaps Eq. 9); None
+      when `k == 0`.
+    other_index: `int32[N, k]`, the images whose maps each image borrowed; None when `k == 0`.
+    curves: `{"morf": PerturbationCurve, "lerf": PerturbationCurve}` of the own maps only
+      (`N` rows).
+  """
+  own: dict[str, jax.Array]
+  others: dict[str, jax.Array] | None
+  delta: dict[str, jax.Array] | None
+  other_index: jax.Array | None
+  curves: dict[str, PerturbationCurve]
+
+
+def shared_curve_delta(
+    model: Any,
+    variables: Any,
+    x: jax.Array,
+    saliency: jax.Array,
+    *,
+    k: int,
+    key: jax.Array | None = None,
+    fraction: float = 0.1,
+    step: int | None = None,
+    fill: Any = "mean",
+    score: str = "logit",
+    chunk: int = 4,
+) -> SharedCurveDelta:
+  """The DeepMaps set, its Eq. 9 delta and the own curves, from one MoRF and one LeRF call.
+
+  As `delta(pixel_removal_metrics, ..., k=k, key=key)` with the batch as its own pool (each
+  image borrows the maps of `k` *other* images of `x`, drawn with
+  `draw_others(key, N, N, k, arange(N))`), but the own and the borrowed maps share one
+  `perturbation_curve` call per order on `N * (k + 1)` images (`x` followed by each image
+  repeated `k` times), whose first `N` rows are also returned as the own curves: an
+  evaluation that reports mean curves does not evaluate the own maps a second time. With
+  `k == 0` it is `pixel_removal_metrics` plus the curves.
+
+  `fill="mean"` is the mean of the repeated batch (equal to the mean of `x` up to rounding);
+  pass an explicit fill to make the metrics independent of the batch.
+
+  Plain JAX: call it eagerly or inside a jitted function (the curves are jitted themselves).
+
+  Args:
+    model, variables: as in `perturbation_curve`.
+    x: `float[N, H, W, C]` images.
+    saliency: `float[N, H, W]` maps of `x` (or `[N, H, W, C]` attributions, summed over
+      channels).
+    k: maps of other images per image (K = 5 in DeepMaps); 0: no delta. Needs `k < N`.
+    key: PRNG key of the draws; required when `k > 0`.
+    fraction: removed fraction for AOPC (up to) and AFOC (at), in (0, 1]; 0.1 in DeepMaps.
+    step, score, chunk: as in `perturbation_curve` (full curves, `max_fraction=1.0`).
+    fill: as in `perturbation_curve`, or a tuple / list of per-channel values.
+
+  Returns:
+    A `SharedCurveDelta(own, others, delta, other_index, curves)`.
+
+  Raises:
+    ValueError: `k` not an int in `[0, N)`, a missing or bad `key` with `k > 0`; as
+      `pixel_removal_metrics` for the images, the maps and the options.
+  """
+  fraction = _check_fraction("fraction", fraction, positive=True)
+  x = _check_images(x)
+  n = x.shape[0]
+  if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)) or not 0 <= k < n:
+    raise ValueError(f"k must be an int in [0, N = {n}) (each image borrows the maps of k other "
+                     f"images of the batch; 0: no delta); got {k!r}")
+  k = int(k)
+  if k:
+    if key is None:
+      raise ValueError("shared_curve_delta with k > 0 needs an explicit PRNG key "
+                       "(key=jax.random.key(...)) for the draws")
+    check_key(key)
+  check_removal_grid(x.shape[1] * x.shape[2], step=step, fraction=fraction)
+  # The operations below (and their order) are those of the evaluations whose tables are
+  # recorded: changing them changes the recorded bytes.
+  if k:
+    index = draw_others(key, n, n, k, jnp.arange(n))
+    x_all = jnp.concatenate([x, jnp.repeat(x, k, axis=0)], axis=0)
+    maps_all = jnp.concatenate([saliency, saliency[index.reshape(-1)]], axis=0)
+  else:
+    index, x_all, maps_all = None, x, saliency
+  if isinstance(fill, (tuple, list)):  # per-channel fill, e.g. an RGB mean
+    fill = jnp.asarray(fill, x.dtype)
+  curves = {order: perturbation_curve(model, variables, x_all, maps_all, order=order,
+                                      max_fraction=1.0, step=step, fill=fill, chunk=chunk,
+                                      score=score)
+            for order in ("morf", "lerf")}
+  values = _curve_metrics(curves["morf"], curves["lerf"], fraction=fraction)
+  own = {name: v[:n] for name, v in values.items()}
+  if k:
+    others = {name: values[name][n:].astype(jnp.float32).reshape(n, k).mean(axis=1)
+              for name in DELTA_METRICS}
+    delta_values = {name: own[name].astype(jnp.float32) - others[name]
+                    for name in DELTA_METRICS}
+  else:
+    others = delta_values = None
+  own_curves = {order: curve.replace(scores=curve.scores[:n], labels=curve.labels[:n],
+                                     target=curve.target[:n])
+                for order, curve in curves.items()}
+  return SharedCurveDelta(own=own, others=others, delta=delta_values, other_index=index,
+                          curves=own_curves)

@@ -6,12 +6,15 @@ Adebayo et al., "Sanity Checks for Saliency Maps", NeurIPS 2018 (arXiv:1810.0329
   each stage, and recomputes the explanation at every stage.
 * **Independent randomisation** re-initialises one layer at a time, all others trained.
 * **Data randomisation** trains the same architecture on permuted labels and compares its
-  explanations with those of the model trained on the true labels.
+  explanations with those of the model trained on the true labels. The training is an
+  argument (`train_fn`, e.g. `xai_jax.pipelines.sanity_checks.label_memorizer`): the metrics
+  import no training loop.
 
 A "layer" is a top-level entry of `variables["params"]` (for ResNet a whole residual
-block, since blocks are submodules); `layer_order` lists them in reverse call order. The explainer is an argument (metrics never import
-explainers): any `explainer(model, variables, x, target) -> attributions`. It is compiled
-once and every stage only swaps parameter values, so no stage recompiles.
+block, since blocks are submodules); `layer_order` lists them in reverse call order. The
+explainer is an argument (metrics never import explainers): any
+`explainer(model, variables, x, target) -> attributions`. It is compiled once and every
+stage only swaps parameter values, so no stage recompiles.
 
 Similarity between the original and the randomised explanations is in
 `xai_jax.metrics.similarity`. Every `key` is a `jax.random.key(seed)` (or a legacy
@@ -308,17 +311,36 @@ def permute_labels(labels, *, key: jax.Array) -> np.ndarray:
   return labels[np.asarray(jax.random.permutation(key, len(labels)))]
 
 
+class LabelTraining(NamedTuple):
+  """What a `data_randomization` training function returns.
+
+  Attributes:
+    variables: the variables of the model trained on the given labels.
+    train_accuracy: its accuracy on that (permuted) training set.
+    steps: the training steps it took.
+  """
+  variables: Any
+  train_accuracy: float
+  steps: int
+
+
+TrainFn = Callable[..., LabelTraining]
+"""`train_fn(images, labels, *, init_key, train_key) -> LabelTraining`: trains the architecture
+from scratch on `images` (`float32[M, H, W, C]`) with `labels` (`int32[M]`), initialising with
+`init_key` and ordering the batches with `train_key` (e.g.
+`xai_jax.pipelines.sanity_checks.label_memorizer`)."""
+
+
 def data_randomization(explainer: Explainer, model, variables, train_images, train_labels,
-                       x, target, *, key: jax.Array, learning_rate: float = 1e-3,
-                       batch_size: int = 32, target_accuracy: float = 0.95,
-                       max_epochs: int = 200, epochs_per_check: int = 5,
-                       weight_decay: float = 0.0) -> DataRandomizationResult:
+                       x, target, *, key: jax.Array,
+                       train_fn: TrainFn) -> DataRandomizationResult:
   """Trains the architecture on permuted labels, then explains the same images with both.
 
   Adebayo et al., Sec. 4: the labels of the training set are randomly permuted and the
   same architecture is trained until its training accuracy exceeds 95% (it memorises);
   an explanation that looks alike for both models does not depend on the
-  relationship between images and labels.
+  relationship between images and labels. The training is an argument (`train_fn`), so the
+  metrics do not depend on a training loop.
 
   Args:
     explainer: `explainer(model, variables, x, target) -> attributions`.
@@ -329,45 +351,24 @@ def data_randomization(explainer: Explainer, model, variables, train_images, tra
     x: `float32[N, H, W, C]` images to explain.
     target: `int32[N]` classes to explain for both models (the paper explains each
       model's own prediction: pass `None`-free targets computed as you prefer).
-    key: PRNG key (label permutation, initialisation, batch order).
-    learning_rate, batch_size, weight_decay: Adam settings (`xai_jax.train.make_optimizer`).
-    target_accuracy: stop once the training accuracy on the permuted labels exceeds it.
-    max_epochs: give up after this many epochs (`ValueError` if never reached).
-    epochs_per_check: epochs between training-accuracy checks.
+    key: PRNG key, split in three: the label permutation, then `train_fn`'s `init_key` and
+      `train_key`.
+    train_fn: `train_fn(images, labels, *, init_key, train_key) -> LabelTraining` (`TrainFn`).
 
   Returns:
     A `DataRandomizationResult`.
 
   Raises:
-    ValueError: if the permuted-label model does not reach `target_accuracy`.
+    ValueError: a key that is not a JAX key, or as `train_fn` (e.g. the permuted-label
+      model does not reach its target accuracy).
   """
-  from xai_jax import train  # pylint: disable=g-import-not-at-top
-
   check_key(key)
   train_images = np.asarray(train_images)
   key_permute, key_init, key_train = jax.random.split(key, 3)
   shuffled = permute_labels(train_labels, key=key_permute)
-  shard = {"image": train_images, "label": shuffled}
-  tx = train.make_optimizer(learning_rate=learning_rate, weight_decay=weight_decay)
-  state = train.init_train_state(model, tx=tx, key=key_init,
-                                 input_shape=(1,) + train_images.shape[1:])
-  accuracy, epochs = 0.0, 0
-  while epochs < max_epochs:
-    result = train.train_continuous(model, state, [shard], tx=tx, epochs=epochs_per_check,
-                                    batch_size=batch_size,
-                                    key=jax.random.fold_in(key_train, epochs), progress=False)
-    state, epochs = result.state, epochs + epochs_per_check
-    batches = [{"image": train_images[i:i + 256], "label": shuffled[i:i + 256]}
-               for i in range(0, len(shuffled), 256)]
-    accuracy = train.evaluate(model, state.variables, batches)
-    if accuracy > target_accuracy:
-      break
-  else:
-    raise ValueError(f"the permuted-label model reached training accuracy {accuracy:.3f} < "
-                     f"{target_accuracy} after {max_epochs} epochs; raise max_epochs or the "
-                     "learning rate")
+  trained = train_fn(train_images, shuffled, init_key=key_init, train_key=key_train)
   compiled = xla.jit(explainer, static_argnums=0)
   return DataRandomizationResult(
       true_labels=np.asarray(compiled(model, variables, x, target)),
-      random_labels=np.asarray(compiled(model, state.variables, x, target)),
-      train_accuracy=float(accuracy), steps=int(state.step))
+      random_labels=np.asarray(compiled(model, trained.variables, x, target)),
+      train_accuracy=float(trained.train_accuracy), steps=int(trained.steps))

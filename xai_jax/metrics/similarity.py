@@ -8,7 +8,7 @@ Four measures, each with the pre-processing of the reference code
 * `spearman(a, b, absolute=False)`: rank correlation of the *diverging* maps (signed channel
   sum, divided by the 99th-percentile span and clipped to [-1, 1]).
 * `ssim`: structural similarity with an 11x11 Gaussian window (sigma 1.5) on maps min-max
-  scaled to [0, 1] over the whole (multi-channel) mask.
+  scaled to [0, 1] over the whole (multi-channel) mask; maps need at least 11x11 pixels.
 * `hog`: correlation of the HOG features (16x16 pixels per cell, 9 orientations, 3x3 blocks,
   L2-Hys) of the diverging maps, which lie in [-1, 1] as in the paper's appendix.
 
@@ -154,13 +154,30 @@ def _min_max(maps: np.ndarray) -> np.ndarray:
   return (maps - low) / np.where(high > low, high - low, 1.0)
 
 
+# scikit-image truncates its SSIM Gaussian at 3.5 sigma ("an 11-tap filter with the default
+# sigma of 1.5 to match Wang et al. 2004").
+_SSIM_TRUNCATE = 3.5
+
+
+def ssim_window(sigma: float) -> int:
+  """Side of scikit-image's Gaussian SSIM window for `sigma`: `2 * int(3.5 sigma + 0.5) + 1`.
+
+  11 for the default sigma 1.5 (Wang et al. 2004; the window of the sanity-check paper's
+  reference code). Maps must be at least this large on both sides.
+  """
+  return 2 * int(_SSIM_TRUNCATE * float(sigma) + 0.5) + 1
+
+
 def ssim(a, b, *, sigma: float = 1.5, data_range: float = 1.0) -> np.ndarray:
   """Structural similarity of min-max scaled maps, per image.
 
   Args:
     a, b: `float[N, H, W, C]` or `float[N, H, W]` attributions of the same shape; every
       image is min-max scaled to [0, 1] over all its pixels and channels.
-    sigma: Gaussian window width (1.5 gives scikit-image's 11x11 window).
+    sigma: Gaussian window width; the window is `ssim_window(sigma)` pixels square
+      (11x11 for 1.5, scikit-image's default and the reference code's). The window is
+      not shrunk to fit small maps: a smaller window would be another measure than the
+      paper's, so maps smaller than the window are rejected.
     data_range: the range of the scaled maps, 1. The reference code's scikit-image
       inferred 2 for float images (the range [-1, 1]); pass 2.0 to reproduce it. The
       constants grow with the range, so two independent random maps score about 0.03 with
@@ -171,14 +188,22 @@ def ssim(a, b, *, sigma: float = 1.5, data_range: float = 1.0) -> np.ndarray:
 
   Raises:
     ValueError: for maps that differ in shape, are empty, hold NaN/inf or are smaller than
-      7x7, or a `sigma` or `data_range` that is not a finite positive number.
+      the window (11x11 for the default sigma), or a `sigma` or `data_range` that is not a
+      finite positive number, or a `sigma` of at most 1/7 (a 1-pixel window, whose sample
+      variance is undefined).
   """
   a, b = _pair(a, b)
   for name, value in (("sigma", sigma), ("data_range", data_range)):
     if not 0 < float(value) < np.inf:
       raise ValueError(f"{name} must be a finite number > 0; got {value}")
-  if min(a.shape[1:3]) < 7:
-    raise ValueError(f"SSIM needs maps of at least 7x7 pixels; got {a.shape[1:3]}")
+  window = ssim_window(sigma)
+  if window < 3:
+    raise ValueError(f"SSIM with sigma={sigma} has a {window}x{window} window, in which the "
+                     f"sample variance is undefined; sigma must be > 1/7 (a 3x3 window or larger)")
+  height, width = a.shape[1:3]
+  if min(height, width) < window:
+    raise ValueError(f"SSIM with sigma={sigma} uses a {window}x{window} Gaussian window and "
+                     f"needs maps of at least {window}x{window} pixels; got {height}x{width}")
   a, b = _min_max(a), _min_max(b)
   return np.array([
       skimage.metrics.structural_similarity(

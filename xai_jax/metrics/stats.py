@@ -4,7 +4,7 @@ Grabska-Barwinska et al., "Towards Better Visual Explanations for Deep Image
 Classifiers" (DeepMaps), compare methods on a metric with
 
 * pairwise **win rates** (the fraction of images on which the row method beats
-  the column method, shown minus 50%, Fig. 7),
+  the column method, ties counting one half; Fig. 7 shows it minus 50%),
 * two-sided **Wilcoxon signed-rank** p-values for the same pairs (Fig. 9,
   `scipy.stats.wilcoxon`),
 * **Krippendorff's alpha** (inter-rater reliability, following Tomsett et al.
@@ -29,8 +29,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-import warnings
-
+import jax
 import krippendorff
 import numpy as np
 import scipy.stats
@@ -60,21 +59,22 @@ def _check_scores(scores: Any, *, min_methods: int = 2) -> np.ndarray:
   return table
 
 
-def win_rate_matrix(scores: Any, *, higher_is_better: bool = True, minus_half: bool = False
-                    ) -> np.ndarray:
+def win_rate_matrix(scores: Any, *, higher_is_better: bool = True) -> np.ndarray:
   """Pairwise win rates: how often the row method beats the column method.
 
   `W[i, j] = mean over images of ([better(s_i, s_j)] + 0.5 [s_i == s_j])`, so
-  ties count one half, `W[i, j] + W[j, i] = 1` and the diagonal is 0.5.
-  DeepMaps (Fig. 7) displays `W - 0.5` ("frequency (-50%)"): `minus_half=True`.
+  ties count one half, `W[i, j] + W[j, i] = 1` and the diagonal is 0.5. This is
+  the one win-rate convention of the library: every table calls it `win_rate`,
+  in [0, 1]. DeepMaps (Fig. 7) displays `W - 0.5` ("frequency (-50%)"); a table
+  that wants that value names its column `win_rate_minus_half`.
 
   Args:
     scores: `float[n_images, n_methods]`, one metric.
-    higher_is_better: False for metrics where smaller wins (n_MoRF, AFOC_LeRF).
-    minus_half: subtract 0.5, giving values in [-0.5, 0.5] with diagonal 0.
+    higher_is_better: False for metrics where smaller wins (n_MoRF, AFOC_LeRF;
+      `registry.direction`).
 
   Returns:
-    `float64[n_methods, n_methods]`.
+    `float64[n_methods, n_methods]` in [0, 1].
 
   Raises:
     ValueError: for a table that is not 2-D with >= 2 methods, or NaN values.
@@ -83,8 +83,7 @@ def win_rate_matrix(scores: Any, *, higher_is_better: bool = True, minus_half: b
   if not higher_is_better:
     table = -table
   a, b = table[:, :, None], table[:, None, :]
-  wins = np.mean((a > b) + 0.5 * (a == b), axis=0)
-  return wins - 0.5 if minus_half else wins
+  return np.mean((a > b) + 0.5 * (a == b), axis=0)
 
 
 def wilcoxon_matrix(scores: Any, *, zero_method: str = "wilcox") -> np.ndarray:
@@ -185,7 +184,6 @@ def _rng(key: Any) -> np.random.Generator:
   if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
     return np.random.default_rng(int(key))
   try:
-    import jax  # pylint: disable=import-outside-toplevel
     data = np.asarray(jax.random.key_data(key) if jax.dtypes.issubdtype(
         getattr(key, "dtype", None), jax.dtypes.prng_key) else key)
   except Exception as error:  # pragma: no cover - message below
@@ -269,63 +267,3 @@ def krippendorff_alpha_rankings(scores: Any, *, key: Any, n_images: int | None =
     half = scipy.stats.norm.ppf(1 - tail) * (alphas.std(ddof=1) if n_repeats > 1 else 0.0) / np.sqrt(n_repeats)
     low, high = mean - half, mean + half
   return {"mean": mean, "low": float(low), "high": float(high), "alphas": alphas}
-
-
-def spearman_matrix(table: Any) -> np.ndarray:
-  """Spearman rank correlations between metrics over all (image, method) values.
-
-  Internal consistency in DeepMaps (Fig. 11). Flip the sign of metrics where
-  smaller is better (n_MoRF, AFOC_LeRF) first if correlations should read "both
-  say better".
-
-  A constant metric (e.g. `flipped_lerf` when no decision changes) has an undefined
-  correlation. Its row, column and diagonal entry are NaN and a
-  `scipy.stats.ConstantInputWarning` names it, as `scipy.stats.spearmanr` does:
-  the correlations among the other metrics stay usable, and the NaN cannot go
-  unnoticed. Turn the warning into an error with
-  `warnings.simplefilter("error", scipy.stats.ConstantInputWarning)`.
-
-  Args:
-    table: `float[n_values, n_metrics]`, one column per metric; or a mapping
-      `metric name -> float[...]` (e.g. `[n_images, n_methods]` per metric),
-      each flattened, all of the same size, in the mapping's order.
-
-  Returns:
-    `float64[n_metrics, n_metrics]`, ones on the diagonal (NaN row, column and
-    diagonal entry for a constant metric).
-
-  Raises:
-    ValueError: for fewer than 2 metrics or 3 values, mismatched sizes or NaN.
-
-  Warns:
-    scipy.stats.ConstantInputWarning: for constant metrics (named), whose entries are NaN.
-  """
-  names = None
-  if isinstance(table, Mapping):
-    names = [str(name) for name in table]
-    columns = [_as_float_array(v, f"table[{name!r}]").ravel() for name, v in table.items()]
-    sizes = {c.size for c in columns}
-    if len(sizes) > 1:
-      raise ValueError(f"all metrics must have the same number of values; got sizes "
-                       f"{dict(zip(table, (c.size for c in columns)))}")
-    data = np.stack(columns, axis=1) if columns else np.zeros((0, 0))
-  else:
-    data = _as_float_array(table, "table")
-  if data.ndim != 2 or data.shape[1] < 2 or data.shape[0] < 3:
-    raise ValueError(f"table must be [n_values >= 3, n_metrics >= 2]; got shape {data.shape}")
-  if np.isnan(data).any():
-    bad = np.flatnonzero(np.isnan(data).any(axis=0))
-    raise ValueError(f"table contains NaN values (metrics "
-                     f"{[names[i] for i in bad] if names else bad.tolist()})")
-  constant = np.flatnonzero(np.all(data == data[:1], axis=0))
-  if constant.size:
-    labels = [names[i] for i in constant] if names else [f"column {i}" for i in constant]
-    warnings.warn(
-        f"spearman_matrix: constant metrics {labels} have no rank correlation; their rows "
-        "and columns are NaN", scipy.stats.ConstantInputWarning, stacklevel=2)
-  ranks = scipy.stats.rankdata(data, axis=0)
-  with np.errstate(invalid="ignore", divide="ignore"):
-    rho = np.corrcoef(ranks, rowvar=False)
-  diagonal = np.diag_indices_from(rho)
-  rho[diagonal] = np.where(np.isfinite(rho[diagonal]), 1.0, np.nan)
-  return rho

@@ -23,6 +23,8 @@ because every model flattens its feature map in torch's NCHW order
 (anything with `.detach()/.cpu()/.numpy()`, or array-likes).
 """
 
+import json
+import os
 from typing import Any, Mapping
 
 from absl import logging
@@ -30,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
+import orbax.checkpoint as ocp
 
 from xai_jax import files
 from xai_jax import models as _models
@@ -137,7 +140,7 @@ def _torch_key_and_shape(collection: str, path: tuple[str, ...], shape, *,
   raise AssertionError(f"unexpected Flax variable {collection}/{'/'.join(path)}")
 
 
-def expected_keys(name: str, *, num_classes: int = 1000,
+def _expected_keys(name: str, *, num_classes: int = 1000,
                   head: str = "torchvision") -> dict[str, tuple[int, ...]]:
   """torch state-dict keys (without `num_batches_tracked`) and shapes for a model.
 
@@ -313,11 +316,6 @@ def save(directory: str, variables: dict, *, arch: str, num_classes: int,
   Returns:
     The checkpoint path.
   """
-  import json
-  import os
-
-  import orbax.checkpoint as ocp
-
   directory = os.path.abspath(directory)
   os.makedirs(directory, exist_ok=True)
   path = os.path.join(directory, CHECKPOINT_SUBDIR)
@@ -348,9 +346,6 @@ def read_metadata(directory: str) -> dict:
     files.DamagedFileError: `model.json` is missing, truncated, garbled or incomplete; the
       message names it and says how to write it again.
   """
-  import json
-  import os
-
   directory = os.path.abspath(directory)
   path = os.path.join(directory, METADATA_FILE)
   try:
@@ -383,10 +378,6 @@ def load(directory: str):
     files.DamagedFileError: `model.json` or a file of `variables/` is missing, truncated or
       garbled; the message names it and says how to write the weights again.
   """
-  import os
-
-  import orbax.checkpoint as ocp
-
   directory = os.path.abspath(directory)
   meta = read_metadata(directory)
   path = os.path.join(directory, CHECKPOINT_SUBDIR)

@@ -182,6 +182,27 @@ def bias_site(module: nn.Module, name: str, y: Array, bias: Array) -> Array:
   return module.perturb(name, y, collection=BIAS_PROBES)
 
 
+def check_contract(model: Any, method: str) -> None:
+  """Raises unless `model` is an `xai_jax.models` contract model.
+
+  Methods that read named activations or bias sites, or replace nonlinearities
+  (`with_ops`), need a flax Module with an `ops` field; a plain apply
+  function is not enough.
+
+  Args:
+    model: what the explainer received as its model.
+    method: the explainer's name, for the message.
+
+  Raises:
+    ValueError: naming `method` and the type received.
+  """
+  if not isinstance(model, nn.Module) or not hasattr(model, "ops"):
+    raise ValueError(
+        f"{method} needs an xai_jax.models contract model (a flax Module with an `ops` "
+        f"field that marks its activations and bias sites and lets explainers replace its "
+        f"nonlinearities, see xai_jax.models.taps); got {type(model).__name__}")
+
+
 def with_ops(model: nn.Module, ops: Ops) -> nn.Module:
   """Returns `model` with its ReLU / LeakyReLU / max-pool functions replaced.
 
@@ -526,6 +547,7 @@ def default_gradcam_layer(model: nn.Module) -> str:
 __all__ = [
     "ACTIVATIONS", "ACTIVATION_PROBES", "BIASES", "BIAS_PROBES",
     "DEFAULT_OPS", "LINEAR_KINDS", "LinearCall", "Ops", "TapGradients", "activation",
-    "activation_names", "bias_site", "bias_site_names", "default_gradcam_layer", "forward",
+    "activation_names", "bias_site", "bias_site_names", "check_contract",
+    "default_gradcam_layer", "forward",
     "linear_layer_rule", "linear_layers", "max_pool", "tap_gradients", "with_ops",
 ]

@@ -1,8 +1,9 @@
-"""Figures, tables and the markdown report of an evaluation (issue #7, the cells experiment).
+"""Figures, tables and the markdown report of an evaluation.
 
 Everything here consumes the tables of `xai_jax.runner.evaluate` (see
-`notes/EXP_CONTRACT.md`): the per-sample `samples` table, the `roc` and `curves`
-tables, the `gallery` dict and the experiment's `accuracy` table. The functions
+`runner.EvaluationTables`): the per-sample `samples` table, the `roc` and `curves`
+tables, the `gallery` dict and the experiment's `accuracy` table. Metric names,
+directions and descriptions come from `xai_jax.metrics.registry`. The functions
 are pure: they read the tables, write one PNG (or `report.md`) and return its
 path. Figures are bare `matplotlib.figure.Figure` objects rendered by the Agg
 canvas (no pyplot, so no global figure state and no display), dropped after
@@ -17,7 +18,12 @@ saving.
   AUC in the legend (Tjoa & Guan, Fig. 4).
 * `perturbation_curves_figure`: MoRF / LeRF curves (Samek et al. 2016).
 * `win_rate_figure` (and `win_rate_table`): pairwise win rates of the methods on
-  one metric (DeepMaps, Fig. 7).
+  one metric (DeepMaps, Fig. 7); `pairwise_win_rates`: the same for several
+  metrics and models as one long table.
+
+Win rates follow one convention everywhere (`stats.win_rate_matrix`): the column
+`win_rate` is the fraction of images on which the method beats the opponent, ties
+counting one half, in [0, 1] (0.5: even). DeepMaps plots that fraction minus 50%.
 * `summary_table`, `to_markdown`, `write_report`: the means per (model,
   method), a markdown renderer without `tabulate`, and `report.md`.
 
@@ -43,62 +49,11 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from xai_jax import files
-from xai_jax.data import cells
 from xai_jax.metrics import ground_truth
+from xai_jax.metrics import registry
 from xai_jax.metrics import stats
 
-# ----------------------------------------------------------------------------
-# Metric columns of the samples table and how to read them (EXP_CONTRACT.md).
-
-_FIVE_BAND_TEXT = {
-    "A": "five-band accuracy", "R": "five-band recall", "P": "five-band precision"}
-_FIVE_BAND_STAT = {
-    "mu": "mean over the thresholds", "u": "at the best threshold"}
-
-
-def _metric_directions() -> dict[str, tuple[bool | None, str]]:
-  """name -> (higher_is_better or None for a non-score, one-line description)."""
-  table: dict[str, tuple[bool | None, str]] = {}
-  for suffix, setting in (("", "soft thresholds"), ("_clamp", "clamped setting")):
-    for letter, text in _FIVE_BAND_TEXT.items():
-      for stat, how in _FIVE_BAND_STAT.items():
-        table[f"{letter}{stat}{suffix}"] = (
-            True, f"{text} vs the ground truth, {how} ({setting}; Tjoa & Guan)")
-      table[f"{letter}u1{suffix}"] = (
-          None, f"index of the threshold giving the best {text} ({setting}); not a score")
-  table["iou"] = (True, "pixel-wise IOU of the thresholded |map| with the object mask (Gattas)")
-  table["iou_star"] = (True, "IOU* of Gattas: attribution-weighted intersection over union")
-  pixel_removal = {
-      "aopc": (True, "area over the MoRF perturbation curve (Samek et al.)"),
-      "afoc_morf": (True, "absolute fractional output change after removing the most "
-                          "relevant pixels (Srinivas & Fleuret)"),
-      "afoc_lerf": (False, "absolute fractional output change after removing the least "
-                           "relevant pixels"),
-      "n_morf": (False, "fraction of pixels removed, most relevant first, until the decision "
-                        "changes (DeepMaps)"),
-      "n_lerf": (True, "fraction of pixels removed, least relevant first, until the decision "
-                       "changes (DeepMaps)"),
-  }
-  table.update(pixel_removal)
-  table["flipped_morf"] = (True, "share of samples whose decision changed under MoRF removal")
-  table["flipped_lerf"] = (False, "share of samples whose decision changed under LeRF removal")
-  for name, (direction, text) in pixel_removal.items():
-    table[f"delta_{name}"] = (
-        direction, f"DeepMaps delta (Eq. 9) of {name}: own map minus other images' maps")
-  return table
-
-
-METRIC_DIRECTIONS: dict[str, tuple[bool | None, str]] = _metric_directions()
-"""Every metric column of the contract: `(higher_is_better, description)`; None: not a score."""
-
-METRIC_COLUMNS: tuple[str, ...] = tuple(METRIC_DIRECTIONS)
-"""The contract's metric columns, in the contract's order."""
-
-SUMMARY_METRICS: tuple[str, ...] = tuple(
-    name for name, (direction, _) in METRIC_DIRECTIONS.items() if direction is not None)
-"""Default columns of `summary_table`: the metric columns that are scores (no argmax indices)."""
-
-SETTINGS = ("soft", "clamped")
+SETTINGS = tuple(registry.FIVE_BAND_SETTINGS)
 ORDERS = ("morf", "lerf", "random")
 CURVE_QUANTITIES = ("score", "drop", "flip_rate")
 _CURVE_LABELS = {"score": "mean f_c(x_k) of the predicted class",
@@ -159,7 +114,7 @@ def _colors(count: int) -> list[Any]:
 
 
 def _gallery_arrays(gallery: Mapping[str, Any]) -> dict[str, Any]:
-  """Validated numpy arrays of a gallery dict (see EXP_CONTRACT.md)."""
+  """Validated numpy arrays of a gallery dict (`runner.EvaluationTables.gallery`)."""
   if not isinstance(gallery, Mapping) and not hasattr(gallery, "files"):
     raise ValueError(f"gallery must be a mapping of arrays; got {type(gallery).__name__}")
   keys = list(gallery.keys())
@@ -206,14 +161,15 @@ def _gallery_arrays(gallery: Mapping[str, Any]) -> dict[str, Any]:
   return out
 
 
-def _class_namer(labels: np.ndarray | None, predicted: np.ndarray | None,
-                 class_names: Sequence[str] | None):
-  """label -> display name: `class_names`, the cells names when labels are 0..9, or the number."""
-  if class_names is None:
-    known = [v for v in (labels, predicted) if v is not None]
-    values = np.concatenate(known) if known else np.zeros(0, np.int64)
-    in_range = values.size > 0 and values.min() >= 0 and values.max() < cells.NUM_CLASSES
-    class_names = cells.CLASS_NAMES if in_range else None
+def _class_namer(class_names: Sequence[str] | None):
+  """label -> display name: `class_names[label]`, or the number (no names, or out of range).
+
+  Raises:
+    ValueError: `class_names` that is a single string.
+  """
+  if isinstance(class_names, str):
+    raise ValueError(f"class_names must be a sequence of names, one per class, not the string "
+                     f"{class_names!r}")
 
   def name(label: int) -> str:
     if class_names is not None and 0 <= label < len(class_names):
@@ -285,7 +241,7 @@ def method_class_gallery(gallery: Mapping[str, np.ndarray], path: PathLike, *,
 
   Rows are the first gallery sample of each class (sorted by class; samples
   with an unknown label, < 0, each get a row), labelled with the class name
-  (`cells.CLASS_NAMES` when all labels are in 0..9, else the number) and the
+  (`class_names[label]`, or the number without names) and the
   predicted class (red when wrong). Columns: the image, the ground-truth
   heatmap (only if some heatmap is non-zero; white 0 to dark red 1), then one
   column per method: diverging colours (red positive, blue negative), each map
@@ -299,7 +255,8 @@ def method_class_gallery(gallery: Mapping[str, np.ndarray], path: PathLike, *,
     methods: the methods (columns) to show, in this order; default: all maps in
       the gallery's order.
     title: the figure title.
-    class_names: names of the classes; default as described above.
+    class_names: names of the classes, indexed by label (e.g. the cells'
+      `CLASS_NAMES`); None (or a label beyond them): the label's number.
 
   Returns:
     The path written.
@@ -320,7 +277,7 @@ def method_class_gallery(gallery: Mapping[str, np.ndarray], path: PathLike, *,
     raise ValueError(f"unknown methods {unknown or methods}; the gallery has {list(maps)}")
   images, heatmaps = arrays["images"], arrays["heatmaps"]
   labels, predicted = arrays["labels"], arrays["predicted"]
-  name = _class_namer(labels, predicted, class_names)
+  name = _class_namer(class_names)
   rows = _gallery_rows(labels, len(images))
   columns = ["image"] + (["ground truth"] if heatmaps is not None else []) + methods
   fig = Figure(figsize=(1.35 * len(columns) + 0.6, 1.35 * len(rows) + 0.8), layout="constrained")
@@ -376,7 +333,7 @@ def method_gallery(gallery: Mapping[str, np.ndarray], method: str, path: PathLik
     raise ValueError(f"columns must be a positive integer; got {columns}")
   images, heatmaps = arrays["images"], arrays["heatmaps"]
   labels, predicted = arrays["labels"], arrays["predicted"]
-  name = _class_namer(labels, predicted, class_names)
+  name = _class_namer(class_names)
   count = len(images)
   width = min(int(columns), count)
   blocks = math.ceil(count / width)
@@ -608,8 +565,24 @@ def perturbation_curves_figure(curves: pd.DataFrame, path: PathLike, *, model: s
 # Win rates (DeepMaps, Fig. 7).
 
 
-def win_rate_table(samples: pd.DataFrame, *, metric: str, higher_is_better: bool,
-                   model: str | None = None, minus_half: bool = True) -> pd.DataFrame:
+def _direction(metric: str, higher_is_better: bool | None) -> bool:
+  """The given direction, or the registry's (`registry.score_direction`)."""
+  if higher_is_better is None:
+    return registry.score_direction(metric)
+  if not isinstance(higher_is_better, (bool, np.bool_)):
+    raise ValueError(f"higher_is_better must be True, False or None (the registry's "
+                     f"direction); got {higher_is_better!r}")
+  return bool(higher_is_better)
+
+
+def _complete_scores(frame: pd.DataFrame, metric: str, methods: Sequence[str]) -> pd.DataFrame:
+  """`[(model, index), methods]` values of `metric`, images lacking a method's value dropped."""
+  table = frame.pivot(index=["model", "index"], columns="method", values=metric)
+  return table[list(methods)].astype(np.float64).dropna()
+
+
+def win_rate_table(samples: pd.DataFrame, *, metric: str, higher_is_better: bool | None = None,
+                   model: str | None = None) -> pd.DataFrame:
   """Pairwise win rates of the methods on one metric (`stats.win_rate_matrix`).
 
   The samples are pivoted to `[images, methods]` on the key (model, index), so
@@ -619,77 +592,126 @@ def win_rate_table(samples: pd.DataFrame, *, metric: str, higher_is_better: bool
   Args:
     samples: the samples table (`model, method, index` and `metric`).
     metric: the metric column.
-    higher_is_better: the metric's direction (`METRIC_DIRECTIONS`).
+    higher_is_better: the metric's direction; None: the registry's
+      (`registry.direction`), which a column outside the registry must give.
     model: only this model's rows; None: every model.
-    minus_half: subtract 0.5 (DeepMaps shows "frequency - 50%").
 
   Returns:
-    `DataFrame[methods, methods]` of floats: row beats column; `attrs["images"]`
-    holds the number of images used.
+    `DataFrame[methods, methods]` of win rates in [0, 1]: the fraction of images
+    on which the row method beats the column method, ties counting one half
+    (diagonal 0.5). `attrs["images"]` holds the number of images used.
 
   Raises:
     ValueError: an empty table, missing columns, an unknown model, duplicate
-      (model, index, method) rows, fewer than 2 methods or no complete image.
+      (model, index, method) rows, fewer than 2 methods, no complete image, or
+      no direction (a column that the registry does not know or that is not a
+      score, with `higher_is_better=None`).
   """
   frame = _check_frame(samples, "samples", ["model", "method", "index", metric])
+  higher_is_better = _direction(metric, higher_is_better)
   frame = _select_model(frame, model, "samples")
   if frame.duplicated(["model", "index", "method"]).any():
     raise ValueError("samples table has duplicate (model, index, method) rows")
   methods = _unique(frame["method"])
   if len(methods) < 2:
     raise ValueError(f"win rates need at least 2 methods; got {methods}")
-  table = frame.pivot(index=["model", "index"], columns="method", values=metric)
-  table = table[methods].astype(np.float64).dropna()
+  table = _complete_scores(frame, metric, methods)
   if table.empty:
     raise ValueError(f"no image has a {metric!r} value for every method {methods}")
-  wins = stats.win_rate_matrix(table.to_numpy(), higher_is_better=higher_is_better,
-                               minus_half=minus_half)
+  wins = stats.win_rate_matrix(table.to_numpy(), higher_is_better=higher_is_better)
   result = pd.DataFrame(wins, index=pd.Index(methods, name="method"),
                         columns=pd.Index(methods, name="versus"))
   result.attrs["images"] = len(table)
   return result
 
 
-def _win_rate_plot(table: pd.DataFrame, *, minus_half: bool, title: str) -> Figure:
-  """The annotated heatmap of a `win_rate_table` (row method beats column method)."""
+def pairwise_win_rates(samples: pd.DataFrame, *, metrics: Sequence[str]) -> pd.DataFrame:
+  """Win rates of every ordered pair of methods, per model and metric, as one long table.
+
+  For each model (in order of appearance) with at least 2 methods and each metric of
+  `metrics` that the table has: `win_rate_table` of that model (images lacking a value for
+  some method are left out; a metric without any complete image, e.g. one not computed for
+  this model, is skipped), in the registry's direction.
+
+  Args:
+    samples: the samples table (`model, method, index` and the metric columns).
+    metrics: registered score columns (`registry.scores()`), in the order of the rows.
+
+  Returns:
+    Columns `model, metric, method, opponent, win_rate, images`: `win_rate` is the fraction
+    of the `images` images on which `method` beats `opponent`, ties counting one half, in
+    [0, 1]; `win_rate[a, b] + win_rate[b, a] == 1`. One row per ordered pair of different
+    methods.
+
+  Raises:
+    ValueError: an empty table, missing key columns, duplicate (model, index, method) rows,
+      or a metric that is unknown or not a score.
+  """
+  frame = _check_frame(samples, "samples", ["model", "method", "index"])
+  if frame.duplicated(["model", "index", "method"]).any():
+    raise ValueError("samples table has duplicate (model, index, method) rows")
+  directions = {metric: registry.score_direction(metric) for metric in metrics}
+  rows = []
+  for model_name, group in frame.groupby("model", sort=False):
+    methods = _unique(group["method"])
+    if len(methods) < 2:
+      continue
+    for metric, higher in directions.items():
+      if metric not in group.columns:
+        continue
+      table = _complete_scores(group, metric, methods)
+      if table.empty:
+        continue
+      wins = stats.win_rate_matrix(table.to_numpy(), higher_is_better=higher)
+      for i, method in enumerate(methods):
+        for j, opponent in enumerate(methods):
+          if i != j:
+            rows.append({"model": model_name, "metric": metric, "method": method,
+                         "opponent": opponent, "win_rate": float(wins[i, j]),
+                         "images": len(table)})
+  return pd.DataFrame(rows, columns=["model", "metric", "method", "opponent", "win_rate",
+                                     "images"])
+
+
+def _win_rate_plot(table: pd.DataFrame, *, title: str) -> Figure:
+  """The annotated heatmap of a `win_rate_table` (row method beats column method), centred
+  on 0.5 (an even match)."""
   methods = list(table.index)
   values = table.to_numpy(np.float64)
-  centre = 0.0 if minus_half else 0.5
   size = 0.75 * len(methods) + 2.2
   fig = Figure(figsize=(size + 0.8, size), layout="constrained")
   axis = fig.subplots()
-  image = axis.imshow(values, cmap="RdBu_r", vmin=centre - 0.5, vmax=centre + 0.5)
+  image = axis.imshow(values, cmap="RdBu_r", vmin=0.0, vmax=1.0)
   for i in range(len(methods)):
     for j in range(len(methods)):
-      text = f"{values[i, j]:+.2f}" if minus_half else f"{values[i, j]:.2f}"
-      axis.text(j, i, text, ha="center", va="center", fontsize=7,
-                color="white" if abs(values[i, j] - centre) > 0.3 else "black")
+      axis.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                color="white" if abs(values[i, j] - 0.5) > 0.3 else "black")
   labels = [m.replace("_", " ") for m in methods]
   axis.set_xticks(range(len(methods)), labels, rotation=45, ha="right", fontsize=7)
   axis.set_yticks(range(len(methods)), labels, fontsize=7)
   axis.set_xlabel("versus")
   axis.set_ylabel("method (row beats column)")
   fig.colorbar(image, ax=axis, shrink=0.8,
-               label="win frequency - 50%" if minus_half else "win frequency")
+               label="win rate: share of images won (ties 1/2)")
   axis.set_title(title, fontsize=8)
   return fig
 
 
 def win_rate_figure(samples: pd.DataFrame, path: PathLike, *, metric: str,
-                    higher_is_better: bool, model: str | None = None,
-                    minus_half: bool = True) -> pathlib.Path:
+                    higher_is_better: bool | None = None,
+                    model: str | None = None) -> pathlib.Path:
   """DeepMaps Fig. 7: how often the row method beats the column method on `metric`.
 
-  An annotated heatmap of `win_rate_table` (ties count one half; by default
-  shown minus 50%, so the diagonal is 0 and `W[i, j] = -W[j, i]`).
+  An annotated heatmap of `win_rate_table`: the win rate in [0, 1], ties
+  counting one half, so the diagonal is 0.5 and `W[i, j] = 1 - W[j, i]`
+  (DeepMaps shows `W - 0.5`; the colours are centred on 0.5 the same way).
 
   Args:
     samples: the samples table (`model, method, index` and `metric`).
     path: the PNG to write.
     metric: the metric column.
-    higher_is_better: the metric's direction (`METRIC_DIRECTIONS`).
+    higher_is_better: the metric's direction; None: the registry's.
     model: only this model's rows; None: every (model, image) pair counts.
-    minus_half: show win frequency minus 0.5.
 
   Returns:
     The path written.
@@ -698,11 +720,11 @@ def win_rate_figure(samples: pd.DataFrame, path: PathLike, *, metric: str,
     ValueError: as `win_rate_table`.
   """
   table = win_rate_table(samples, metric=metric, higher_is_better=higher_is_better,
-                         model=model, minus_half=minus_half)
+                         model=model)
   where = f"model {model}, " if model is not None else ""
-  direction = "higher" if higher_is_better else "lower"
+  direction = "higher" if _direction(metric, higher_is_better) else "lower"
   title = f"Win rates on {metric} ({direction} is better; {where}{table.attrs['images']} images)"
-  return _save(_win_rate_plot(table, minus_half=minus_half, title=title), path)
+  return _save(_win_rate_plot(table, title=title), path)
 
 
 # ----------------------------------------------------------------------------
@@ -715,9 +737,9 @@ def summary_table(samples: pd.DataFrame, *, metrics: Sequence[str] | None = None
 
   Args:
     samples: the samples table (`model`, `method` and metric columns).
-    metrics: the metric columns to average, in this order; default: those of
-      `SUMMARY_METRICS` (the contract's scores, without argmax indices) present
-      in the table.
+    metrics: the metric columns to average, in this order; default: the
+      registry's scores (`registry.scores()`, no argmax indices) present in the
+      table, in registry order.
     accuracy: the experiment's accuracy table (`model, split, accuracy, ...`);
       if given, its `split` row of each model becomes the column "accuracy"
       (NaN for a model it lacks).
@@ -734,10 +756,10 @@ def summary_table(samples: pd.DataFrame, *, metrics: Sequence[str] | None = None
   """
   frame = _check_frame(samples, "samples", ["model", "method"])
   if metrics is None:
-    metrics = [m for m in SUMMARY_METRICS if m in frame.columns]
+    metrics = [m for m in registry.scores() if m in frame.columns]
     if not metrics:
       raise ValueError(f"samples table has no metric column; expected some of "
-                       f"{list(SUMMARY_METRICS)}, it has {list(frame.columns)}")
+                       f"{list(registry.scores())}, it has {list(frame.columns)}")
   else:
     metrics = list(metrics)
     if not metrics:
@@ -838,7 +860,7 @@ def write_report(workdir: PathLike, *, title: str, summary: pd.DataFrame,
     workdir: the experiment folder (created if missing).
     title: the report's title.
     summary: `summary_table` output (or any table; its metric columns get a
-      "how to read" line from `METRIC_DIRECTIONS`).
+      "how to read" line from the registry: description and direction).
     accuracy: the accuracy table (`model, split, accuracy, num_examples`), or
       None to leave the section out.
     figures: caption -> PNG path (absolute, relative to the current folder, or
@@ -876,10 +898,11 @@ def write_report(workdir: PathLike, *, title: str, summary: pd.DataFrame,
   if "accuracy" in summary.columns:
     reading.append("- `accuracy`: the model's classification accuracy (higher is better).")
   for column in summary.columns:
-    if column in METRIC_DIRECTIONS:
-      direction, text = METRIC_DIRECTIONS[column]
-      how = {True: "higher is better", False: "lower is better", None: "not a score"}[direction]
-      reading.append(f"- `{column}`: {text}; **{how}**.")
+    if column in registry.METRICS:
+      metric = registry.METRICS[column]
+      how = {True: "higher is better", False: "lower is better",
+             None: "not a score"}[metric.higher_is_better]
+      reading.append(f"- `{column}`: {metric.description}; **{how}**.")
   parts.append("\n".join(reading) + "\n")
   if links:
     parts.append("## Figures\n")

@@ -1,0 +1,401 @@
+r"""Tjoa & Guan's workflow on the synthetic cells, end to end.
+
+E. Tjoa and C. Guan, "Quantifying Explainability of Saliency Methods in Deep Neural Networks",
+arXiv:2009.02899; with the pixel-removal metrics and statistics across methods of DeepMaps
+(A. Grabska-Barwinska et al., "Towards Better Visual Explanations for Deep Image Classifiers",
+2021). `run(config, workdir)` does, with `config` from `configs/cells.py`:
+
+1. Data: the synthetic cells, regenerated on the fly from the dataset key
+   (`data.source="generator"`) or built once as the TFDS dataset `xai_cells` and read from
+   disk (`"tfds"`).
+2. Training: a base model in continuous mode, then `num_branches` branches in regular-
+   evaluation mode with early stopping (`xai_jax.train`); orbax checkpoints under
+   `WORKDIR/train`, so an interrupted run resumes mid-training.
+3. Test accuracy of every model (`accuracy.csv`).
+4. Every configured explainer on the test split, every configured metric
+   (`xai_jax.runner.evaluate`: five-band average / best / clamped, IOU/IOU*, the DeepMaps
+   pixel-removal set with delta), resumable per shard.
+5. Tables: `samples.csv` (one row per test image x model x method), `roc.csv`, `curves.csv`,
+   `summary.csv` / `summary.md` (one row per model x method, one column per metric), and
+   statistics across methods under `stats/` (win rates, Wilcoxon p-values, Krippendorff's
+   alpha of the method rankings across metrics).
+6. Figures under `figures/` and `report.md` linking everything.
+
+The config is validated first (`validate`: methods and their options, metrics and their
+options, shard sizes against the pixel-removal delta, ...), so a bad config fails in a second,
+before any data generation or training, and leaves nothing in the workdir.
+
+Training and evaluation share the workdir as `xai_jax.pipelines.workdir` describes: the
+trained models (`WORKDIR/train`, recorded in `WORKDIR/train_config.json`) depend only on the
+training fields (`TRAINING_FIELDS`: seed, the training data, model and training settings); a
+run whose training fields differ is refused. Every other field (methods, metrics,
+`evaluate.*`, `data.num_test`, dtype) may change on a trained workdir: the models are reused,
+and the outputs of a new evaluation config go to `WORKDIR/eval_<hash>/` (printed), the first
+one's staying in `WORKDIR` itself. With `dtype="bfloat16"` the evaluation (models, explainers,
+metrics) runs in bfloat16 and writes to `WORKDIR/bfloat16/`. Rerunning a config skips
+everything already done.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pandas as pd
+
+from xai_jax import models, runner, train
+from xai_jax.data import cell_source
+from xai_jax.data import cells
+from xai_jax.data import tfds_cells
+from xai_jax.metrics import registry
+from xai_jax.metrics import stats
+from xai_jax.pipelines import training_data
+from xai_jax.pipelines import workdir as workdir_layout
+from xai_jax.reports import evaluation as report
+
+# Metric columns that get win-rate statistics (directions: `metrics.registry`).
+STAT_METRICS = ("Amu", "Pmu", "Rmu", "Amu_clamp", "iou", "iou_star", "aopc", "afoc_lerf",
+                "n_morf", "n_lerf", "delta_aopc")
+# The columns of the short summary (`summary.md`, the report and the README); `summary.csv`
+# has every metric.
+SHORT_SUMMARY = ("Amu", "Rmu", "Pmu", "Amu_clamp", "iou", "iou_star", "aopc", "afoc_lerf",
+                 "n_morf", "n_lerf", "delta_aopc")
+# Config fields that define the trained models (shared by every evaluation in a workdir), and
+# fields that may change between runs sharing an output folder (they do not change results).
+TRAINING_FIELDS = ("seed", "data.source", "data.tfds_dir", "data.size", "data.num_train",
+                   "data.num_validation", "data.shard_size", "model", "train")
+_VOLATILE_FIELDS = ("figures",)
+DATA_SOURCES = ("generator", "tfds")
+DTYPES = ("float32", "bfloat16")
+NUM_CLASSES = len(cells.CLASS_NAMES)
+
+
+# --------------------------------------------------------------------------------------------
+# Data.
+
+
+def _sources(config, workdir: pathlib.Path) -> dict[str, Any]:
+  """Random-access sources of the three splits (generator or TFDS)."""
+  data = config.data
+  counts = {"train": data.num_train, "validation": data.num_validation, "test": data.num_test}
+  if data.source == "generator":
+    key = jax.random.key(config.seed)
+    return {split: cell_source.source(split, size=data.size, key=key, num_examples=count)
+            for split, count in counts.items()}
+  if data.source == "tfds":
+    tfds_dir = data.tfds_dir or str(workdir / "tfds")
+    tfds_cells.build(tfds_dir, config=str(data.size))
+    return {split: tfds_cells.load(f"{split}[:{count}]", config=str(data.size),
+                                   data_dir=tfds_dir)
+            for split, count in counts.items()}
+  raise ValueError(f"unknown data.source {data.source!r}; valid: 'generator', 'tfds'")
+
+
+# --------------------------------------------------------------------------------------------
+# Training.
+
+
+def _optimizer(config, *, learning_rate: float, steps: int) -> optax.GradientTransformation:
+  t = config.train
+  if t.schedule == "constant":
+    schedule = learning_rate
+  elif t.schedule == "cosine":
+    if steps < 1:
+      raise ValueError("train.schedule='cosine' needs a step limit (train.base_max_steps > 0)")
+    schedule = optax.warmup_cosine_decay_schedule(
+        0.0, learning_rate, min(t.warmup_steps, steps - 1), steps, 0.02 * learning_rate)
+  else:
+    raise ValueError(f"unknown train.schedule {t.schedule!r}; valid: 'cosine', 'constant'")
+  return train.make_optimizer(learning_rate=schedule, weight_decay=t.weight_decay)
+
+
+def train_models(config, workdir: pathlib.Path, sources, model, *, progress: bool = True
+                 ) -> dict[str, dict]:
+  """Trains (or resumes) the base model and its branches; returns `{name: variables}`."""
+  t, data = config.train, config.data
+  train_shards = training_data.TrainingShards(sources["train"], data.shard_size)
+  validation_shards = training_data.TrainingShards(sources["validation"], data.shard_size)
+  base_steps = t.base_max_steps or t.base_epochs * sum(
+      -(-size // t.batch_size) for size in train_shards.sizes())  # counted, not loaded
+  base_tx = _optimizer(config, learning_rate=t.learning_rate, steps=base_steps)
+  key = jax.random.key(config.seed)
+  init_key, base_key, branch_key = jax.random.split(jax.random.fold_in(key, 1), 3)
+  state = train.init_train_state(model, tx=base_tx, key=init_key,
+                                 input_shape=(1, data.size, data.size, 3))
+  base = train.train_continuous(
+      model, state, train_shards.get, num_shards=train_shards.num_shards, tx=base_tx,
+      epochs=t.base_epochs, batch_size=t.batch_size, key=base_key,
+      workdir=workdir / "train" / "base",
+      checkpoint_every=t.checkpoint_every or None, max_steps=t.base_max_steps or None,
+      progress=progress)
+  trained = {"base": base.state.variables}
+  if t.num_branches:
+    branch_tx = train.make_optimizer(learning_rate=t.branch_learning_rate,
+                                     weight_decay=t.weight_decay)
+    max_steps = (int(base.state.step) + t.branch_max_steps) if t.branch_max_steps else None
+    branches = train.train_branches(
+        model, base.state, train_shards.get, validation_shards.get, tx=branch_tx,
+        key=branch_key, num_branches=t.num_branches, workdir=workdir / "train",
+        num_shards=train_shards.num_shards,
+        num_validation_shards=validation_shards.num_shards, epochs=t.branch_epochs,
+        batch_size=t.batch_size, patience=t.patience, refresh_fraction=t.refresh_fraction,
+        target_accuracy=t.target_accuracy, eval_every=t.eval_every,
+        checkpoint_every=t.checkpoint_every or None, max_steps=max_steps, progress=progress)
+    for i, result in enumerate(branches):
+      trained[f"branch_{i}"] = result.best if result.best is not None else result.state.variables
+  return trained
+
+
+def accuracy_table(model, trained: dict[str, dict], source, *, batch_size: int) -> pd.DataFrame:
+  """Test accuracy of every trained model."""
+  test_shards = training_data.TrainingShards(source, batch_size)
+  rows = []
+  for name, variables in trained.items():
+    accuracy = train.evaluate(model, variables, test_shards)
+    rows.append({"model": name, "split": "test", "accuracy": float(accuracy),
+                 "num_examples": len(source)})
+  return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------------------------
+# Statistics across methods.
+
+
+def method_statistics(samples: pd.DataFrame, out_dir: pathlib.Path) -> pd.DataFrame:
+  """Win rates and Wilcoxon p-values per (model, metric); Krippendorff's alpha per metric.
+
+  Writes `out_dir/win_rates.csv` (model, metric, method, opponent, win_rate, images: the
+  fraction of the images where `method` beats `opponent`, ties half, in [0, 1];
+  `report.pairwise_win_rates`), `out_dir/wilcoxon.csv` (model, metric, method, opponent,
+  two-sided p-value of the paired signed-rank test) and `out_dir/krippendorff_alpha.csv`
+  (model, metric, alpha): how consistently the images rank the methods under each metric
+  (DeepMaps appendix C.2; here over all test images instead of 50 draws of 500).
+
+  Returns:
+    The alpha table.
+  """
+  wilcoxon_rows, alpha_rows = [], []
+  metrics = [m for m in STAT_METRICS if m in samples.columns]
+  wins = report.pairwise_win_rates(samples, metrics=metrics)
+  for model_name, group in samples.groupby("model", sort=False):
+    methods = list(dict.fromkeys(group["method"]))
+    if len(methods) < 2:
+      continue
+    for metric in metrics:
+      scores = group.pivot(index="index", columns="method", values=metric)[methods].to_numpy(
+          np.float64)
+      if np.isnan(scores).any():  # not computed for this model (e.g. pixel removal)
+        continue
+      p_values = stats.wilcoxon_matrix(scores)
+      for i, a in enumerate(methods):
+        for j, b in enumerate(methods):
+          if i != j:
+            wilcoxon_rows.append({"model": model_name, "metric": metric, "method": a,
+                                  "opponent": b, "p_value": p_values[i, j]})
+      ranks = stats.rankings(scores, higher_is_better=registry.score_direction(metric))
+      # Alpha is undefined when every image gives every method the same rank (one value).
+      if len(scores) >= 2 and np.unique(ranks).size > 1:
+        alpha = stats.ordinal_alpha(ranks)
+      else:
+        alpha = float("nan")
+      alpha_rows.append({"model": model_name, "metric": metric, "alpha": alpha})
+  runner.write_table(wins, out_dir / "win_rates.csv")
+  runner.write_table(pd.DataFrame(wilcoxon_rows), out_dir / "wilcoxon.csv")
+  alpha = pd.DataFrame(alpha_rows, columns=["model", "metric", "alpha"])
+  runner.write_table(alpha, out_dir / "krippendorff_alpha.csv")
+  return alpha
+
+
+# --------------------------------------------------------------------------------------------
+# The run.
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Checks the whole config in milliseconds, before any data generation or training.
+
+  Raises:
+    ValueError: naming the bad field: an unknown data source, dtype, model or schedule;
+      sizes or counts out of range (`evaluate.num_examples` beyond `data.num_test`);
+      `evaluate.models` that are not trained; an unknown method or option, or a bad option
+      value (`runner.check_methods`); an unknown metric or option, or a pixel-removal `step`
+      above `fraction` of the pixels (`registry.check_options`); a shard, the last
+      (remainder) one included, too small for the pixel-removal delta
+      (`runner.check_shards`).
+  """
+  data, t, ev = config.data, config.train, config.evaluate
+  if data.source not in DATA_SOURCES:
+    raise ValueError(f"unknown data.source {data.source!r}; valid: {', '.join(DATA_SOURCES)}")
+  if config.dtype not in DTYPES:
+    raise ValueError(f"unknown dtype {config.dtype!r}; valid: {', '.join(DTYPES)}")
+  for field in ("size", "num_train", "num_validation", "num_test", "shard_size"):
+    if not isinstance(data[field], int) or data[field] < 1:
+      raise ValueError(f"data.{field} must be a positive int; got {data[field]!r}")
+  if data.source == "tfds":
+    for field, split in (("num_train", "train"), ("num_validation", "validation"),
+                         ("num_test", "test")):
+      available = cell_source.SPLITS[split] * cell_source.SHARD_SIZE
+      if data[field] > available:
+        raise ValueError(f"data.{field} = {data[field]} exceeds the {available} images of the "
+                         f"xai_cells {split} split")
+  if config.model.name not in models.NAMES:
+    raise ValueError(f"unknown model.name {config.model.name!r}; valid: "
+                     f"{', '.join(models.NAMES)}")
+  if t.schedule not in ("cosine", "constant"):
+    raise ValueError(f"unknown train.schedule {t.schedule!r}; valid: 'cosine', 'constant'")
+  trained = ("base", *(f"branch_{i}" for i in range(t.num_branches)))
+  unknown = [m for m in ev.models if m not in trained]
+  if unknown or not ev.models:
+    raise ValueError(f"evaluate.models {list(unknown or ev.models)} are not trained: valid "
+                     f"are {', '.join(trained)} (train.num_branches = {t.num_branches})")
+  unknown = [m for m in ev.pixel_removal_models if m not in ev.models]
+  if unknown:
+    raise ValueError(f"evaluate.pixel_removal_models {unknown} are not in evaluate.models "
+                     f"{list(ev.models)}")
+  if not isinstance(ev.num_examples, int) or not 0 <= ev.num_examples <= data.num_test:
+    raise ValueError(f"evaluate.num_examples must be in 0..data.num_test = {data.num_test} "
+                     f"(0: all); got {ev.num_examples!r}")
+  if not isinstance(ev.gallery_size, int) or ev.gallery_size < 0:
+    raise ValueError(f"evaluate.gallery_size must be an int >= 0; got {ev.gallery_size!r}")
+  runner.check_methods(_methods(config))
+  metrics, options = registry.check_options(tuple(config.metrics), _metric_options(config),
+                                            image_size=(data.size, data.size))
+  try:
+    runner.check_shards(ev.num_examples or data.num_test, ev.shard_size,
+                        delta_k=registry.delta_k(metrics, options), available=data.num_test)
+  except ValueError as error:
+    raise ValueError(f"evaluate.num_examples / evaluate.shard_size: {error}") from None
+
+
+def _methods(config) -> dict[str, dict]:
+  return {name: dict(options) for name, options in config.methods.items()}
+
+
+def _metric_options(config) -> dict[str, dict]:
+  return {k: dict(v) for k, v in config.metric_options.items()}
+
+
+def check_workdir(config, workdir: pathlib.Path) -> pathlib.Path:
+  """Records the training fields (refusing other ones) and returns the evaluation folder.
+
+  The folder is `WORKDIR` (float32) or `WORKDIR/bfloat16`, or `WORKDIR/eval_<hash>` when that
+  holds another evaluation config (`workdir.evaluation_folder`), so every evaluation reuses
+  the trained models and no output folder mixes results of two configs.
+  """
+  current = json.loads(config.to_json())
+  workdir_layout.check_training(workdir, current, TRAINING_FIELDS)
+  default = workdir if config.dtype == "float32" else workdir / config.dtype
+  return workdir_layout.evaluation_folder(workdir, current, default=default,
+                                         ignore=_VOLATILE_FIELDS)
+
+
+def run(config: ml_collections.ConfigDict, workdir, *, progress: bool = True) -> dict[str, Any]:
+  """Runs (or resumes) the whole experiment; returns the tables and the report path.
+
+  Args:
+    config: from `configs/cells.py` (`get_config(variant)`), checked by `validate`.
+    workdir: the output folder (a rerun resumes).
+    progress: show progress bars.
+
+  Returns:
+    `{"accuracy", "samples", "roc", "curves", "summary": DataFrame, "report": path of
+    report.md, "figures": {caption: path}, "model": the float32 Flax module, "variables":
+    {model name: trained variables}}`; the tables are those written to the evaluation folder
+    (`check_workdir`).
+
+  Raises:
+    ValueError: a bad config (`validate`; nothing is written then), or a workdir whose
+      trained models come from other training fields.
+  """
+  started = time.perf_counter()
+  validate(config)
+  workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  out = check_workdir(config, workdir)
+
+  sources = _sources(config, workdir)
+  options = dict(config.model.options)
+  model = models.get(config.model.name, num_classes=NUM_CLASSES, **options)
+  trained = train_models(config, workdir, sources, model, progress=progress)
+  accuracy = accuracy_table(model, trained, sources["test"], batch_size=config.evaluate.shard_size)
+  runner.write_table(accuracy, out / "accuracy.csv")
+  print(f"test accuracy:\n{accuracy.to_string(index=False)}", flush=True)
+
+  eval_model = models.get(config.model.name, num_classes=NUM_CLASSES,
+                          dtype=jnp.dtype(config.dtype), **options)
+  methods = _methods(config)
+  metric_options = _metric_options(config)
+  results = {}
+  removal_models = tuple(config.evaluate.pixel_removal_models) or tuple(config.evaluate.models)
+  for i, name in enumerate(config.evaluate.models):
+    metrics = tuple(m for m in config.metrics if m != "pixel_removal" or name in removal_models)
+    results[name] = runner.evaluate(
+        out, source=sources["test"], model=eval_model, variables=trained[name],
+        methods=methods, metrics=metrics, metric_options=metric_options,
+        shard_size=config.evaluate.shard_size,
+        num_examples=config.evaluate.num_examples or None,
+        key=jax.random.fold_in(jax.random.key(config.seed), 1000 + i), model_name=name,
+        progress=progress, gallery_size=config.evaluate.gallery_size)
+  samples = pd.concat([r.samples for r in results.values()], ignore_index=True)
+  roc = pd.concat([r.roc for r in results.values()], ignore_index=True)
+  curves = pd.concat([r.curves for r in results.values()], ignore_index=True)
+  for frame, name in ((samples, "samples"), (roc, "roc"), (curves, "curves")):
+    runner.write_table(frame, out / f"{name}.csv")
+  runner.write_table(report.summary_table(samples, accuracy=accuracy), out / "summary.csv")
+  summary = report.summary_table(
+      samples, accuracy=accuracy, metrics=[m for m in SHORT_SUMMARY if m in samples.columns])
+  (out / "summary.md").write_text(report.to_markdown(summary) + "\n")
+  alpha = method_statistics(samples, out / "stats")
+
+  figures = {}
+  if config.figures:
+    figures = make_figures(results, samples, roc, curves, out / "figures")
+  first = alpha[alpha["model"] == alpha["model"].iloc[0]] if len(alpha) else alpha
+  notes = (f"Evaluation dtype {config.dtype}; {len(samples)} (image, model, method) rows. "
+           "Krippendorff's alpha of the per-image method rankings (1 = every image ranks the "
+           "methods alike): " + ", ".join(f"{r.metric} {r.alpha:.2f}"
+                                           for r in first.itertuples()) +
+           f" ({first['model'].iloc[0] if len(first) else '-'}); statistics in stats/. "
+           f"Wall time of this invocation: {time.perf_counter() - started:.0f} s.")
+  report_path = report.write_report(out, title=f"Cells experiment ({config.model.name}, "
+                                    f"{config.data.size}x{config.data.size})",
+                                    summary=summary, accuracy=accuracy, figures=figures,
+                                    config=json.loads(config.to_json()), notes=notes)
+  return {"accuracy": accuracy, "samples": samples, "roc": roc, "curves": curves,
+          "summary": summary, "report": report_path, "figures": figures, "model": model,
+          "variables": trained}
+
+
+def make_figures(results, samples, roc, curves, folder: pathlib.Path) -> dict[str, pathlib.Path]:
+  """Every figure of the report; returns `{caption: path}`."""
+  folder.mkdir(parents=True, exist_ok=True)
+  figures = {}
+  for name, result in results.items():
+    if result.gallery:
+      figures[f"Heatmaps per method and class ({name}; Tjoa & Guan Fig. 5/6)"] = (
+          report.method_class_gallery(result.gallery, folder / f"gallery_{name}.png",
+                                      title=f"{name}: saliency maps per class",
+                                      class_names=cells.CLASS_NAMES))
+  first = next(iter(results))
+  if "Rmu" in samples.columns:
+    figures[f"Recall vs precision ({first}; Tjoa & Guan Fig. 3)"] = (
+        report.precision_recall_scatter(samples, folder / "recall_precision.png", model=first))
+  if not roc.empty:
+    figures[f"ROC over the soft thresholds ({first}; Tjoa & Guan Fig. 4)"] = (
+        report.roc_figure(roc, folder / "roc.png", model=first))
+  if not curves.empty:
+    figures[f"Perturbation curves ({first})"] = report.perturbation_curves_figure(
+        curves, folder / "perturbation_curves.png", model=first)
+  first_samples = samples[samples["model"] == first]
+  several_methods = first_samples["method"].nunique() >= 2
+  for metric in ("aopc", "Amu"):
+    if several_methods and metric in samples.columns and first_samples[metric].notna().all():
+      figures[f"Win rates on {metric} ({first}; DeepMaps Fig. 7)"] = report.win_rate_figure(
+          samples, folder / f"win_rates_{metric}.png", metric=metric, model=first)
+  return figures

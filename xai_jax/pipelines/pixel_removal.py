@@ -1,0 +1,203 @@
+"""The DeepMaps pixel-removal protocol: AOPC, AFOC, n_MoRF / n_LeRF and their delta variants.
+
+A. Grabska-Barwinska et al., "Towards Better Visual Explanations for Deep Image Classifiers"
+(DeepMaps, 2021), section 4 and appendices B-C: every configured saliency method explains the
+model's predicted class `c`; its map ranks the pixels, which are removed (all channels
+replaced by the fill value, by default the mean RGB) most relevant first (MoRF) and least
+relevant first (LeRF), and the model is re-evaluated on a grid of removed fractions
+(`xai_jax.runner.evaluate` with the metric "pixel_removal"). Per image and method:
+
+* `aopc`: mean drop of the logit f_c over the MoRF grid up to `fraction` (10%) of the pixels
+  (W. Samek et al., "Evaluating the visualization of what a deep neural network has learned",
+  IEEE TNNLS 2017);
+* `afoc_morf`, `afoc_lerf`: |f_c(x) - f_c(x_k)| / |f_c(x)| after removing `fraction`
+  (S. Srinivas and F. Fleuret, "Full-Gradient Representation for Neural Network
+  Visualization", NeurIPS 2019);
+* `n_morf`, `n_lerf`: fraction of pixels removed when the decision first changes (1.0 and
+  `flipped_*` = 0 when it never does);
+* `delta_<metric>` (DeepMaps Eq. 9): the metric with the image's own map minus its mean with
+  the maps the same method gave `delta_k` other images of the same shard.
+
+Data: the synthetic cells (default; a small model is trained here), any prepared TFDS image
+dataset (`data.source="tfds"`, e.g. `imagenet2012`), or an image folder; models as in
+`image_experiment` (a `port.save` checkpoint, an `.npz`, or trained on the cells).
+
+`run(config, workdir)` writes, in WORKDIR: `config.json`; `<model>/samples.csv` and
+`samples.csv` (one row per image x method; resumable per shard under `shards/`); `curves.csv`
+(mean MoRF / LeRF curves: score, drop and flip rate per removed fraction); `summary.csv` /
+`summary.md` (means per method, with the model's accuracy on the evaluated images in
+`accuracy.csv`); `win_rates.csv` (for every metric, the share of images on which the method
+beats the opponent, ties one half, in [0, 1]; DeepMaps Fig. 7 plots it minus 50%;
+`report.pairwise_win_rates`);
+`figures/perturbation_curves.png`, `figures/flip_rate.png`, `figures/win_rates_<metric>.png`;
+`report.md`.
+
+The config (`configs/pixel_removal.py`) is checked first (`validate`): methods and their
+options, the removal options (`step` must not exceed `fraction` of the `data.size` x
+`data.size` pixels, or AOPC and AFOC would be 0 for every map), and every shard, the last
+(remainder) one included, must hold more than `delta_k` images; a bad config fails before any
+data is read or a model trained and leaves nothing in the workdir. A trained model is kept
+across runs that change only evaluation fields (methods, `pixel_removal`,
+`data.num_examples`, ...), whose outputs then go to `WORKDIR/eval_<hash>/`; other training
+fields are refused (`xai_jax.pipelines.workdir`).
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import time
+from typing import Any
+
+from absl import logging
+import ml_collections
+import pandas as pd
+
+from xai_jax import runner
+from xai_jax.data import images
+from xai_jax.metrics import pixel_removal as metric_removal
+from xai_jax.metrics import registry
+from xai_jax.pipelines import image_experiment
+from xai_jax.reports import evaluation as report
+
+# Metric columns, DeepMaps section 4 / appendix B (directions: `metrics.registry`).
+# The scores (the `flipped_*` shares are summarised but not ranked).
+METRICS = ("aopc", "afoc_morf", "afoc_lerf", "n_morf", "n_lerf")
+DELTA_METRICS = tuple(registry.delta_column(name) for name in metric_removal.DELTA_METRICS)
+# Win-rate figures drawn for these (the CSV has every metric).
+FIGURE_METRICS = ("aopc", "afoc_lerf", "n_morf", "n_lerf", "delta_n_morf", "delta_afoc_morf")
+
+
+def removal_options(config) -> dict[str, Any]:
+  """`metric_options["pixel_removal"]` for the runner; resolves the named fills.
+
+  `fill` is a string: "mean" (per-channel mean of the evaluated batch), "image_mean", "blur",
+  "imagenet_mean" (the ImageNet training-set mean RGB in the images' space, as DeepMaps: 0
+  after ImageNet normalisation), a number ("0") or comma-separated per-channel values
+  ("0.5,0.4,0.3").
+
+  Raises:
+    ValueError: a fill that is none of these.
+  """
+  options = dict(config.pixel_removal)
+  fill = str(options["fill"]).strip()
+  if fill == "imagenet_mean":
+    values = [float(v) for v in images.fill_value(config.data.normalize)]
+  elif fill in ("mean", "image_mean", "blur"):
+    values = None
+  else:
+    try:
+      values = [float(v) for v in fill.split(",")]
+    except ValueError:
+      raise ValueError(f"unknown pixel_removal.fill {fill!r}; valid: mean, image_mean, blur, "
+                       "imagenet_mean, a number or comma-separated per-channel values") from None
+  if values is not None:
+    if len(set(values)) != 1:
+      # The runner passes the removal options as static (hashed) jit arguments, so an array
+      # fill cannot go through it; a constant (the normalised ImageNet mean is 0) can.
+      raise ValueError(f"pixel_removal.fill {fill!r} gives per-channel values {values}; "
+                       "runner.evaluate accepts only a single number (e.g. 'imagenet_mean' "
+                       "with data.normalize='imagenet', which is 0)")
+    values = values[0]
+  options["fill"] = fill if values is None else values
+  options["step"] = options["step"] or None
+  return options
+
+
+def win_rates(samples: pd.DataFrame) -> pd.DataFrame:
+  """Pairwise win rates per (model, metric): `model, metric, method, opponent, win_rate, images`.
+
+  `win_rate` is the fraction of the `images` images on which `method` beats `opponent`, ties
+  counting one half, in [0, 1], in the metric's registered direction
+  (`report.pairwise_win_rates`; DeepMaps Fig. 7 and appendix C plot it minus 0.5).
+  """
+  return report.pairwise_win_rates(samples, metrics=(*METRICS, *DELTA_METRICS))
+
+
+def validate(config) -> None:
+  """Checks a pixel-removal config before anything is read or trained.
+
+  Raises:
+    ValueError: naming the bad field: a bad `pixel_removal` option (fill, step against
+      `fraction` of the pixels, chunk, delta_k, score), or as
+      `image_experiment.validate_image_experiment` (methods, data, model, shards too small for
+      the delta).
+  """
+  image_experiment.validate_image_experiment(
+      config, metrics=("pixel_removal",),
+      metric_options={"pixel_removal": removal_options(config)})
+
+
+def run(config: ml_collections.ConfigDict, workdir, *, progress: bool = True) -> dict[str, Any]:
+  """Runs (or resumes) the pixel-removal experiment; returns its tables and the report path.
+
+  Args:
+    config: from `configs/pixel_removal.py` (`get_config(variant)`).
+    workdir: the output folder (a rerun resumes).
+    progress: show progress bars.
+
+  Returns:
+    `{"samples", "curves", "summary", "win_rates", "accuracy": DataFrame, "report": path of
+    report.md, "figures": {caption: path}}`. Outputs go to `WORKDIR`, or to
+    `WORKDIR/eval_<hash>` for a config whose evaluation fields differ from those `WORKDIR`
+    holds.
+
+  Raises:
+    ValueError: a bad config (`validate`; nothing is written then), or a workdir whose model
+      comes from other training fields.
+  """
+  started = time.perf_counter()
+  validate(config)
+  metric_options = {"pixel_removal": removal_options(config)}
+  source = image_experiment.build_source(config)
+  image_experiment.check_evaluation_size(config, len(source), metric_options=metric_options)
+  workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  out = image_experiment.check_workdir(config, workdir)
+  model, variables, described = image_experiment.build_model(config, workdir, progress=progress)
+  logging.info("model: %s; %d images from %r", described, len(source), source)
+  tables = image_experiment.evaluate(config, out, source, model, variables,
+                                     metrics=("pixel_removal",), metric_options=metric_options,
+                                     progress=progress)
+  samples, curves = tables.samples, tables.curves
+  runner.write_table(samples, out / "samples.csv")
+  runner.write_table(curves, out / "curves.csv")
+  accuracy = image_experiment.accuracy_of(samples, config.data.split)
+  runner.write_table(accuracy, out / "accuracy.csv")
+  columns = [c for c in (*METRICS, *DELTA_METRICS, "flipped_morf", "flipped_lerf")
+             if c in samples.columns]
+  summary = report.summary_table(samples, metrics=columns, accuracy=accuracy,
+                                 split=config.data.split)
+  runner.write_table(summary, out / "summary.csv")
+  (out / "summary.md").write_text(report.to_markdown(summary))
+  wins = win_rates(samples)
+  runner.write_table(wins, out / "win_rates.csv")
+
+  figures = {}
+  if config.figures:
+    folder = out / "figures"
+    figures["Perturbation curves: mean logit of the predicted class"] = (
+        report.perturbation_curves_figure(curves, folder / "perturbation_curves.png"))
+    figures["Share of changed decisions along the curves (n_MoRF / n_LeRF)"] = (
+        report.perturbation_curves_figure(curves, folder / "flip_rate.png",
+                                          quantity="flip_rate"))
+    if samples["method"].nunique() >= 2:
+      for metric in FIGURE_METRICS:
+        if metric in samples.columns:
+          figures[f"Win rates on {metric} (DeepMaps Fig. 7)"] = report.win_rate_figure(
+              samples, folder / f"win_rates_{metric}.png", metric=metric)
+  options = removal_options(config)
+  fill = options["fill"]
+  notes = (f"Model: {described}; {samples['index'].nunique()} images. Removal: fill "
+           f"{fill}, step "
+           f"{options['step'] or '0.5% of the pixels'}, AOPC/AFOC at {options['fraction']:g} of "
+           f"the pixels, score {options['score']}, delta against {options['delta_k']} other "
+           f"images' maps. Win rates (share of images won, ties 1/2) of every metric are in "
+           f"`win_rates.csv`. Wall "
+           f"time of this invocation {time.perf_counter() - started:.0f} s.")
+  report_path = report.write_report(
+      out, title=f"Pixel removal, the DeepMaps protocol ({config.model_name})",
+      summary=summary, accuracy=accuracy, figures=figures, config=json.loads(config.to_json()),
+      notes=notes)
+  return {"samples": samples, "curves": curves, "summary": summary, "win_rates": wins,
+          "accuracy": accuracy, "report": report_path, "figures": figures}

@@ -1,0 +1,72 @@
+"""Training shards from any random-access source, as `xai_jax.train` reads them.
+
+Every pipeline trains on, and measures accuracy over, consecutive slices of a source: the
+synthetic cells (`xai_jax.data.cell_source.source`), the TFDS cells (`tfds_cells.load`) or an image
+dataset (`xai_jax.data.images`). `TrainingShards` is that view, with the two variations the
+pipelines need: a preprocessing of the images (the sanity checks' ImageNet normalisation) and
+replacement labels (the permuted labels of Adebayo et al.'s data randomisation test).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+
+class TrainingShards:
+  """Consecutive slices of `shard_size` examples of a source as `{"image", "label"}` shards.
+
+  Shard `i` holds examples `i * shard_size` up to `(i + 1) * shard_size` (the last shard the
+  remainder), read with one `source.get_batch` call: pass `shards.get` to
+  `train.train_continuous(..., num_shards=shards.num_shards)`, or the object itself (an
+  iterable of the shards) to `train.evaluate`.
+
+  Args:
+    source: anything with `len()` and `get_batch(int64[n]) -> {"image": float32[n, H, W, C],
+      "label": int32[n], ...}` (other entries are dropped).
+    shard_size: examples per shard, >= 1.
+    preprocess: applied to each shard's images (`float32[n, H, W, C]` -> same shape), e.g.
+      a normalisation; None keeps them as read.
+    labels: `int[len(source)]` replacing the source's labels (e.g. permuted labels); None
+      keeps the source's. Labels are returned as int32 either way.
+    keep: keep each shard once read (for small sets read several times, such as training
+      and then measuring accuracy on the same shards); False reads a shard on every access.
+
+  Raises:
+    ValueError: `shard_size` below 1, or `labels` not one per example.
+  """
+
+  def __init__(self, source: Any, shard_size: int, *,
+               preprocess: Callable[[np.ndarray], np.ndarray] | None = None,
+               labels: np.ndarray | None = None, keep: bool = False):
+    if not isinstance(shard_size, int) or shard_size < 1:
+      raise ValueError(f"shard_size must be a positive int; got {shard_size!r}")
+    if labels is not None and len(labels) != len(source):
+      raise ValueError(f"labels must give one label per example: {len(labels)} labels for "
+                       f"{len(source)} examples")
+    self.source, self.shard_size = source, shard_size
+    self.preprocess, self.labels = preprocess, labels
+    self.num_shards = -(-len(source) // shard_size)
+    # `get(i)`: shard i as `{"image": float32[n, H, W, C], "label": int32[n]}`.
+    self.get = functools.cache(self._read) if keep else self._read
+
+  def sizes(self) -> list[int]:
+    """The number of examples of every shard, counted without reading any."""
+    total = len(self.source)
+    return [min(self.shard_size, total - i * self.shard_size) for i in range(self.num_shards)]
+
+  def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+    """Every shard in order, each read when it is reached."""
+    return (self.get(i) for i in range(self.num_shards))
+
+  def _read(self, index: int) -> dict[str, np.ndarray]:
+    if not 0 <= index < self.num_shards:
+      raise IndexError(f"shard {index} out of range [0, {self.num_shards})")
+    indices = np.arange(index * self.shard_size,
+                        min(len(self.source), (index + 1) * self.shard_size))
+    batch = self.source.get_batch(indices)
+    images = batch["image"] if self.preprocess is None else self.preprocess(batch["image"])
+    labels = batch["label"] if self.labels is None else self.labels[indices]
+    return {"image": images, "label": np.asarray(labels, np.int32)}
