@@ -1,8 +1,7 @@
 """Tests of the synthetic cell generator `xai_jax.data.cells` and its gallery.
 
 References: a plain numpy/skimage/scipy port of the original generator
-(`ericotjo001/explainable_ai`, `xai_basic/legacy/srcV1/pipeline/objgen`, read in
-`shared/specs/cells.md`) fed with the same random settings, skimage's `resize`
+(`ericotjo001/explainable_ai`, `xai_basic/legacy/srcV1/pipeline/objgen`) fed with the same random settings, skimage's `resize`
 and `rotate` for the helpers, and closed-form properties of each class.
 """
 

@@ -39,3 +39,16 @@ def test_the_readme_api_example_runs_and_gives_documented_shapes():
   assert namespace["cam"].shape == (8, 64, 64)
   assert namespace["five_band"].recall.shape == (8, 56)
   assert namespace["removal"]["aopc"].shape == (8,)
+
+
+def test_no_file_points_outside_the_repository():
+  """Docstrings cite papers or the repository's own `docs/`, never a folder a clone lacks."""
+  outside = re.compile(r"(\.\./|\b)shared/(specs|papers|STYLE)|notes/EXP_" "CONTRACT")
+  suffixes = {".py", ".md", ".ipynb", ".toml", ".txt", ".cfg"}
+  files = [p for p in ROOT.rglob("*") if p.suffix in suffixes and p.is_file()
+           and not any(part.startswith(".") or part.endswith(".egg-info") or part == "workdir"
+                       for part in p.relative_to(ROOT).parts)]
+  hits = [f"{path.relative_to(ROOT)}:{number}" for path in files
+          for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1)
+          if outside.search(line)]
+  assert hits == []

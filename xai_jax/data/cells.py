@@ -3,8 +3,8 @@
 Reproduces the ten-class data generator of Tjoa & Guan, "Quantifying
 Explainability of Saliency Methods in Deep Neural Networks" (IEEE TAI 2023,
 arXiv:2009.02899), as their public code `ericotjo001/explainable_ai`
-(`xai_basic/legacy/srcV1/pipeline/objgen`) generates it; the statement-by-statement
-reading is `shared/specs/cells.md` section 1.
+(`xai_basic/legacy/srcV1/pipeline/objgen`) generates it, statement by statement
+(the functions below name the original routine each one follows).
 
 Classes (`CLASS_NAMES`, the paper's order): 0 CCell (round cell), 1 CCellM (cell
 with a bar), 2 CCellP (cell with a plus), 3 RCell (red-bordered rectangle),
@@ -594,7 +594,7 @@ def make_cell(key: jax.Array, label: Any, background: Any, *,
       or size outside 32..1024.
 
   References:
-    Tjoa & Guan, arXiv:2009.02899, Fig. 2; spec `shared/specs/cells.md`.
+    Tjoa & Guan, arXiv:2009.02899, Fig. 2.
   """
   size = _check_size(size)
   _check_values(label, "label", NUM_CLASSES, CLASS_NAMES)
