@@ -13,7 +13,7 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
-from xai_jax.reports import evaluation as report
+from xai_jax import reports
 
 
 def start() -> None:
@@ -42,6 +42,6 @@ def run_and_print(run: Callable[[Any, str], dict]) -> dict:
   `run` returns at least `{"summary": DataFrame, "report": path}`.
   """
   outputs = run(flags.FLAGS.config, flags.FLAGS.workdir)
-  print(report.to_markdown(outputs["summary"]))
+  print(reports.to_markdown(outputs["summary"]))
   print(f"report: {outputs['report']}")
   return outputs

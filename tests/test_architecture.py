@@ -13,10 +13,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from xai_jax import explain, models, runner
+from xai_jax import explain, models, reports, runner
 from xai_jax.data import cell_source
 from xai_jax.metrics import registry
-from xai_jax.reports import evaluation as report
 
 SIZE = 32
 NUM = 6
@@ -88,10 +87,10 @@ def test_a_new_explainer_and_metric_flow_to_the_report(registered, tmp_path):
   got = samples[samples.method == "center_prior"].sort_values("index")["mass_inside"]
   np.testing.assert_allclose(got.to_numpy(), expected, rtol=1e-5)
 
-  summary = report.summary_table(samples)
+  summary = reports.summary_table(samples)
   assert "mass_inside" in summary.columns  # a registered score: summarised by default
-  path = report.write_report(tmp_path, title="added", summary=summary, accuracy=None,
-                             figures={})
+  path = reports.write_report(tmp_path, title="added", summary=summary, accuracy=None,
+                              figures={})
   text = path.read_text()
   assert "center_prior" in text and "mass_inside" in text
   assert "share of |map| inside the ground-truth cell" in text  # the registry's description

@@ -91,35 +91,35 @@ def no_damage_warnings():
 
 def test_every_damage_is_detected_and_a_table_with_no_rows_is_not_damage(tmp_path):
   path = tmp_path / "a.csv"
-  runner.write_table(pd.DataFrame({"x": [1.5, 2.0], "y": ["a", "b"]}), path, verified=True)
+  files.write_table(pd.DataFrame({"x": [1.5, 2.0], "y": ["a", "b"]}), path, verified=True)
   assert files.read_verified(path) == b"x,y\n1.5,a\n2,b\n"
   assert files.recorded_rows(path) == 2
   for how, reason in (("truncate", "truncated: 7 bytes, 14 were written"),
                       ("empty", "emptied: 0 bytes, 14 were written"),
                       ("garble", "garbled"), ("delete", "deleted after it was written"),
                       ("unrecorded", "no checksum record")):
-    runner.write_table(pd.DataFrame({"x": [1.5, 2.0], "y": ["a", "b"]}), path, verified=True)
+    files.write_table(pd.DataFrame({"x": [1.5, 2.0], "y": ["a", "b"]}), path, verified=True)
     damage(path, how)
     with pytest.raises(files.DamagedFileError, match=reason) as error:
-      runner.read_table(path)
+      files.read_table(path)
     assert error.value.path == path
   # A table legitimately without rows (or without columns) reads back; emptied, it does not.
   for frame, text in ((pd.DataFrame(columns=["x"]), b"x\n"), (pd.DataFrame(), b"\n")):
-    runner.write_table(frame, path, verified=True)
+    files.write_table(frame, path, verified=True)
     assert path.read_bytes() == text and files.recorded_rows(path) == 0
-    assert runner.read_table(path).empty
+    assert files.read_table(path).empty
     path.write_bytes(b"")
     with pytest.raises(files.DamagedFileError, match="emptied"):
-      runner.read_table(path)
+      files.read_table(path)
   # A garbled record is damage too, and a file written again with the same bytes is untouched.
-  runner.write_table(pd.DataFrame({"x": [1]}), path, verified=True)
+  files.write_table(pd.DataFrame({"x": [1]}), path, verified=True)
   files.record_path(path).write_text("{not json")
   with pytest.raises(files.DamagedFileError, match="record .* is unreadable"):
     files.read_verified(path)
-  runner.write_table(pd.DataFrame({"x": [1]}), path, verified=True)
+  files.write_table(pd.DataFrame({"x": [1]}), path, verified=True)
   stamp = path.stat().st_mtime_ns, files.record_path(path).stat().st_mtime_ns
   time.sleep(0.01)
-  runner.write_table(pd.DataFrame({"x": [1]}), path, verified=True)
+  files.write_table(pd.DataFrame({"x": [1]}), path, verified=True)
   assert (path.stat().st_mtime_ns, files.record_path(path).stat().st_mtime_ns) == stamp
 
 
@@ -127,7 +127,7 @@ def test_a_record_that_disagrees_with_the_parsed_rows_is_damage(tmp_path):
   path = tmp_path / "a.csv"
   files.write_verified(path, "x\n1\n2\n", rows=3)  # a writer bug, or a hand-made record
   with pytest.raises(files.DamagedFileError, match="holds 2 rows; its record says 3"):
-    runner.read_table(path)
+    files.read_table(path)
 
 
 # --------------------------------------------------------------------------------------------
@@ -258,7 +258,7 @@ def test_roc_shards_without_rows_are_finished_not_damaged(evaluation_setup, tmp_
 
 def test_a_legacy_gallery_is_read_with_a_warning(tmp_path):
   arrays = {"images": np.arange(12.0).reshape(1, 2, 2, 3), "labels": np.array([3])}
-  runner.save_npz(arrays, tmp_path / "recorded.npz")
+  files.save_npz(arrays, tmp_path / "recorded.npz")
   path = tmp_path / "gallery.npz"
   shutil.copy(tmp_path / "recorded.npz", path)  # without its record, as before records
   with warned_about(path):
@@ -267,7 +267,7 @@ def test_a_legacy_gallery_is_read_with_a_warning(tmp_path):
     np.testing.assert_array_equal(gallery[name], values)
   damage(path, "truncate")  # without a record only what breaks the zip format is found
   with pytest.raises(files.DamagedFileError, match="not a readable .npz"):
-    runner.load_npz(path, unrecorded="accept")
+    files.load_npz(path, unrecorded="accept")
   damage(tmp_path / "recorded.npz", "garble")
   with pytest.raises(files.DamagedFileError, match="garbled"):
     runner.load_gallery(tmp_path / "recorded.npz")

@@ -12,6 +12,8 @@ Checked on the source, with `ast`, for every module of the package:
   they are needed so that the library runs without them.
 * cycles: the graph of module-level imports between the package's modules has none, within a
   layer or across layers.
+
+And for every package (`__init__.py`): its `__all__` lists names it binds, each once, none private.
 """
 
 import ast
@@ -178,6 +180,41 @@ def test_no_import_cycles():
 
 def test_every_package_module_has_a_layer():
   assert sorted(n for n, p in MODULES.items() if n != "xai_jax" and not _layer_of(p)) == []
+
+
+def _bound_names(tree: ast.Module) -> set[str]:
+  """The names a module binds at its top level: imports, definitions, assignments."""
+  bound = set()
+  for node in tree.body:
+    if isinstance(node, ast.Import):
+      bound.update((a.asname or a.name).split(".")[0] for a in node.names)
+    elif isinstance(node, ast.ImportFrom):
+      bound.update(a.asname or a.name for a in node.names)
+    elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+      bound.add(node.name)
+    elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+      targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+      bound.update(t.id for t in targets if isinstance(t, ast.Name))
+  return bound
+
+
+def _all_names(tree: ast.Module) -> list[str] | None:
+  for node in tree.body:
+    if (isinstance(node, ast.Assign) and len(node.targets) == 1
+        and isinstance(node.targets[0], ast.Name) and node.targets[0].id == "__all__"):
+      return list(ast.literal_eval(node.value))
+  return None
+
+
+@pytest.mark.parametrize("package", sorted(p for p in PACKAGE.rglob("__init__.py")),
+                         ids=lambda p: str(p.parent.relative_to(PACKAGE.parent)))
+def test_every_package_lists_its_public_api(package):
+  tree = _parse(package)
+  names = _all_names(tree)
+  assert names is not None, "no __all__"
+  assert len(names) == len(set(names))
+  assert [n for n in names if n.startswith("_")] == []
+  assert sorted(set(names) - _bound_names(tree)) == []
 
 
 def test_the_checker_catches_a_backward_import():

@@ -6,6 +6,8 @@ reports -> runner -> pipelines`. Every layer is a subpackage reachable from here
   import xai_jax
   maps = xai_jax.explain.explain("integrated_gradients", model, variables, x, steps=32)
   tables = xai_jax.evaluate(workdir, source=..., model=..., variables=..., methods=...)
+  summary = xai_jax.reports.summary_table(tables.samples)
+  xai_jax.files.write_table(summary, workdir / "summary.csv")
   results = xai_jax.pipelines.cells.run(config, workdir)
 
 The registries: `explain.METHODS` (explainers), `metrics.registry` (metric families and
@@ -27,5 +29,6 @@ from xai_jax.runner import evaluate
 
 __version__ = "0.1.0"
 
-__all__ = ["data", "evaluate", "explain", "files", "keys", "metrics", "models", "pipelines",
-           "reports", "runner", "train", "xla"]
+# `keys` (the PRNG-key checks every layer shares) is plumbing, imported but not listed.
+__all__ = ["data", "evaluate", "explain", "files", "metrics", "models", "pipelines", "reports",
+           "runner", "train", "xla"]

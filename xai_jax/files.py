@@ -35,13 +35,18 @@ Depends on nothing else in xai_jax.
 
 import contextlib
 import hashlib
+import io
 import json
 import os
 import pathlib
 import shutil
 import tempfile
 import warnings
-from typing import IO, Any, Iterator
+import zipfile
+from typing import IO, Any, Iterator, Mapping
+
+import numpy as np
+import pandas as pd
 
 RECORD_SUFFIX = ".sha256"
 UNRECORDED = ("no checksum record (written by an xai_jax version before records, or "
@@ -266,6 +271,91 @@ def read_or_discard(path, *, action: str) -> bytes | None:
     warn_damaged(error, action)
     remove_verified(path)
     return None
+
+
+# --------------------------------------------------------------------------------------------
+# Tables (CSV), JSON and arrays (.npz) with fixed bytes: the same values give the same file.
+
+
+def write_table(frame: pd.DataFrame, path, *, verified: bool = False) -> None:
+  """Writes a CSV atomically with a fixed float format (bytes depend only on the values).
+
+  Args:
+    frame: the table.
+    path: the CSV file.
+    verified: also write its record (checksum and row count) for `read_table`; for tables
+      that are read back, such as shards.
+  """
+  text = frame.to_csv(index=False, float_format="%.8g")
+  if verified:
+    write_verified(path, text, rows=len(frame))
+  else:
+    write_text(path, text)
+
+
+def read_table(path, *, fix: str | None = None) -> pd.DataFrame:
+  """Reads a table written by `write_table(..., verified=True)`, checking bytes and row count.
+
+  A table recorded with 0 rows (and possibly no columns) reads as an empty DataFrame.
+
+  Raises:
+    FileNotFoundError: neither the file nor its record exists.
+    DamagedFileError: the file is damaged or has no record (see `read_verified`),
+      or its row count differs from the recorded one.
+  """
+  data = read_verified(path, fix=fix)
+  rows = recorded_rows(path)
+  try:
+    frame = pd.read_csv(io.BytesIO(data))
+  except pd.errors.EmptyDataError:  # no columns: a table recorded with 0 rows
+    frame = pd.DataFrame()
+  except (pd.errors.ParserError, UnicodeDecodeError) as error:
+    raise DamagedFileError(path, f"not a readable CSV ({error})", fix) from None
+  if rows is None or len(frame) != rows:
+    raise DamagedFileError(path, f"holds {len(frame)} rows; its record says {rows}", fix)
+  return frame
+
+
+def write_json(data: Mapping[str, Any], path, *, verified: bool = False) -> None:
+  """Writes JSON atomically, keys sorted; with `verified`, also its record (for files read
+  back with `read_verified`)."""
+  text = json.dumps(data, indent=2, sort_keys=True, default=str) + "\n"
+  if verified:
+    write_verified(path, text)
+  else:
+    write_text(path, text)
+
+
+def save_npz(arrays: Mapping[str, np.ndarray], path) -> None:
+  """Writes arrays as a compressed `.npz` with its record (`write_verified`).
+
+  The bytes depend only on the arrays, so a recomputed file is byte-identical.
+  """
+  buffer = io.BytesIO()
+  np.savez_compressed(buffer, **arrays)
+  write_verified(path, buffer.getvalue())
+
+
+def load_npz(path, *, unrecorded: str = "error", fix: str | None = None
+             ) -> dict[str, np.ndarray]:
+  """Reads an `.npz` written by `save_npz`, checked against its record.
+
+  Args:
+    path: the file.
+    unrecorded: for a file without a record, as in `read_verified`.
+    fix: appended to the error message.
+
+  Raises:
+    FileNotFoundError: neither the file nor its record exists.
+    DamagedFileError: the file is damaged (or unrecorded, see `unrecorded`) or is not
+      a readable `.npz`.
+  """
+  data = read_verified(path, unrecorded=unrecorded, fix=fix)
+  try:
+    with np.load(io.BytesIO(data)) as arrays:
+      return {k: arrays[k] for k in arrays.files}
+  except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
+    raise DamagedFileError(path, f"not a readable .npz ({error})", fix) from None
 
 
 # --------------------------------------------------------------------------------------------

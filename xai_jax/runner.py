@@ -21,11 +21,9 @@ places it, and jitted functions then run data-parallel under GSPMD.
 
 import dataclasses
 import functools
-import io
 import json
 import pathlib
 import time
-import zipfile
 import zlib
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -88,55 +86,6 @@ def shard_batch(tree, mesh: Mesh | None = None):
 def unpad(tree, size: int):
   """Drops the padding rows added by `shard_batch` and fetches the arrays to the host."""
   return jax.tree_util.tree_map(lambda leaf: np.asarray(leaf)[:size], tree)
-
-
-def write_table(frame: pd.DataFrame, path, *, verified: bool = False) -> None:
-  """Writes a CSV atomically with a fixed float format (bytes depend only on the values).
-
-  Args:
-    frame: the table.
-    path: the CSV file.
-    verified: also write its record (checksum and row count) for `read_table`; for tables
-      that are read back, such as shards.
-  """
-  text = frame.to_csv(index=False, float_format="%.8g")
-  if verified:
-    files.write_verified(path, text, rows=len(frame))
-  else:
-    files.write_text(path, text)
-
-
-def read_table(path, *, fix: str | None = None) -> pd.DataFrame:
-  """Reads a table written by `write_table(..., verified=True)`, checking bytes and row count.
-
-  A table recorded with 0 rows (and possibly no columns) reads as an empty DataFrame.
-
-  Raises:
-    FileNotFoundError: neither the file nor its record exists.
-    files.DamagedFileError: the file is damaged or has no record (see `files.read_verified`),
-      or its row count differs from the recorded one.
-  """
-  data = files.read_verified(path, fix=fix)
-  rows = files.recorded_rows(path)
-  try:
-    frame = pd.read_csv(io.BytesIO(data))
-  except pd.errors.EmptyDataError:  # no columns: a table recorded with 0 rows
-    frame = pd.DataFrame()
-  except (pd.errors.ParserError, UnicodeDecodeError) as error:
-    raise files.DamagedFileError(path, f"not a readable CSV ({error})", fix) from None
-  if rows is None or len(frame) != rows:
-    raise files.DamagedFileError(path, f"holds {len(frame)} rows; its record says {rows}", fix)
-  return frame
-
-
-def write_json(data: Mapping[str, Any], path, *, verified: bool = False) -> None:
-  """Writes JSON atomically, keys sorted; with `verified`, also its record (for files read
-  back with `files.read_verified`)."""
-  text = json.dumps(data, indent=2, sort_keys=True, default=str) + "\n"
-  if verified:
-    files.write_verified(path, text)
-  else:
-    files.write_text(path, text)
 
 
 def config_fields(config: Mapping[str, Any], fields: Sequence[str]) -> dict[str, Any]:
@@ -206,7 +155,7 @@ def record_config(path, config: Mapping[str, Any], *, ignore: Sequence[str] = ()
     if changed:
       raise ValueError(f"{path.parent} holds {what} of a different config (fields {changed} "
                        f"differ); {hint}")
-  write_json(current, path)
+  files.write_json(current, path)
 
 
 def shard_path(workdir, table: str, shard: int) -> pathlib.Path:
@@ -303,7 +252,7 @@ def run_shard_tables(workdir, tables: Sequence[str], shards: Iterable[int],
         if not isinstance(frames[table], pd.DataFrame):
           raise TypeError(f"compute_shard returned {type(frames[table])} for table {table!r}; "
                           "expected a pandas DataFrame")
-        write_table(frames[table], shard_path(workdir, table, shard), verified=True)
+        files.write_table(frames[table], shard_path(workdir, table, shard), verified=True)
       done += 1
       if images_per_shard:
         rate = done * images_per_shard / max(time.perf_counter() - started, 1e-9)
@@ -316,10 +265,10 @@ def run_shard_tables(workdir, tables: Sequence[str], shards: Iterable[int],
       time.sleep(poll_seconds)
   results = {}
   for table in tables:
-    frames = [read_table(shard_path(workdir, table, s), fix="rerun to recompute it")
+    frames = [files.read_table(shard_path(workdir, table, s), fix="rerun to recompute it")
               for s in shards]
     result = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-    write_table(result, pathlib.Path(workdir) / f"{table}.csv")
+    files.write_table(result, pathlib.Path(workdir) / f"{table}.csv")
     results[table] = result
   return results
 
@@ -330,7 +279,7 @@ def _check_shard(workdir, tables: Sequence[str], shard: int) -> bool:
   for table in tables:
     path = shard_path(workdir, table, shard)
     try:
-      read_table(path)
+      files.read_table(path)
     except FileNotFoundError:
       intact = False
     except files.DamagedFileError as error:
@@ -512,38 +461,6 @@ def _gallery_positions(labels: np.ndarray, size: int) -> np.ndarray:
   return np.asarray((firsts + rest)[:size], np.int64)
 
 
-def save_npz(arrays: Mapping[str, np.ndarray], path) -> None:
-  """Writes arrays as a compressed `.npz` with its record (`files.write_verified`).
-
-  The bytes depend only on the arrays, so a recomputed file is byte-identical.
-  """
-  buffer = io.BytesIO()
-  np.savez_compressed(buffer, **arrays)
-  files.write_verified(path, buffer.getvalue())
-
-
-def load_npz(path, *, unrecorded: str = "error", fix: str | None = None
-             ) -> dict[str, np.ndarray]:
-  """Reads an `.npz` written by `save_npz`, checked against its record.
-
-  Args:
-    path: the file.
-    unrecorded: for a file without a record, as in `files.read_verified`.
-    fix: appended to the error message.
-
-  Raises:
-    FileNotFoundError: neither the file nor its record exists.
-    files.DamagedFileError: the file is damaged (or unrecorded, see `unrecorded`) or is not
-      a readable `.npz`.
-  """
-  data = files.read_verified(path, unrecorded=unrecorded, fix=fix)
-  try:
-    with np.load(io.BytesIO(data)) as arrays:
-      return {k: arrays[k] for k in arrays.files}
-  except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
-    raise files.DamagedFileError(path, f"not a readable .npz ({error})", fix) from None
-
-
 def load_gallery(path) -> dict[str, np.ndarray]:
   """Reads a `gallery.npz` written by `evaluate`, checked against its record.
 
@@ -553,7 +470,7 @@ def load_gallery(path) -> dict[str, np.ndarray]:
   Raises:
     files.DamagedFileError: the gallery is damaged; rerunning `evaluate` recomputes it.
   """
-  return load_npz(path, unrecorded="warn", fix="rerun the evaluation to recompute it")
+  return files.load_npz(path, unrecorded="warn", fix="rerun the evaluation to recompute it")
 
 
 def evaluate(workdir, *, source, model, variables, methods: Mapping[str, Mapping[str, Any]],
@@ -689,7 +606,7 @@ def evaluate(workdir, *, source, model, variables, methods: Mapping[str, Mapping
                               else heatmap[keep]),
                  "labels": labels[keep], "predicted": predicted[keep],
                  **{f"map/{d}": m[keep] for d, m in maps_of.items()}}
-      save_npz(gallery, gallery_path)
+      files.save_npz(gallery, gallery_path)
     with_model = lambda frames: (pd.concat(frames, ignore_index=True).assign(model=model_name)
                                  if frames else pd.DataFrame())
     return {tables[0]: pd.concat(sample_frames, ignore_index=True),
@@ -714,8 +631,8 @@ def evaluate(workdir, *, source, model, variables, methods: Mapping[str, Mapping
                           {"recall": "recall_sum", "fpr": "fpr_sum"})
   curves = _mean_over_shards(raw[tables[2]], ("model", "method", "order", "fraction"),
                              {"score": "score_sum", "drop": "drop_sum", "flip_rate": "flip_sum"})
-  write_table(roc, workdir / model_name / "roc.csv")
-  write_table(curves, workdir / model_name / "curves.csv")
+  files.write_table(roc, workdir / model_name / "roc.csv")
+  files.write_table(curves, workdir / model_name / "curves.csv")
   gallery = load_gallery(gallery_path) if gallery_size else {}
   return EvaluationTables(samples=raw[tables[0]], roc=roc, curves=curves, gallery=gallery)
 

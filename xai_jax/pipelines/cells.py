@@ -50,7 +50,7 @@ import numpy as np
 import optax
 import pandas as pd
 
-from xai_jax import models, runner, train
+from xai_jax import files, models, reports, runner, train
 from xai_jax.data import cell_source
 from xai_jax.data import cells
 from xai_jax.data import tfds_cells
@@ -58,7 +58,6 @@ from xai_jax.metrics import registry
 from xai_jax.metrics import stats
 from xai_jax.pipelines import training_data
 from xai_jax.pipelines import workdir as workdir_layout
-from xai_jax.reports import evaluation as report
 
 # Metric columns that get win-rate statistics (directions: `metrics.registry`).
 STAT_METRICS = ("Amu", "Pmu", "Rmu", "Amu_clamp", "iou", "iou_star", "aopc", "afoc_lerf",
@@ -173,7 +172,7 @@ def method_statistics(samples: pd.DataFrame, out_dir: pathlib.Path) -> pd.DataFr
 
   Writes `out_dir/win_rates.csv` (model, metric, method, opponent, win_rate, images: the
   fraction of the images where `method` beats `opponent`, ties half, in [0, 1];
-  `report.pairwise_win_rates`), `out_dir/wilcoxon.csv` (model, metric, method, opponent,
+  `reports.pairwise_win_rates`), `out_dir/wilcoxon.csv` (model, metric, method, opponent,
   two-sided p-value of the paired signed-rank test) and `out_dir/krippendorff_alpha.csv`
   (model, metric, alpha): how consistently the images rank the methods under each metric
   (DeepMaps appendix C.2; here over all test images instead of 50 draws of 500).
@@ -183,7 +182,7 @@ def method_statistics(samples: pd.DataFrame, out_dir: pathlib.Path) -> pd.DataFr
   """
   wilcoxon_rows, alpha_rows = [], []
   metrics = [m for m in STAT_METRICS if m in samples.columns]
-  wins = report.pairwise_win_rates(samples, metrics=metrics)
+  wins = reports.pairwise_win_rates(samples, metrics=metrics)
   for model_name, group in samples.groupby("model", sort=False):
     methods = list(dict.fromkeys(group["method"]))
     if len(methods) < 2:
@@ -206,10 +205,10 @@ def method_statistics(samples: pd.DataFrame, out_dir: pathlib.Path) -> pd.DataFr
       else:
         alpha = float("nan")
       alpha_rows.append({"model": model_name, "metric": metric, "alpha": alpha})
-  runner.write_table(wins, out_dir / "win_rates.csv")
-  runner.write_table(pd.DataFrame(wilcoxon_rows), out_dir / "wilcoxon.csv")
+  files.write_table(wins, out_dir / "win_rates.csv")
+  files.write_table(pd.DataFrame(wilcoxon_rows), out_dir / "wilcoxon.csv")
   alpha = pd.DataFrame(alpha_rows, columns=["model", "metric", "alpha"])
-  runner.write_table(alpha, out_dir / "krippendorff_alpha.csv")
+  files.write_table(alpha, out_dir / "krippendorff_alpha.csv")
   return alpha
 
 
@@ -324,7 +323,7 @@ def run(config: ml_collections.ConfigDict, workdir, *, progress: bool = True) ->
   model = models.get(config.model.name, num_classes=NUM_CLASSES, **options)
   trained = train_models(config, workdir, sources, model, progress=progress)
   accuracy = accuracy_table(model, trained, sources["test"], batch_size=config.evaluate.shard_size)
-  runner.write_table(accuracy, out / "accuracy.csv")
+  files.write_table(accuracy, out / "accuracy.csv")
   print(f"test accuracy:\n{accuracy.to_string(index=False)}", flush=True)
 
   eval_model = models.get(config.model.name, num_classes=NUM_CLASSES,
@@ -346,11 +345,11 @@ def run(config: ml_collections.ConfigDict, workdir, *, progress: bool = True) ->
   roc = pd.concat([r.roc for r in results.values()], ignore_index=True)
   curves = pd.concat([r.curves for r in results.values()], ignore_index=True)
   for frame, name in ((samples, "samples"), (roc, "roc"), (curves, "curves")):
-    runner.write_table(frame, out / f"{name}.csv")
-  runner.write_table(report.summary_table(samples, accuracy=accuracy), out / "summary.csv")
-  summary = report.summary_table(
+    files.write_table(frame, out / f"{name}.csv")
+  files.write_table(reports.summary_table(samples, accuracy=accuracy), out / "summary.csv")
+  summary = reports.summary_table(
       samples, accuracy=accuracy, metrics=[m for m in SHORT_SUMMARY if m in samples.columns])
-  (out / "summary.md").write_text(report.to_markdown(summary) + "\n")
+  (out / "summary.md").write_text(reports.to_markdown(summary) + "\n")
   alpha = method_statistics(samples, out / "stats")
 
   figures = {}
@@ -363,10 +362,10 @@ def run(config: ml_collections.ConfigDict, workdir, *, progress: bool = True) ->
                                            for r in first.itertuples()) +
            f" ({first['model'].iloc[0] if len(first) else '-'}); statistics in stats/. "
            f"Wall time of this invocation: {time.perf_counter() - started:.0f} s.")
-  report_path = report.write_report(out, title=f"Cells experiment ({config.model.name}, "
-                                    f"{config.data.size}x{config.data.size})",
-                                    summary=summary, accuracy=accuracy, figures=figures,
-                                    config=json.loads(config.to_json()), notes=notes)
+  report_path = reports.write_report(out, title=f"Cells experiment ({config.model.name}, "
+                                     f"{config.data.size}x{config.data.size})",
+                                     summary=summary, accuracy=accuracy, figures=figures,
+                                     config=json.loads(config.to_json()), notes=notes)
   return {"accuracy": accuracy, "samples": samples, "roc": roc, "curves": curves,
           "summary": summary, "report": report_path, "figures": figures, "model": model,
           "variables": trained}
@@ -379,23 +378,23 @@ def make_figures(results, samples, roc, curves, folder: pathlib.Path) -> dict[st
   for name, result in results.items():
     if result.gallery:
       figures[f"Heatmaps per method and class ({name}; Tjoa & Guan Fig. 5/6)"] = (
-          report.method_class_gallery(result.gallery, folder / f"gallery_{name}.png",
-                                      title=f"{name}: saliency maps per class",
-                                      class_names=cells.CLASS_NAMES))
+          reports.method_class_gallery(result.gallery, folder / f"gallery_{name}.png",
+                                       title=f"{name}: saliency maps per class",
+                                       class_names=cells.CLASS_NAMES))
   first = next(iter(results))
   if "Rmu" in samples.columns:
     figures[f"Recall vs precision ({first}; Tjoa & Guan Fig. 3)"] = (
-        report.precision_recall_scatter(samples, folder / "recall_precision.png", model=first))
+        reports.precision_recall_scatter(samples, folder / "recall_precision.png", model=first))
   if not roc.empty:
     figures[f"ROC over the soft thresholds ({first}; Tjoa & Guan Fig. 4)"] = (
-        report.roc_figure(roc, folder / "roc.png", model=first))
+        reports.roc_figure(roc, folder / "roc.png", model=first))
   if not curves.empty:
-    figures[f"Perturbation curves ({first})"] = report.perturbation_curves_figure(
+    figures[f"Perturbation curves ({first})"] = reports.perturbation_curves_figure(
         curves, folder / "perturbation_curves.png", model=first)
   first_samples = samples[samples["model"] == first]
   several_methods = first_samples["method"].nunique() >= 2
   for metric in ("aopc", "Amu"):
     if several_methods and metric in samples.columns and first_samples[metric].notna().all():
-      figures[f"Win rates on {metric} ({first}; DeepMaps Fig. 7)"] = report.win_rate_figure(
+      figures[f"Win rates on {metric} ({first}; DeepMaps Fig. 7)"] = reports.win_rate_figure(
           samples, folder / f"win_rates_{metric}.png", metric=metric, model=first)
   return figures

@@ -92,8 +92,8 @@ def load_npz(path: str | os.PathLike) -> dict:
     files.DamagedFileError: the file does not match the record `save_npz` wrote with it.
     ValueError: keys that are not variable paths.
   """
-  arrays = runner.load_npz(path, unrecorded="accept",  # may come from elsewhere
-                           fix="write it again (save_npz)")
+  arrays = files.load_npz(path, unrecorded="accept",  # may come from elsewhere
+                          fix="write it again (save_npz)")
   flat = {tuple(k.split("/")): np.asarray(v) for k, v in arrays.items()}
   if not flat or any(len(k) < 2 for k in flat):
     raise ValueError(f"{path}: expected keys like 'params/<module>/kernel'; got "

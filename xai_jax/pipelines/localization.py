@@ -53,11 +53,11 @@ import ml_collections
 import numpy as np
 import pandas as pd
 
-from xai_jax import runner
+from xai_jax import files
+from xai_jax import reports
 from xai_jax.data import cells
 from xai_jax.metrics import ground_truth
 from xai_jax.pipelines import image_experiment
-from xai_jax.reports import evaluation as report
 
 LOCALIZATION_METRICS = ("iou", "iou_star")
 
@@ -212,17 +212,17 @@ def run(config: ml_collections.ConfigDict, workdir, *, progress: bool = True) ->
   tables = image_experiment.evaluate(config, out, source, model, variables, metrics=("iou",),
                                      metric_options=metric_options, progress=progress)
   samples = tables.samples
-  runner.write_table(samples, out / "samples.csv")
+  files.write_table(samples, out / "samples.csv")
   accuracy = image_experiment.accuracy_of(samples, config.data.split)
-  runner.write_table(accuracy, out / "accuracy.csv")
-  summary = report.summary_table(samples, metrics=list(LOCALIZATION_METRICS), accuracy=accuracy,
-                                 split=config.data.split)
-  runner.write_table(summary, out / "summary.csv")
-  (out / "summary.md").write_text(report.to_markdown(summary))
+  files.write_table(accuracy, out / "accuracy.csv")
+  summary = reports.summary_table(samples, metrics=list(LOCALIZATION_METRICS), accuracy=accuracy,
+                                  split=config.data.split)
+  files.write_table(summary, out / "summary.csv")
+  (out / "summary.md").write_text(reports.to_markdown(summary))
   confidence = confidence_table(samples, threshold=config.confidence_threshold)
-  runner.write_table(confidence, out / "confidence.csv")
+  files.write_table(confidence, out / "confidence.csv")
   wide = confidence_wide(confidence)
-  (out / "confidence.md").write_text(report.to_markdown(wide))
+  (out / "confidence.md").write_text(reports.to_markdown(wide))
 
   figures = {}
   if config.figures:
@@ -230,7 +230,7 @@ def run(config: ml_collections.ConfigDict, workdir, *, progress: bool = True) ->
     figures["IOU and IOU* by prediction confidence (Gattas Fig. 4.1)"] = confidence_figure(
         confidence, folder / "iou_by_confidence.png", threshold=config.confidence_threshold)
     if tables.gallery:
-      figures["Saliency maps of a few images"] = report.method_class_gallery(
+      figures["Saliency maps of a few images"] = reports.method_class_gallery(
           gallery_for_figure(tables.gallery), folder / "gallery.png",
           title=f"{config.model_name}: saliency maps",
           class_names=cells.CLASS_NAMES if config.data.source == "cells" else None)
@@ -243,13 +243,13 @@ def run(config: ml_collections.ConfigDict, workdir, *, progress: bool = True) ->
            f"{config.confidence_threshold} ({int(high['count'].iloc[0]) if len(high) else 0} of "
            f"{samples['index'].nunique()} images); the split is in `confidence.md`. Wall time "
            f"of this invocation {time.perf_counter() - started:.0f} s.")
-  report_path = report.write_report(
+  report_path = reports.write_report(
       out, title=f"Pixel-wise localisation, IOU / IOU* ({config.model_name})",
       summary=summary, accuracy=accuracy, figures=figures, config=json.loads(config.to_json()),
       notes=notes)
   with open(report_path, "a") as stream:
     stream.write(f"\n## IOU and IOU* by prediction confidence (mean +- std; high: softmax > "
-                 f"{config.confidence_threshold})\n\n" + report.to_markdown(wide))
+                 f"{config.confidence_threshold})\n\n" + reports.to_markdown(wide))
   return {"samples": samples, "summary": summary, "confidence": confidence,
           "accuracy": accuracy, "gallery": tables.gallery, "report": report_path,
           "figures": figures}

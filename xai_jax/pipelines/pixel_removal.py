@@ -28,7 +28,7 @@ dataset (`data.source="tfds"`, e.g. `imagenet2012`), or an image folder; models 
 `summary.md` (means per method, with the model's accuracy on the evaluated images in
 `accuracy.csv`); `win_rates.csv` (for every metric, the share of images on which the method
 beats the opponent, ties one half, in [0, 1]; DeepMaps Fig. 7 plots it minus 50%;
-`report.pairwise_win_rates`);
+`reports.pairwise_win_rates`);
 `figures/perturbation_curves.png`, `figures/flip_rate.png`, `figures/win_rates_<metric>.png`;
 `report.md`.
 
@@ -53,12 +53,12 @@ from absl import logging
 import ml_collections
 import pandas as pd
 
-from xai_jax import runner
+from xai_jax import files
+from xai_jax import reports
 from xai_jax.data import images
 from xai_jax.metrics import pixel_removal as metric_removal
 from xai_jax.metrics import registry
 from xai_jax.pipelines import image_experiment
-from xai_jax.reports import evaluation as report
 
 # Metric columns, DeepMaps section 4 / appendix B (directions: `metrics.registry`).
 # The scores (the `flipped_*` shares are summarised but not ranked).
@@ -109,9 +109,9 @@ def win_rates(samples: pd.DataFrame) -> pd.DataFrame:
 
   `win_rate` is the fraction of the `images` images on which `method` beats `opponent`, ties
   counting one half, in [0, 1], in the metric's registered direction
-  (`report.pairwise_win_rates`; DeepMaps Fig. 7 and appendix C plot it minus 0.5).
+  (`reports.pairwise_win_rates`; DeepMaps Fig. 7 and appendix C plot it minus 0.5).
   """
-  return report.pairwise_win_rates(samples, metrics=(*METRICS, *DELTA_METRICS))
+  return reports.pairwise_win_rates(samples, metrics=(*METRICS, *DELTA_METRICS))
 
 
 def validate(config) -> None:
@@ -160,31 +160,31 @@ def run(config: ml_collections.ConfigDict, workdir, *, progress: bool = True) ->
                                      metrics=("pixel_removal",), metric_options=metric_options,
                                      progress=progress)
   samples, curves = tables.samples, tables.curves
-  runner.write_table(samples, out / "samples.csv")
-  runner.write_table(curves, out / "curves.csv")
+  files.write_table(samples, out / "samples.csv")
+  files.write_table(curves, out / "curves.csv")
   accuracy = image_experiment.accuracy_of(samples, config.data.split)
-  runner.write_table(accuracy, out / "accuracy.csv")
+  files.write_table(accuracy, out / "accuracy.csv")
   columns = [c for c in (*METRICS, *DELTA_METRICS, "flipped_morf", "flipped_lerf")
              if c in samples.columns]
-  summary = report.summary_table(samples, metrics=columns, accuracy=accuracy,
-                                 split=config.data.split)
-  runner.write_table(summary, out / "summary.csv")
-  (out / "summary.md").write_text(report.to_markdown(summary))
+  summary = reports.summary_table(samples, metrics=columns, accuracy=accuracy,
+                                  split=config.data.split)
+  files.write_table(summary, out / "summary.csv")
+  (out / "summary.md").write_text(reports.to_markdown(summary))
   wins = win_rates(samples)
-  runner.write_table(wins, out / "win_rates.csv")
+  files.write_table(wins, out / "win_rates.csv")
 
   figures = {}
   if config.figures:
     folder = out / "figures"
     figures["Perturbation curves: mean logit of the predicted class"] = (
-        report.perturbation_curves_figure(curves, folder / "perturbation_curves.png"))
+        reports.perturbation_curves_figure(curves, folder / "perturbation_curves.png"))
     figures["Share of changed decisions along the curves (n_MoRF / n_LeRF)"] = (
-        report.perturbation_curves_figure(curves, folder / "flip_rate.png",
-                                          quantity="flip_rate"))
+        reports.perturbation_curves_figure(curves, folder / "flip_rate.png",
+                                           quantity="flip_rate"))
     if samples["method"].nunique() >= 2:
       for metric in FIGURE_METRICS:
         if metric in samples.columns:
-          figures[f"Win rates on {metric} (DeepMaps Fig. 7)"] = report.win_rate_figure(
+          figures[f"Win rates on {metric} (DeepMaps Fig. 7)"] = reports.win_rate_figure(
               samples, folder / f"win_rates_{metric}.png", metric=metric)
   options = removal_options(config)
   fill = options["fill"]
@@ -195,7 +195,7 @@ def run(config: ml_collections.ConfigDict, workdir, *, progress: bool = True) ->
            f"images' maps. Win rates (share of images won, ties 1/2) of every metric are in "
            f"`win_rates.csv`. Wall "
            f"time of this invocation {time.perf_counter() - started:.0f} s.")
-  report_path = report.write_report(
+  report_path = reports.write_report(
       out, title=f"Pixel removal, the DeepMaps protocol ({config.model_name})",
       summary=summary, accuracy=accuracy, figures=figures, config=json.loads(config.to_json()),
       notes=notes)

@@ -44,6 +44,7 @@ from PIL import Image
 from xai_jax import explain
 from xai_jax import files
 from xai_jax import models
+from xai_jax import reports
 from xai_jax import runner
 from xai_jax import train
 from xai_jax import xla
@@ -53,7 +54,6 @@ from xai_jax.metrics import similarity
 from xai_jax.models import port
 from xai_jax.pipelines import training_data
 from xai_jax.pipelines import workdir as workdir_layout
-from xai_jax.reports import evaluation as report
 from xai_jax.reports import sanity as sanity_figures
 
 MODES = ("cascading", "independent")
@@ -300,7 +300,7 @@ def load_or_train_model(config, workdir: pathlib.Path, *, progress: bool = True)
             "train_accuracy": _accuracy(model, variables, shards),
             "test_accuracy": _accuracy(
                 model, variables, _cell_shards(config, "test", settings.test_examples))}
-    runner.write_json(info, path, verified=True)
+    files.write_json(info, path, verified=True)
   return model, variables, info
 
 
@@ -393,7 +393,7 @@ def train_random_labels(config, model, workdir: pathlib.Path, *, progress: bool 
     accuracy = _accuracy(model, result.state.variables, shards)
     if accuracy > settings.target_accuracy:
       info = {"steps": steps, "train_accuracy": accuracy}
-      runner.write_json(info, path, verified=True)
+      files.write_json(info, path, verified=True)
       return result.state.variables, info
     if steps >= settings.max_steps or result.stop_reason != train.STOP_MAX_STEPS:
       raise ValueError(
@@ -438,7 +438,7 @@ def _batches(x: np.ndarray, target: np.ndarray, batch_size: int):
 
 
 def _save_npz(path: pathlib.Path, **arrays) -> None:
-  runner.save_npz(arrays, path)  # with its record, checked when read back
+  files.save_npz(arrays, path)  # with its record, checked when read back
 
 
 def _table(result: sanity.RandomizationResult, *, method: str, mode: str,
@@ -550,8 +550,8 @@ def _figures(config, workdir: pathlib.Path, tables: Mapping[str, pd.DataFrame]) 
   for mode, table in tables.items():
     explanations, stages = {}, None
     for name in config.methods:
-      data = runner.load_npz(workdir / "explanations" / mode / f"{name}.npz",
-                             fix="rerun to recompute it")
+      data = files.load_npz(workdir / "explanations" / mode / f"{name}.npz",
+                            fix="rerun to recompute it")
       explanations[name] = data["explanations"]
       stages = [str(s) for s in data["stages"]]
     for image in range(config.grid_images):
@@ -603,7 +603,7 @@ def write_report(config, workdir: pathlib.Path, summary: pd.DataFrame, info: Map
   for mode in info["modes"]:
     lines += [f"## {titles[mode]}", "",
               "Mean similarity to the original explanation at the last stage:", "",
-              report.to_markdown(last_stage_means(summary, mode, config)), ""]
+              reports.to_markdown(last_stage_means(summary, mode, config)), ""]
     lines += [f"![{name}]({name})" for name in figures if f"_{mode}" in name]
     lines.append("")
   path = workdir / "report.md"
@@ -684,10 +684,10 @@ def run(config, workdir, *, progress: bool = True) -> dict[str, pd.DataFrame]:
         progress=progress)
     info["random_labels_model"] = _random_labels_info(workdir) or random_labels()[1]
     info["modes"].append(DATA_MODE)
-  runner.write_json(info, out / "model.json")
+  files.write_json(info, out / "model.json")
 
   summary = summarize(tables)
-  runner.write_table(summary, out / "summary.csv")
+  files.write_table(summary, out / "summary.csv")
   figures = _figures(config, out, tables)
   write_report(config, out, summary, info, figures)
   return {**tables, "summary": summary}

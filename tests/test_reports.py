@@ -1,9 +1,10 @@
-"""Figures, tables and report of an evaluation (`xai_jax.reports.evaluation`).
+"""Figures, tables and report of an evaluation (`xai_jax.reports`: `tables`, `plots`,
+`gallery`, `writer`).
 
 Synthetic tables in the schema of `runner.evaluate` (2 models, 3 methods, 20 images)
 are built by hand; every figure is checked for a valid PNG and, through a spy on
-the module's save step, for the content it draws (panel count, plotted values,
-AUCs, win rates) against independent numpy loops.
+`plots.save_figure` (which the galleries use too), for the content it draws (panel
+count, plotted values, AUCs, win rates) against independent numpy loops.
 """
 
 import json
@@ -17,7 +18,8 @@ import pytest
 from matplotlib import image as mpimg
 
 from xai_jax.data import cells
-from xai_jax.reports import evaluation
+from xai_jax import reports
+from xai_jax.reports import plots
 
 MODELS = ("base", "branch")
 METHODS = ("gradient", "integrated_gradients", "gradcam")
@@ -105,15 +107,16 @@ def _gallery(count: int = 10, *, size: int = 16, labels=None, heatmaps: bool = T
 
 @pytest.fixture
 def spy(monkeypatch):
-  """Records every figure the module saves (inspected before it is written and cleared)."""
+  """Records every figure saved by `plots.save_figure` (inspected before it is written and
+  cleared)."""
   seen = []
-  original = evaluation._save  # pylint: disable=protected-access
+  original = plots.save_figure
 
   def recording_save(fig, path, **kwargs):
     seen.append(_describe(fig))
     return original(fig, path, **kwargs)
 
-  monkeypatch.setattr(evaluation, "_save", recording_save)
+  monkeypatch.setattr(plots, "save_figure", recording_save)
   return seen
 
 
@@ -157,8 +160,8 @@ def _assert_png(path, *, min_bytes: int = 4000):
 def test_method_class_gallery_rows_per_class_columns_per_method(tmp_path, spy):
   # 12 samples, classes 0 and 1 twice: still one row per class.
   gallery = _gallery(12)
-  path = evaluation.method_class_gallery(gallery, tmp_path / "sub" / "classes.png",
-                                         class_names=cells.CLASS_NAMES)
+  path = reports.method_class_gallery(gallery, tmp_path / "sub" / "classes.png",
+                                      class_names=cells.CLASS_NAMES)
   assert path == tmp_path / "sub" / "classes.png"
   _assert_png(path)
   axes = spy[-1]["axes"]
@@ -183,8 +186,8 @@ def test_method_class_gallery_rows_per_class_columns_per_method(tmp_path, spy):
 def test_method_class_gallery_options_and_errors(tmp_path, spy):
   # No non-zero heatmap: no ground-truth column; labels outside 0..9 are written as numbers.
   gallery = _gallery(3, labels=[12, 10, 11], heatmaps=False)
-  evaluation.method_class_gallery(gallery, tmp_path / "g.png", methods=["gradcam", "gradient"],
-                                  title="custom")
+  reports.method_class_gallery(gallery, tmp_path / "g.png", methods=["gradcam", "gradient"],
+                               title="custom")
   axes = spy[-1]["axes"]
   assert len(axes) == 3 * 3
   assert [a["title"] for a in axes[:3]] == ["image", "gradcam", "gradient"]
@@ -192,30 +195,30 @@ def test_method_class_gallery_options_and_errors(tmp_path, spy):
   # Without class names the labels 0..9 are numbers too (the report knows no data set);
   # with names, a label beyond them stays a number.
   numbered = _gallery(3, labels=[0, 1, 2], heatmaps=False)
-  evaluation.method_class_gallery(numbered, tmp_path / "n.png", methods=["gradient"])
+  reports.method_class_gallery(numbered, tmp_path / "n.png", methods=["gradient"])
   assert [a["ylabel"] for a in spy[-1]["axes"][::2]] == ["0\npred 0", "1\npred 1", "2\npred 3"]
-  evaluation.method_class_gallery(numbered, tmp_path / "n.png", methods=["gradient"],
-                                  class_names=("zero", "one"))
+  reports.method_class_gallery(numbered, tmp_path / "n.png", methods=["gradient"],
+                               class_names=("zero", "one"))
   assert [a["ylabel"].split("\n")[0] for a in spy[-1]["axes"][::2]] == ["zero", "one", "2"]
   with pytest.raises(ValueError, match="class_names must be a sequence"):
-    evaluation.method_class_gallery(numbered, tmp_path / "x.png", class_names="abc")
+    reports.method_class_gallery(numbered, tmp_path / "x.png", class_names="abc")
   with pytest.raises(ValueError, match="unknown methods.*gradient"):
-    evaluation.method_class_gallery(gallery, tmp_path / "x.png", methods=["lime"])
+    reports.method_class_gallery(gallery, tmp_path / "x.png", methods=["lime"])
   with pytest.raises(ValueError, match="no 'images'"):
-    evaluation.method_class_gallery({"map/a": np.zeros((1, 4, 4))}, tmp_path / "x.png")
+    reports.method_class_gallery({"map/a": np.zeros((1, 4, 4))}, tmp_path / "x.png")
   bad = dict(gallery, **{"map/gradient": np.zeros((3, 5, 5), np.float32)})
   with pytest.raises(ValueError, match="map/gradient.*shape"):
-    evaluation.method_class_gallery(bad, tmp_path / "x.png")
+    reports.method_class_gallery(bad, tmp_path / "x.png")
   nan = dict(gallery, **{"map/gradient": np.full((3, 16, 16), np.nan, np.float32)})
   with pytest.raises(ValueError, match="NaN"):
-    evaluation.method_class_gallery(nan, tmp_path / "x.png")
+    reports.method_class_gallery(nan, tmp_path / "x.png")
   assert not (tmp_path / "x.png").exists()
 
 
 def test_method_gallery_shows_every_sample(tmp_path, spy):
   gallery = _gallery(12)
-  path = evaluation.method_gallery(gallery, "map/integrated_gradients", tmp_path / "ig.png",
-                                   columns=5)
+  path = reports.method_gallery(gallery, "map/integrated_gradients", tmp_path / "ig.png",
+                                columns=5)
   _assert_png(path)
   axes = spy[-1]["axes"]
   assert len(axes) == 3 * 3 * 5  # 3 blocks of (image, truth, map) rows, 5 columns
@@ -229,7 +232,7 @@ def test_method_gallery_shows_every_sample(tmp_path, spy):
   assert shown == 12
   assert sum(a["visible"] for a in axes) == 12 * 3  # the 3 unused slots are hidden
   with pytest.raises(ValueError, match="unknown method 'lime'.*gradcam"):
-    evaluation.method_gallery(gallery, "lime", tmp_path / "x.png")
+    reports.method_gallery(gallery, "lime", tmp_path / "x.png")
 
 
 # ----------------------------------------------------------------------------
@@ -238,8 +241,8 @@ def test_method_gallery_shows_every_sample(tmp_path, spy):
 
 @pytest.mark.parametrize("setting,suffix", [("soft", ""), ("clamped", "_clamp")])
 def test_precision_recall_scatter_marks_the_means(tmp_path, spy, samples, setting, suffix):
-  path = evaluation.precision_recall_scatter(samples, tmp_path / f"pr_{setting}.png",
-                                             model="branch", setting=setting)
+  path = reports.precision_recall_scatter(samples, tmp_path / f"pr_{setting}.png",
+                                          model="branch", setting=setting)
   _assert_png(path)
   axes = [a for a in spy[-1]["axes"] if a["visible"]]
   assert [a["title"] for a in axes] == [m.replace("_", " ") for m in METHODS]
@@ -251,21 +254,21 @@ def test_precision_recall_scatter_marks_the_means(tmp_path, spy, samples, settin
 
 
 def test_precision_recall_scatter_all_models_and_errors(tmp_path, spy, samples):
-  evaluation.precision_recall_scatter(samples, tmp_path / "pr.png")
+  reports.precision_recall_scatter(samples, tmp_path / "pr.png")
   first = spy[-1]["axes"][0]
   assert len(first["containers"]) == len(MODELS)  # one mean per model
   for model, mean in zip(MODELS, first["containers"]):
     rows = samples[(samples.model == model) & (samples.method == METHODS[0])]
     np.testing.assert_allclose(mean, [[rows.Rmu.mean(), rows.Pmu.mean()]])
   with pytest.raises(ValueError, match="unknown setting 'hard'"):
-    evaluation.precision_recall_scatter(samples, tmp_path / "x.png", setting="hard")
+    reports.precision_recall_scatter(samples, tmp_path / "x.png", setting="hard")
   with pytest.raises(ValueError, match=r"missing columns \['Rmu_clamp'"):
-    evaluation.precision_recall_scatter(samples.drop(columns="Rmu_clamp"), tmp_path / "x.png",
-                                        setting="clamped")
+    reports.precision_recall_scatter(samples.drop(columns="Rmu_clamp"), tmp_path / "x.png",
+                                     setting="clamped")
   with pytest.raises(ValueError, match="unknown model 'resnet'.*base"):
-    evaluation.precision_recall_scatter(samples, tmp_path / "x.png", model="resnet")
+    reports.precision_recall_scatter(samples, tmp_path / "x.png", model="resnet")
   with pytest.raises(ValueError, match="empty"):
-    evaluation.precision_recall_scatter(samples.iloc[:0], tmp_path / "x.png")
+    reports.precision_recall_scatter(samples.iloc[:0], tmp_path / "x.png")
 
 
 def _trapezoid_auc(recall, fpr):
@@ -275,7 +278,7 @@ def _trapezoid_auc(recall, fpr):
 
 
 def test_roc_figure_lines_and_auc_legend(tmp_path, spy, roc):
-  _assert_png(evaluation.roc_figure(roc, tmp_path / "roc.png", model="base"))
+  _assert_png(reports.roc_figure(roc, tmp_path / "roc.png", model="base"))
   axes = spy[-1]["axes"]
   assert [a["title"] for a in axes] == ["soft thresholds", "clamped thresholds"]
   for axis, setting in zip(axes, ("soft", "clamped")):
@@ -290,19 +293,19 @@ def test_roc_figure_lines_and_auc_legend(tmp_path, spy, roc):
 
 
 def test_roc_figure_settings_and_errors(tmp_path, spy, roc):
-  evaluation.roc_figure(roc[roc.setting == "clamped"], tmp_path / "roc.png")
+  reports.roc_figure(roc[roc.setting == "clamped"], tmp_path / "roc.png")
   axes = spy[-1]["axes"]
   assert [a["title"] for a in axes] == ["clamped thresholds"]
   assert len(axes[0]["legend"]) == len(MODELS) * len(METHODS)
   assert axes[0]["legend"][0].startswith("base: gradient (AUC ")
   with pytest.raises(ValueError, match=r"unknown setting \['hard'\]"):
-    evaluation.roc_figure(roc.assign(setting="hard"), tmp_path / "x.png")
+    reports.roc_figure(roc.assign(setting="hard"), tmp_path / "x.png")
   with pytest.raises(ValueError, match="missing columns.*fpr"):
-    evaluation.roc_figure(roc.drop(columns="fpr"), tmp_path / "x.png")
+    reports.roc_figure(roc.drop(columns="fpr"), tmp_path / "x.png")
   with pytest.raises(ValueError, match="unknown model"):
-    evaluation.roc_figure(roc, tmp_path / "x.png", model="vgg")
+    reports.roc_figure(roc, tmp_path / "x.png", model="vgg")
   with pytest.raises(ValueError, match="duplicate"):
-    evaluation.roc_figure(pd.concat([roc, roc.iloc[:1]]), tmp_path / "x.png")
+    reports.roc_figure(pd.concat([roc, roc.iloc[:1]]), tmp_path / "x.png")
 
 
 # ----------------------------------------------------------------------------
@@ -311,8 +314,8 @@ def test_roc_figure_settings_and_errors(tmp_path, spy, roc):
 
 @pytest.mark.parametrize("quantity", ["score", "drop"])
 def test_perturbation_curves_figure(tmp_path, spy, curves, quantity):
-  _assert_png(evaluation.perturbation_curves_figure(curves, tmp_path / f"{quantity}.png",
-                                                    model="branch", quantity=quantity))
+  _assert_png(reports.perturbation_curves_figure(curves, tmp_path / f"{quantity}.png",
+                                                 model="branch", quantity=quantity))
   axes = spy[-1]["axes"]
   assert [a["title"].split()[0] for a in axes] == ["MoRF", "LeRF"]
   for axis, order in zip(axes, ("morf", "lerf")):
@@ -323,9 +326,9 @@ def test_perturbation_curves_figure(tmp_path, spy, curves, quantity):
       np.testing.assert_allclose(x, rows.fraction)
       np.testing.assert_allclose(y, rows[quantity])
   with pytest.raises(ValueError, match="unknown quantity"):
-    evaluation.perturbation_curves_figure(curves, tmp_path / "x.png", quantity="auc")
+    reports.perturbation_curves_figure(curves, tmp_path / "x.png", quantity="auc")
   with pytest.raises(ValueError, match="unknown order"):
-    evaluation.perturbation_curves_figure(curves.assign(order="sideways"), tmp_path / "x.png")
+    reports.perturbation_curves_figure(curves.assign(order="sideways"), tmp_path / "x.png")
 
 
 # ----------------------------------------------------------------------------
@@ -357,16 +360,16 @@ def _loop_win_rates(samples, metric, higher_is_better, model=None):
                                                   ("iou", True, None)])
 def test_win_rate_table_and_figure_match_a_loop(tmp_path, spy, samples, metric, higher, model):
   expected, images = _loop_win_rates(samples, metric, higher, model)
-  table = evaluation.win_rate_table(samples, metric=metric, higher_is_better=higher, model=model)
+  table = reports.win_rate_table(samples, metric=metric, higher_is_better=higher, model=model)
   assert list(table.index) == list(METHODS) == list(table.columns)
   np.testing.assert_allclose(table.to_numpy(), expected, atol=1e-12)
   np.testing.assert_allclose(np.diag(table.to_numpy()), 0.5)  # win rates in [0, 1]
   assert table.attrs["images"] == images
   # Without a direction, the registry's (the same as the papers', see test_metric_registry).
-  from_registry = evaluation.win_rate_table(samples, metric=metric, model=model)
+  from_registry = reports.win_rate_table(samples, metric=metric, model=model)
   pd.testing.assert_frame_equal(from_registry, table)
-  path = evaluation.win_rate_figure(samples, tmp_path / f"win_{metric}.png", metric=metric,
-                                    higher_is_better=higher, model=model)
+  path = reports.win_rate_figure(samples, tmp_path / f"win_{metric}.png", metric=metric,
+                                 higher_is_better=higher, model=model)
   _assert_png(path)
   panel = spy[-1]["axes"][0]
   np.testing.assert_allclose(panel["images"][0][0], expected, atol=1e-12)
@@ -377,31 +380,31 @@ def test_win_rate_table_and_figure_match_a_loop(tmp_path, spy, samples, metric, 
 
 def test_win_rate_errors(tmp_path, samples):
   with pytest.raises(ValueError, match="duplicate"):
-    evaluation.win_rate_table(pd.concat([samples, samples.iloc[:1]]), metric="aopc",
-                              higher_is_better=True)
+    reports.win_rate_table(pd.concat([samples, samples.iloc[:1]]), metric="aopc",
+                           higher_is_better=True)
   with pytest.raises(ValueError, match="at least 2 methods"):
-    evaluation.win_rate_table(samples[samples.method == "gradcam"], metric="aopc",
-                              higher_is_better=True)
+    reports.win_rate_table(samples[samples.method == "gradcam"], metric="aopc",
+                           higher_is_better=True)
   with pytest.raises(ValueError, match="missing columns.*'delta_aopc'"):
-    evaluation.win_rate_figure(samples, tmp_path / "x.png", metric="delta_aopc",
-                               higher_is_better=True)
+    reports.win_rate_figure(samples, tmp_path / "x.png", metric="delta_aopc",
+                            higher_is_better=True)
   with pytest.raises(ValueError, match="unknown model"):
-    evaluation.win_rate_figure(samples, tmp_path / "x.png", metric="aopc",
-                               higher_is_better=True, model="vgg")
+    reports.win_rate_figure(samples, tmp_path / "x.png", metric="aopc",
+                            higher_is_better=True, model="vgg")
   # No direction to rank by: an index column, or a column the registry does not know.
   with pytest.raises(ValueError, match="'Au1' is not a score"):
-    evaluation.win_rate_table(samples, metric="Au1")
+    reports.win_rate_table(samples, metric="Au1")
   with pytest.raises(ValueError, match="unknown metric 'confidence'"):
-    evaluation.win_rate_table(samples, metric="confidence")
-  assert evaluation.win_rate_table(samples, metric="confidence", higher_is_better=True).shape == (
+    reports.win_rate_table(samples, metric="confidence")
+  assert reports.win_rate_table(samples, metric="confidence", higher_is_better=True).shape == (
       3, 3)
   with pytest.raises(ValueError, match="higher_is_better must be"):
-    evaluation.win_rate_table(samples, metric="aopc", higher_is_better="yes")
+    reports.win_rate_table(samples, metric="aopc", higher_is_better="yes")
 
 
 def test_pairwise_win_rates_match_the_loop_per_model(samples):
   metrics = ["aopc", "n_morf", "iou", "delta_aopc"]  # delta_aopc: not in the table, skipped
-  table = evaluation.pairwise_win_rates(samples, metrics=metrics)
+  table = reports.pairwise_win_rates(samples, metrics=metrics)
   assert list(table.columns) == ["model", "metric", "method", "opponent", "win_rate", "images"]
   pairs = [(a, b) for a in METHODS for b in METHODS if a != b]
   assert len(table) == len(MODELS) * 3 * len(pairs)
@@ -423,13 +426,13 @@ def test_pairwise_win_rates_match_the_loop_per_model(samples):
   # The NaN iou (model base, image 5) drops that image from base's iou only.
   assert set(table[(table.metric == "iou") & (table.model == "base")]["images"]) == {N_IMAGES - 1}
   assert set(table[(table.metric == "aopc")]["images"]) == {N_IMAGES}
-  one_method = evaluation.pairwise_win_rates(samples[samples.method == "gradient"],
-                                             metrics=metrics)
+  one_method = reports.pairwise_win_rates(samples[samples.method == "gradient"],
+                                          metrics=metrics)
   assert one_method.empty and list(one_method.columns) == list(table.columns)
   with pytest.raises(ValueError, match="'Au1' is not a score"):
-    evaluation.pairwise_win_rates(samples, metrics=["Au1"])
+    reports.pairwise_win_rates(samples, metrics=["Au1"])
   with pytest.raises(ValueError, match="duplicate"):
-    evaluation.pairwise_win_rates(pd.concat([samples, samples.iloc[:1]]), metrics=["aopc"])
+    reports.pairwise_win_rates(pd.concat([samples, samples.iloc[:1]]), metrics=["aopc"])
 
 
 # ----------------------------------------------------------------------------
@@ -437,7 +440,7 @@ def test_pairwise_win_rates_match_the_loop_per_model(samples):
 
 
 def test_summary_table_means_equal_masked_means(samples, accuracy):
-  summary = evaluation.summary_table(samples, accuracy=accuracy)
+  summary = reports.summary_table(samples, accuracy=accuracy)
   metrics = ["Amu", "Rmu", "Pmu", "Rmu_clamp", "Pmu_clamp", "iou", "aopc", "n_morf"]
   assert list(summary.columns) == ["model", "method", "n", "accuracy"] + metrics
   assert "Au1" not in summary.columns  # an argmax index, not a score
@@ -449,25 +452,25 @@ def test_summary_table_means_equal_masked_means(samples, accuracy):
     assert row.accuracy == test_accuracy[row.model]
     for metric in metrics:
       assert getattr(row, metric) == pytest.approx(np.nanmean(samples[metric].to_numpy()[mask]))
-  chosen = evaluation.summary_table(samples, metrics=["aopc", "Au1"])
+  chosen = reports.summary_table(samples, metrics=["aopc", "Au1"])
   assert list(chosen.columns) == ["model", "method", "n", "aopc", "Au1"]
 
 
 def test_summary_table_errors(samples, accuracy):
   with pytest.raises(ValueError, match="empty"):
-    evaluation.summary_table(samples.iloc[:0])
+    reports.summary_table(samples.iloc[:0])
   with pytest.raises(ValueError, match=r"missing columns \['delta_aopc'\]"):
-    evaluation.summary_table(samples, metrics=["aopc", "delta_aopc"])
+    reports.summary_table(samples, metrics=["aopc", "delta_aopc"])
   with pytest.raises(ValueError, match=r"metric columns \['method'\] are not numeric"):
-    evaluation.summary_table(samples, metrics=["aopc", "method"])
+    reports.summary_table(samples, metrics=["aopc", "method"])
   with pytest.raises(ValueError, match="no metric column"):
-    evaluation.summary_table(samples[["model", "method", "index"]])
+    reports.summary_table(samples[["model", "method", "index"]])
   with pytest.raises(ValueError, match="missing columns.*'model'"):
-    evaluation.summary_table(samples.drop(columns="model"))
+    reports.summary_table(samples.drop(columns="model"))
   with pytest.raises(ValueError, match="no split 'valid'.*test"):
-    evaluation.summary_table(samples, accuracy=accuracy, split="valid")
+    reports.summary_table(samples, accuracy=accuracy, split="valid")
   with pytest.raises(ValueError, match="several 'test' rows.*base"):
-    evaluation.summary_table(samples, accuracy=pd.concat([accuracy, accuracy.iloc[:1]]))
+    reports.summary_table(samples, accuracy=pd.concat([accuracy, accuracy.iloc[:1]]))
 
 
 def _parse_markdown(text):
@@ -478,8 +481,8 @@ def _parse_markdown(text):
 
 @pytest.mark.parametrize("floatfmt,tolerance", [(".3f", 5e-4), (".8g", 1e-7)])
 def test_to_markdown_round_trips(samples, accuracy, floatfmt, tolerance):
-  summary = evaluation.summary_table(samples, accuracy=accuracy)
-  header, alignment, rows = _parse_markdown(evaluation.to_markdown(summary, floatfmt=floatfmt))
+  summary = reports.summary_table(samples, accuracy=accuracy)
+  header, alignment, rows = _parse_markdown(reports.to_markdown(summary, floatfmt=floatfmt))
   assert header == list(summary.columns)
   assert alignment[:3] == [":---", ":---", "---:"]
   assert len(rows) == len(summary)
@@ -493,28 +496,28 @@ def test_to_markdown_round_trips(samples, accuracy, floatfmt, tolerance):
 def test_to_markdown_index_nan_and_escaping():
   frame = pd.DataFrame({"name": ["a|b", "c"], "value": [np.nan, 2.5]},
                        index=pd.Index([7, 9], name="key"))
-  header, _, rows = _parse_markdown(evaluation.to_markdown(frame, floatfmt=".2f"))
+  header, _, rows = _parse_markdown(reports.to_markdown(frame, floatfmt=".2f"))
   assert header == ["key", "name", "value"]
   assert rows == [["7", "a\\|b", "nan"], ["9", "c", "2.50"]]
   with pytest.raises(ValueError, match="floatfmt"):
-    evaluation.to_markdown(frame, floatfmt="%d")
+    reports.to_markdown(frame, floatfmt="%d")
   with pytest.raises(ValueError, match="DataFrame"):
-    evaluation.to_markdown([1, 2])
+    reports.to_markdown([1, 2])
 
 
 def test_write_report_links_figures_and_rows(tmp_path, samples, roc, accuracy):
   workdir = tmp_path / "run"
   figures = {
-      "ROC": evaluation.roc_figure(roc, workdir / "figures" / "roc.png", model="base"),
-      "Win rates on AOPC": evaluation.win_rate_figure(
+      "ROC": reports.roc_figure(roc, workdir / "figures" / "roc.png", model="base"),
+      "Win rates on AOPC": reports.win_rate_figure(
           samples, workdir / "figures" / "win aopc.png", metric="aopc", higher_is_better=True),
   }
   (workdir / "gallery.png").write_bytes(PNG_MAGIC)
   figures["Gallery"] = "gallery.png"  # relative to the workdir
-  summary = evaluation.summary_table(samples, accuracy=accuracy)
+  summary = reports.summary_table(samples, accuracy=accuracy)
   config = {"methods": {"gradient": {}}, "shard_size": 64}
-  path = evaluation.write_report(workdir, title="Cells", summary=summary, accuracy=accuracy,
-                                 figures=figures, config=config, notes="Quick run.")
+  path = reports.write_report(workdir, title="Cells", summary=summary, accuracy=accuracy,
+                              figures=figures, config=config, notes="Quick run.")
   assert path == workdir / "report.md"
   text = path.read_text()
   assert text.startswith("# Cells\n") and "Quick run." in text
@@ -538,13 +541,37 @@ def test_write_report_links_figures_and_rows(tmp_path, samples, roc, accuracy):
 
 
 def test_write_report_errors(tmp_path, samples):
-  summary = evaluation.summary_table(samples)
+  summary = reports.summary_table(samples)
   with pytest.raises(ValueError, match="missing.png.*does not exist"):
-    evaluation.write_report(tmp_path, title="t", summary=summary, accuracy=None,
-                            figures={"x": tmp_path / "missing.png"})
+    reports.write_report(tmp_path, title="t", summary=summary, accuracy=None,
+                         figures={"x": tmp_path / "missing.png"})
   with pytest.raises(ValueError, match="non-empty summary"):
-    evaluation.write_report(tmp_path, title="t", summary=summary.iloc[:0], accuracy=None,
-                            figures={})
+    reports.write_report(tmp_path, title="t", summary=summary.iloc[:0], accuracy=None,
+                         figures={})
   assert not (tmp_path / "report.md").exists()
-  path = evaluation.write_report(tmp_path, title="t", summary=summary, accuracy=None, figures={})
+  path = reports.write_report(tmp_path, title="t", summary=summary, accuracy=None, figures={})
   assert "Accuracy" not in path.read_text() and "Figures" not in path.read_text()
+
+
+# ----------------------------------------------------------------------------
+# The package's public API.
+
+
+# Public in their modules so that `plots` and `gallery` share them, but not for users.
+SHARED_HELPERS = {"check_frame", "select_model", "unique_in_order", "metric_direction",
+                  "save_figure"}
+
+
+def test_reports_reexports_every_public_function_of_its_modules():
+  defined = {}
+  for module in (reports.gallery, reports.plots, reports.sanity, reports.tables,
+                 reports.training, reports.writer):
+    for name, value in vars(module).items():
+      if (callable(value) and getattr(value, "__module__", None) == module.__name__
+          and not name.startswith("_") and not isinstance(value, type)):
+        defined[name] = value
+  public = {name: value for name, value in defined.items() if name not in SHARED_HELPERS}
+  assert SHARED_HELPERS <= set(defined)
+  assert sorted(reports.__all__) == sorted(public)
+  for name, value in public.items():
+    assert getattr(reports, name) is value
