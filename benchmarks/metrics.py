@@ -216,8 +216,10 @@ def main(argv=None):
 
   # (2) DeepMaps set + delta: 2 full curves for each of the own and k borrowed maps.
   if args.full:
-    metric = functools.partial(pr.pixel_removal_metrics, step=step, fill=fill,
-                               chunk=args.chunk, loop=args.loop)
+    # AOPC / AFOC at the grid point nearest 10% (a fraction between grid points is refused).
+    fraction = max(1, round(0.1 * p / step)) * step / p
+    metric = functools.partial(pr.pixel_removal_metrics, step=step, fraction=fraction,
+                               fill=fill, chunk=args.chunk, loop=args.loop)
     full_fn = lambda: pr.delta(metric, model, variables, x, saliency, k=args.k,
                                key=jax.random.key(2))
     t_full = _median_time(lambda: full_fn().delta, args.full_repeats)

@@ -8,7 +8,7 @@ Variants (`--config=configs/cells.py:<variant>`):
   one branch (regular-evaluation mode with early stopping, 100 steps at 3e-4), 100 test
   images explained with 14 methods and scored with five-band (soft and clamped) and IOU/IOU*
   for both models, and with the DeepMaps pixel-removal set with delta (K = 2, 10% removal
-  steps) for the base model.
+  steps, removed pixels filled with the training split's mean RGB) for the base model.
 
       python -m experiments.cells --workdir=workdir/cells_quick
 
@@ -45,7 +45,8 @@ Variants (`--config=configs/cells.py:<variant>`):
 Every field can be overridden from the command line, e.g.
 `--config.evaluate.num_examples=50 --config.dtype=bfloat16`. The config is checked before
 anything runs (`xai_jax.pipelines.cells.validate`): unknown methods, options or metrics, a
-pixel-removal step above `fraction` of the pixels, or a number of examples that leaves a last
+pixel-removal step above `fraction` of the pixels or a `fraction` between two grid points (a
+step of 0, or a step_fraction of 0, is unset), or a number of examples that leaves a last
 shard too small for the delta (e.g. 9 on `tiny`: a last shard of 1 image cannot supply
 delta_k = 2 partners) fail at once, naming the field. Changing only evaluation fields
 (methods, metrics, `metric_options`, `evaluate.*`, `data.num_test`, dtype) on a trained
@@ -144,10 +145,13 @@ def _base() -> ml_collections.ConfigDict:
   config.methods = ml_collections.ConfigDict(QUICK_METHODS)
   config.metrics = ("five_band", "iou", "pixel_removal")
   config.metric_options = ml_collections.ConfigDict(dict(
-      # step 921 = 10% of the 96x96 pixels, so AOPC/AFOC at 10% fall on the grid; one grid
-      # point per forward pass (chunk 1) measured fastest on a 2-core CPU for this model.
-      pixel_removal=dict(fraction=0.1, step=921, fill="mean", chunk=1, delta_k=2,
-                         score="logit"),
+      # Grid points every 10% of the pixels (step_fraction; step = 0: unset), so AOPC / AFOC
+      # at 10% are grid point 1 at every image size; one grid point per forward pass (chunk 1)
+      # measured fastest on a 2-core CPU for this model. fill "dataset_mean": the training
+      # split's mean RGB, computed once by the pipeline (DeepMaps App. B); "batch_mean" is the
+      # mean of each evaluated shard (scores then depend on the shard).
+      pixel_removal=dict(fraction=0.1, step=0, step_fraction=0.1, fill="dataset_mean", chunk=1,
+                         delta_k=2, score="logit"),
       iou=dict(n_std=0.5, n_std_star=1.0, abs=True),
   ))
   config.figures = True
@@ -166,9 +170,7 @@ def get_config(variant: str = "quick") -> ml_collections.ConfigDict:
     config.evaluate.update(shard_size=8, gallery_size=4, pixel_removal_models=())
     config.methods = ml_collections.ConfigDict({
         "gradient": {}, "integrated_gradients": {"steps": 4}, "random": {}})
-    # step 102 = 10% of the 32x32 pixels: AOPC / AFOC at 10% see one removal step (a step
-    # above 102 would leave them 0 for every map; `metrics.registry.check_options` refuses it).
-    config.metric_options.pixel_removal.update(step=102, chunk=4)
+    config.metric_options.pixel_removal.update(chunk=4)
   elif variant in PAPER_MODELS:
     name, size, options = PAPER_MODELS[variant]
     paper = train.paper_settings(name)  # Tjoa & Guan's hyperparameters for this family

@@ -5,7 +5,8 @@ Variants (`--config=configs/pixel_removal.py:<variant>`):
 * `quick` (default): the synthetic cells at 48x48, the small CNN `cnn` trained here for 300
   Adam steps on 2560 cells (resumable), 100 test cells, DeepMaps' panel (random map,
   gradient, input x gradient, Grad-CAM, FullGrad, DeepMaps), MoRF and LeRF curves to 100% in
-  steps of 2% of the pixels, fill = per-channel mean of the evaluated batch, AOPC / AFOC at
+  steps of 46 pixels (2% of the pixels; 10% is grid point 5), fill = per-channel mean of the
+  evaluated batch ("batch_mean"; "dataset_mean" is the training cells' mean), AOPC / AFOC at
   10%, delta against K = 2 other images' maps.
 
       python -m experiments.pixel_removal --workdir=workdir/pixel_removal_quick
@@ -35,7 +36,9 @@ Variants (`--config=configs/pixel_removal.py:<variant>`):
   (port them once: `python -m experiments.port_weights --arch=vgg16 --out=/ckpt/vgg16`), the
   ImageNet validation images of classes 0..99, 50 each (5000), at 224x224 (resize 256,
   centre crop 224, ImageNet normalisation), removal fill = the ImageNet mean RGB (0 after
-  normalisation), steps of 0.5% of the pixels, AOPC / AFOC at 10%, delta with K = 5. Images
+  normalisation), steps of 0.5% of the pixels (`step_fraction=0.005`: grid point k removes
+  round(k * 0.005 * 50176) pixels, so 10% is grid point 20, 5018 pixels), AOPC / AFOC at 10%,
+  delta with K = 5. Images
   from a folder laid out `val/<wnid>/<image>` (the usual ImageNet layout; sorted wnids are
   the class order), or from a prepared TFDS `imagenet2012` with `--config.data.source=tfds
   --config.data.tfds_dir=DIR` (labels are scanned once to select the classes).
@@ -55,7 +58,8 @@ Variants (`--config=configs/pixel_removal.py:<variant>`):
 Every field can be overridden from the command line (the config is locked).
 `xai_jax.pipelines.pixel_removal.validate` checks the whole config before any data is read or a
 model trained (methods and their options; `pixel_removal.step` at most `fraction` of the
-pixels; every shard, the last one included, larger than `delta_k`); a refused config writes
+pixels and `fraction` a grid point; every shard, the last one included, larger than
+`delta_k`); a refused config writes
 nothing. On a workdir whose model was trained here, changing only evaluation fields reuses
 the model and writes the new outputs to `WORKDIR/eval_<hash>/`; other training fields are
 refused (see `xai_jax.pipelines.workdir`).
@@ -88,16 +92,23 @@ def get_config(variant: str = "quick") -> ml_collections.ConfigDict:
   common.check_variant("pixel_removal", variant, VARIANTS)
   config = common.image_experiment(variant, num_examples=100)
   config.methods = ml_collections.ConfigDict(METHODS)
-  # fill (a string): "mean" (batch), "image_mean", "blur", "imagenet_mean" (0 with ImageNet
-  # normalisation) or a number ("0"); the runner takes no per-channel array.
-  # step: pixels per grid point (0: 0.5% of the image).
+  # fill (a string): "batch_mean" (the mean of each evaluated shard), "dataset_mean" (the
+  # training split's mean RGB, computed once: cells only), "imagenet_mean" (the ImageNet
+  # training mean, 0 with ImageNet normalisation), "image_mean", "blur", a number ("0") or
+  # per-channel numbers ("0.5,0.4,0.3").
+  # The grid: step (pixels per grid point) or step_fraction (grid point k removes
+  # round(k * step_fraction * P) pixels); 0 is unset, both 0: step_fraction 0.005. `fraction`
+  # must be a grid point: step 46 puts 10% of 48x48 (230 pixels) at grid point 5.
   config.pixel_removal = ml_collections.ConfigDict(dict(
-      fraction=0.1, step=46, fill="mean", chunk=8, delta_k=2, score="logit"))
+      fraction=0.1, step=46, step_fraction=0.0, fill="batch_mean", chunk=8, delta_k=2,
+      score="logit"))
   config.evaluate = ml_collections.ConfigDict(dict(shard_size=50, gallery_size=0))
   config.figures = True
   if variant == "tiny":
     common.shrink_to_tiny(config)
-    config.pixel_removal.update(step=64, chunk=4, delta_k=2)
+    # Grid points every 5% of the pixels: 10% of 32x32 (102 pixels) is grid point 2 (the
+    # former step 64 had no point at 10%, and AOPC / AFOC took 64 pixels, 6.25%).
+    config.pixel_removal.update(step=0, step_fraction=0.05, chunk=4, delta_k=2)
     config.evaluate.update(shard_size=4)
   elif variant in ("paper", "paper_resnet50"):
     arch = "vgg16" if variant == "paper" else "resnet50"
@@ -106,7 +117,9 @@ def get_config(variant: str = "quick") -> ml_collections.ConfigDict:
                        crop="center", normalize="imagenet", keep_labels=tuple(range(100)),
                        per_class=50, tfds_name="imagenet2012")
     config.model.update(name=arch, num_classes=1000, checkpoint=f"/path/to/{arch}")
-    config.pixel_removal.update(step=0, fill="imagenet_mean", chunk=4, delta_k=5)
+    # DeepMaps: steps of 0.5% of the pixels (10% of 224x224 is grid point 20, 5018 pixels).
+    config.pixel_removal.update(step=0, step_fraction=0.005, fill="imagenet_mean", chunk=4,
+                                delta_k=5)
     config.evaluate.update(shard_size=32)
   config.lock()
   return config

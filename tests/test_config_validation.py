@@ -10,7 +10,9 @@
   outputs go to `WORKDIR/eval_<hash>/` while the trained models are reused.
 """
 
+import fractions
 import json
+import math
 import pathlib
 
 import numpy as np
@@ -41,8 +43,21 @@ def test_every_shipped_variant_validates(config_module, experiment, variant):
   experiment.validate(config_module.get_config(variant))
 
 
+def _slow_grid(num_pixels, step, step_fraction):
+  """The documented removal grid, exactly: 0, step, 2 step, ... or round(k * d * P) (halves
+  up, rational arithmetic), and P."""
+  if step:
+    counts = list(range(0, num_pixels + 1, step))
+  else:
+    d = fractions.Fraction(str(step_fraction or 0.005))
+    counts = [math.floor(k * d * num_pixels + fractions.Fraction(1, 2))
+              for k in range(int(1 / d) + 1)]
+  return counts if counts[-1] == num_pixels else counts + [num_pixels]
+
+
 def test_shipped_removal_steps_fit_their_fraction():
-  # AOPC / AFOC at `fraction` need a grid point 0 < step <= floor(fraction * H * W).
+  # AOPC / AFOC at `fraction` need a grid point 0 < step <= the fraction's pixels, and that
+  # count on the grid (10% itself, not the grid point before it).
   for config_module, options_of in (
       (cells_config, lambda c: c.metric_options.pixel_removal),
       (pixel_removal_config, lambda c: c.pixel_removal)):
@@ -50,11 +65,16 @@ def test_shipped_removal_steps_fit_their_fraction():
       config = config_module.get_config(variant)
       options = options_of(config)
       size = config.data.size
-      step = options.step or max(1, round(0.005 * size * size))
-      assert 1 <= step <= int(options.fraction * size * size), (config_module, variant)
+      num_pixels = size * size
+      assert not (options.step and options.step_fraction), (config_module, variant)
+      grid = _slow_grid(num_pixels, options.step, options.step_fraction)
+      exact = fractions.Fraction(str(options.fraction)) * num_pixels
+      count = (math.floor(exact) if options.step else
+               math.floor(exact + fractions.Fraction(1, 2)))
+      assert 0 < grid[1] <= count and count in grid, (config_module, variant, count)
   # The old tiny cells setting (step 128 > 102 = 10% of 32x32) left every AOPC at 0.
   config = cells_config.get_config("tiny")
-  config.metric_options.pixel_removal.step = 128
+  config.metric_options.pixel_removal.update(step=128, step_fraction=0.0)  # 0: unset
   with pytest.raises(ValueError, match=r"metric_options.pixel_removal.step: step 128 removes "
                                        r"more than fraction 0.1 of the 1024 pixels"):
     cells.validate(config)
@@ -88,9 +108,19 @@ CELLS_BAD = [
     ("methods", {"gradient_shap": {"baselines": "uniform:0", "samples": 4}},
      r"methods.gradient_shap: unknown baselines 'uniform:0'"),
     ("metrics", ("five_band", "psnr"), r"unknown metrics \['psnr'\]"),
-    ("metric_options.pixel_removal.step", 200,
-     r"metric_options.pixel_removal.step: step 200 removes more than fraction 0.1 of the 1024 "
-     r"pixels .*use step <= floor\(fraction \* P\) = 102"),
+    ("metric_options.pixel_removal.step_fraction", 0.2,
+     r"metric_options.pixel_removal.step_fraction: step_fraction 0.2 removes 205 pixels at the "
+     r"first grid point, more than fraction 0.1 of the 1024 pixels \(102\)"),
+    # 15% (154 pixels) lies between grid points 1 and 2 of the 10% grid: refused, not 10%.
+    ("metric_options.pixel_removal.fraction", 0.15,
+     r"metric_options.pixel_removal.step_fraction: fraction=0.15 \(154 of 1024 pixels\) is not "
+     r"on the removal grid of step_fraction=0.1 .*nearest grid fractions are 0.1 \(102 pixels\) "
+     r"and 0.2 \(205 pixels\)"),
+    ("metric_options.pixel_removal.fill", "mean",
+     r"metric_options.pixel_removal.fill: 'mean' is ambiguous: use 'batch_mean'"),
+    ("metric_options.pixel_removal.fill", "zeros",
+     r"metric_options.pixel_removal.fill: unknown fill 'zeros'; valid: dataset_mean, "
+     r"batch_mean, image_mean, blur"),
     ("metric_options.pixel_removal.score", "softmax",
      r"metric_options.pixel_removal.score: unknown score 'softmax'"),
     # 16 test images in shards of 8 with delta_k = 8: each shard of 8 has only 7 others.
@@ -131,8 +161,17 @@ def test_bad_configs_of_the_other_experiments_are_refused_before_any_file(tmp_pa
   config.iou.n_std = -1.0
   cases.append((localization, config, r"metric_options.iou.n_std: must be a finite number"))
   config = pixel_removal_config.get_config("tiny")
-  config.pixel_removal.step = 103  # 10% of 32x32 is 102 pixels
+  config.pixel_removal.update(step=103, step_fraction=0.0)  # 10% of 32x32 is 102 pixels
   cases.append((pixel_removal, config, r"metric_options.pixel_removal.step: step 103"))
+  config = pixel_removal_config.get_config("tiny")
+  config.pixel_removal.update(step=64, step_fraction=0.0)  # the former tiny grid: 64, 128
+  cases.append((pixel_removal, config, r"metric_options.pixel_removal.step: fraction=0.1 \(102 "
+                                       r"of 1024 pixels\) is not on the removal grid of step=64 "
+                                       r"pixels: the nearest grid fractions are 0.0625 \(64 "
+                                       r"pixels\) and 0.125 \(128 pixels\)"))
+  config = pixel_removal_config.get_config("tiny")
+  config.pixel_removal.step = 51  # and step_fraction 0.05
+  cases.append((pixel_removal, config, r"step \(pixels\) or step_fraction, not both"))
   config = pixel_removal_config.get_config("tiny")
   config.data.num_examples = 6  # shards of 4: a last shard of 2 with delta_k = 2
   cases.append((pixel_removal, config, r"data.num_examples / evaluate.shard_size: .*last shard "
@@ -326,7 +365,7 @@ def test_pixel_removal_other_evaluation_fields_reuse_the_trained_model(tmp_path)
   other.methods = {"gradient": {}}
   other.figures = False
   other.data.num_examples = 4
-  other.pixel_removal.step = 51
+  other.pixel_removal.update(step=51, step_fraction=0.0)
   out = pixel_removal.run(other, tmp_path, progress=False)
   assert _trained(tmp_path / "train") == trained  # no retraining
   folder = out["report"].parent

@@ -3,12 +3,14 @@
 import json
 import pathlib
 
+import jax
 import numpy as np
 import pandas as pd
 import pytest
 
 from configs import cells as cells_configs
 from xai_jax import train
+from xai_jax.data import cell_source
 from xai_jax.pipelines import cells as experiment
 from xai_jax.metrics import stats
 
@@ -51,6 +53,19 @@ def test_tables_cover_every_sample_model_and_method(finished):
   means = samples.groupby(["model", "method"], sort=False)["Amu"].mean().to_numpy()
   np.testing.assert_allclose(summary["Amu"], means, rtol=1e-6)
   assert json.loads((workdir / "config.json").read_text())["data"]["size"] == config.data.size
+
+
+@pytest.mark.slow
+def test_removal_fill_is_the_mean_of_the_training_split(finished):
+  # The default fill "dataset_mean": the training cells' mean RGB, computed once (not each
+  # shard's mean), as the report states.
+  workdir, config, _ = finished
+  assert config.metric_options.pixel_removal.fill == "dataset_mean"
+  train = cell_source.source("train", size=config.data.size, key=jax.random.key(config.seed),
+                             num_examples=config.data.num_train)
+  mean = np.asarray(train.get_batch(np.arange(len(train)))["image"], np.float64).mean((0, 1, 2))
+  values = ", ".join(f"{v:.4f}" for v in mean)
+  assert f"Pixel-removal fill: dataset_mean = {values}." in (workdir / "report.md").read_text()
 
 
 @pytest.mark.slow

@@ -10,8 +10,10 @@ Two kinds of checks:
   the gradient maps recomputed here.
 """
 
+import fractions
 import itertools
 import json
+import math
 
 import jax
 import jax.numpy as jnp
@@ -23,7 +25,9 @@ from configs import localization as localization_config
 from configs import pixel_removal as pixel_removal_config
 from xai_jax import explain
 from xai_jax import models
+from xai_jax.data import cell_source
 from xai_jax.data import sources
+from xai_jax.metrics import pixel_removal as metric_removal
 from xai_jax.metrics import registry
 from xai_jax.pipelines import image_experiment
 from xai_jax.pipelines import localization
@@ -147,7 +151,7 @@ def test_pixel_removal_closed_form(tmp_path, monkeypatch, oracles):
   _use(monkeypatch, source, variables)
   config = _unlocked(pixel_removal_config.get_config("tiny"))
   config.methods = {"oracle_weights": {}, "oracle_reversed": {}}
-  config.pixel_removal.update(fraction=0.25, step=1, fill="0", delta_k=1)
+  config.pixel_removal.update(fraction=0.25, step=1, step_fraction=0.0, fill="0", delta_k=1)
   config.evaluate.update(shard_size=3)
   config.figures = False
   out = pixel_removal.run(config, tmp_path, progress=False)
@@ -243,9 +247,15 @@ def test_tiny_localization_on_cells_matches_numpy(tmp_path, trained_npz):
     localization.run(other, tmp_path, progress=False)
 
 
-def _grid(num_pixels, step):
-  """Removed pixel counts 0, step, 2 step, ... and P itself (the documented grid)."""
-  counts = list(range(0, num_pixels + 1, step))
+def _grid(num_pixels, step, step_fraction):
+  """Removed pixel counts (the documented grid): 0, step, 2 step, ... and P itself; or
+  round(k * step_fraction * P), halves up, in exact rational arithmetic, and P itself."""
+  if step:
+    counts = list(range(0, num_pixels + 1, step))
+  else:
+    d = fractions.Fraction(str(step_fraction or 0.005))
+    counts = [math.floor(k * d * num_pixels + fractions.Fraction(1, 2))
+              for k in range(int(1 / d) + 1)]
   return counts if counts[-1] == num_pixels else counts + [num_pixels]
 
 
@@ -300,11 +310,12 @@ def test_tiny_pixel_removal_on_cells(tmp_path, trained_npz):
   num_images = config.data.num_examples
   assert len(samples) == num_images * 2
   options = pixel_removal.removal_options(config)
-  assert options["fill"] == "mean" and options["score"] == "logit"
+  assert options["fill"] == "batch_mean" and options["score"] == "logit"
   size = config.data.size
   num_pixels = size * size
-  step = options["step"] or max(1, round(0.005 * num_pixels))
-  counts = _grid(num_pixels, step)
+  counts = _grid(num_pixels, options["step"], options["step_fraction"])
+  # 10% of the pixels is a grid point (AOPC / AFOC are taken there, not at the point before).
+  assert math.floor(options["fraction"] * num_pixels) in counts
   fraction, delta_k, shard_size = options["fraction"], options["delta_k"], (
       config.evaluate.shard_size)
   curves = pd.read_csv(tmp_path / "curves.csv")
@@ -324,7 +335,7 @@ def test_tiny_pixel_removal_on_cells(tmp_path, trained_npz):
     target = jnp.argmax(apply(jnp.asarray(x)), axis=-1)
     maps = np.asarray(explain.to_map(explain.explain("gradient", model, variables,
                                                      jnp.asarray(x), target), "sum"))
-    fill = x.mean(axis=(0, 1, 2))  # "mean": per channel over the evaluated shard
+    fill = x.mean(axis=(0, 1, 2))  # "batch_mean": per channel over the evaluated shard
     metrics = {}  # (image, map) -> metrics
     for i in range(len(indices)):
       for j in range(len(indices)):
@@ -393,16 +404,39 @@ def test_configs_are_locked_and_validated():
   options = pixel_removal.removal_options(paper)
   assert options["fill"] == 0.0  # the ImageNet mean after ImageNet normalisation
   assert options["step"] is None and options["delta_k"] == 5
+  # DeepMaps' grid: steps of 0.5%, so 10% of 224x224 is grid point 20 (5018 pixels).
+  assert options["step_fraction"] == 0.005 and options["fraction"] == 0.1
+  assert metric_removal.removal_grid(224 * 224, step_fraction=0.005)[20] == 5018
   paper.pixel_removal.fill = "0.5,0.5,0.5"
   assert pixel_removal.removal_options(paper)["fill"] == 0.5
-  paper.pixel_removal.fill = "0.5,0.25,0"
-  with pytest.raises(ValueError, match="accepts only a single number"):
-    pixel_removal.removal_options(paper)
+  paper.pixel_removal.fill = "0.5,0.25,0"  # per-channel numbers pass as a tuple
+  assert pixel_removal.removal_options(paper)["fill"] == (0.5, 0.25, 0.0)
   paper.pixel_removal.fill = "grey"
   with pytest.raises(ValueError, match="unknown pixel_removal.fill 'grey'"):
     pixel_removal.removal_options(paper)
   paper.pixel_removal.fill = "blur"
   assert pixel_removal.removal_options(paper)["fill"] == "blur"
+  # The training split's mean needs a training split: the cells have one, ImageNet here not.
+  paper.pixel_removal.fill = "dataset_mean"
+  with pytest.raises(ValueError, match="'dataset_mean' needs the training split.*'imagenet_mean'"):
+    pixel_removal.removal_options(paper)
+  paper.pixel_removal.fill = "mean"
+  with pytest.raises(ValueError, match="pixel_removal.fill: 'mean' is ambiguous"):
+    pixel_removal.validate(paper)
+
+
+def test_dataset_mean_fill_is_the_mean_of_the_training_cells():
+  config = _unlocked(pixel_removal_config.get_config("tiny"))
+  config.pixel_removal.fill = "dataset_mean"
+  pixel_removal.validate(config)
+  assert pixel_removal.removal_options(config)["fill"] == "dataset_mean"  # resolved in `run`
+  fill = pixel_removal.resolved_removal_options(config)["fill"]
+  source = cell_source.source("train", size=config.data.size,
+                              key=jax.random.key(config.seed),
+                              num_examples=config.train.num_train)
+  images = np.asarray(source.get_batch(np.arange(len(source)))["image"], np.float64)
+  np.testing.assert_allclose(fill, images.mean(axis=(0, 1, 2)), rtol=1e-12)
+  assert isinstance(fill, tuple) and len(fill) == 3
 
 
 def test_bad_data_source_is_named(tmp_path):

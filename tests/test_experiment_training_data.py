@@ -3,7 +3,9 @@
 Checked against a direct slicing of the source (the reference: the examples in order, the
 last shard holding the remainder), for the three ways the pipelines use it: plain shards of
 the cells (the cells and image pipelines), normalised images with kept shards (the sanity
-checks) and permuted labels (data randomisation).
+checks) and permuted labels (data randomisation). The dataset-mean removal fill
+(`channel_mean`, `resolve_dataset_mean`) against a closed form, and through an evaluation
+whose shards it must not depend on.
 """
 
 import jax
@@ -11,6 +13,8 @@ import numpy as np
 import pytest
 
 from configs import sanity_checks as sanity_config
+from xai_jax import models
+from xai_jax import runner
 from xai_jax.data import cell_source
 from xai_jax.pipelines import sanity_checks
 from xai_jax.pipelines import training_data
@@ -97,3 +101,64 @@ def test_the_sanity_checks_shards_normalise_as_configured():
   std = np.array([0.229, 0.224, 0.225], np.float32)
   np.testing.assert_allclose(shards.get(0)["image"], (raw["image"] - mean) / std, rtol=1e-6)
   np.testing.assert_array_equal(shards.get(0)["label"], raw["label"])
+
+
+def test_channel_mean_is_the_mean_of_every_image():
+  # Closed form: image i has the constant value i + 10 c in channel c, so the mean over the
+  # 37 images (shards of 16, 16, 5) is 18 + 10 c.
+  images = (np.arange(COUNT, dtype=np.float32)[:, None, None, None]
+            + 10.0 * np.arange(3, dtype=np.float32)).repeat(4, 1).repeat(4, 2)
+  source = CountingSource(images, np.zeros(COUNT, np.int32))
+  shards = training_data.TrainingShards(source, 16)
+  assert training_data.channel_mean(shards) == (18.0, 28.0, 38.0)
+  random = _source()  # and the numpy mean of random images
+  np.testing.assert_allclose(training_data.channel_mean(training_data.TrainingShards(random, 16)),
+                             random.images.astype(np.float64).mean(axis=(0, 1, 2)), rtol=1e-12)
+  with pytest.raises(ValueError, match="at least one image"):
+    training_data.channel_mean([])
+
+
+def test_resolve_dataset_mean_reads_the_split_only_when_asked():
+  source = _source()
+  calls = []
+  shards = lambda: calls.append(1) or training_data.TrainingShards(source, 16)
+  options = {"pixel_removal": {"fill": "dataset_mean", "step": 4}, "iou": {"n_std": 0.5}}
+  resolved = training_data.resolve_dataset_mean(options, shards)
+  assert resolved["pixel_removal"]["fill"] == training_data.channel_mean(
+      training_data.TrainingShards(source, 16))
+  assert resolved["pixel_removal"]["step"] == 4 and resolved["iou"] == {"n_std": 0.5}
+  assert options["pixel_removal"]["fill"] == "dataset_mean"  # the input is not changed
+  assert len(calls) == 1
+  for fill in ("batch_mean", 0.5, (0.1, 0.2, 0.3)):
+    kept = training_data.resolve_dataset_mean({"pixel_removal": {"fill": fill}}, shards)
+    assert kept["pixel_removal"]["fill"] == fill
+  assert len(calls) == 1
+
+
+def test_dataset_mean_scores_do_not_depend_on_the_shards(tmp_path):
+  # The same 6 test cells evaluated in one shard of 6 and in shards of 3: the removal columns
+  # agree with the training split's mean as the fill, and differ with each shard's mean.
+  model = models.get("small_vgg", num_classes=10, widths=(4,))
+  variables = models.init(model, jax.random.key(0), (1, SIZE, SIZE, 3))
+  variables = jax.tree.map(lambda v: 4.0 * v, variables)  # decisions that removal can flip
+  source = cell_source.source("test", size=SIZE, num_examples=6)
+  train = training_data.TrainingShards(cell_source.source("train", size=SIZE, num_examples=32),
+                                       16)
+  base = {"fraction": 0.25, "step": 256, "delta_k": 0, "chunk": 4}
+  tables = {}
+  for fill in ("dataset_mean", "batch_mean"):
+    options = training_data.resolve_dataset_mean(
+        {"pixel_removal": {**base, "fill": fill}}, lambda: train)
+    if fill == "dataset_mean":
+      assert options["pixel_removal"]["fill"] == training_data.channel_mean(train)
+    for shard_size in (6, 3):
+      tables[fill, shard_size] = runner.evaluate(
+          tmp_path / f"{fill}_{shard_size}", source=source, model=model, variables=variables,
+          methods={"gradient": {}}, metrics=("pixel_removal",), metric_options=options,
+          shard_size=shard_size, key=jax.random.key(1), progress=False,
+          gallery_size=0).samples.set_index("index")
+  columns = ["aopc", "afoc_morf", "afoc_lerf"]
+  np.testing.assert_allclose(tables["dataset_mean", 3][columns],
+                             tables["dataset_mean", 6][columns], rtol=1e-5, atol=1e-6)
+  assert not np.allclose(tables["batch_mean", 3][columns], tables["batch_mean", 6][columns],
+                         rtol=1e-5, atol=1e-6)

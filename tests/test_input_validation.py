@@ -58,8 +58,12 @@ def test_valid_inputs_give_the_hand_computed_values():
   np.testing.assert_allclose(pr.aopc(morf, max_fraction=0.5), [32 / 4])
   np.testing.assert_allclose(pr.afoc(morf, fraction=0.5), [15 / 21], rtol=1e-6)
   np.testing.assert_allclose(pr.afoc(lerf, fraction=0.5), [6 / 21], rtol=1e-6)
-  # Step 2 (grid 0, 2, 4, 6): only k = 0 and 2 lie at or below 3 pixels.
-  np.testing.assert_allclose(pr.aopc(curve(step=2), max_fraction=0.5), [(0 + 11) / 2])
+  # Step 2 (grid 0, 2, 4, 6) has no point at 3 pixels: refused, not AOPC at 2 pixels (33%).
+  with pytest.raises(ValueError, match=r"max_fraction=0.5 \(3 of 6 pixels\) is not on the "
+                                       r"removal grid of step=2 pixels: the nearest grid "
+                                       r"fractions are 0.334 \(2 pixels\) and 0.667 \(4"):
+    pr.aopc(curve(step=2), max_fraction=0.5)
+  np.testing.assert_allclose(pr.aopc(curve(step=2), max_fraction=1 / 3), [(0 + 11) / 2])
   metrics = pr.pixel_removal_metrics(linear, VARIABLES, X, SALIENCY, fraction=0.5, step=1,
                                      fill=0.0)
   np.testing.assert_allclose(metrics["aopc"], [8.0])
@@ -146,7 +150,7 @@ def test_bad_saliency(saliency, match):
     (np.float32("nan"), "fill must be a finite number"),
     (jnp.array([jnp.nan]), "fill array contains NaN or infinite values"),
     (np.array([np.inf]), "fill array contains NaN or infinite values"),
-    ("black", "unknown fill 'black'; valid: mean, image_mean, blur"),
+    ("black", "unknown fill 'black'; valid: batch_mean, image_mean, blur"),
     (jnp.zeros(3), r"fill array of shape \(3,\) does not broadcast"),
 ])
 def test_bad_fill(fill, match):

@@ -117,7 +117,16 @@ def test_check_options_fills_defaults_and_names_the_bad_option():
       ((("pixel_removal",), {"pixel_removal": {"fraction": 0}}),
        r"metric_options.pixel_removal.fraction: must be a fraction in \(0, 1\]"),
       ((("pixel_removal",), {"pixel_removal": {"fill": "zeros"}}),
-       "metric_options.pixel_removal.fill: unknown fill 'zeros'"),
+       "metric_options.pixel_removal.fill: unknown fill 'zeros'; valid: dataset_mean, "
+       "batch_mean, image_mean, blur, a finite number or per-channel numbers"),
+      ((("pixel_removal",), {"pixel_removal": {"fill": "mean"}}),
+       "metric_options.pixel_removal.fill: 'mean' is ambiguous: use 'batch_mean'"),
+      ((("pixel_removal",), {"pixel_removal": {"fill": (0.5, "a")}}),
+       "metric_options.pixel_removal.fill: must be one of"),
+      ((("pixel_removal",), {"pixel_removal": {"step_fraction": 1.5}}),
+       r"metric_options.pixel_removal.step_fraction: must be a fraction of the pixels in \(0, 1\]"),
+      ((("pixel_removal",), {"pixel_removal": {"step": 3, "step_fraction": 0.1}}),
+       "metric_options.pixel_removal.step: give the grid as step .* not both"),
       ((("pixel_removal",), {"pixel_removal": {"delta_k": -1}}),
        "metric_options.pixel_removal.delta_k"),
       ((("pixel_removal",), {"pixel_removal": {"score": "softmax"}}),
@@ -133,6 +142,19 @@ def test_check_options_fills_defaults_and_names_the_bad_option():
   with pytest.raises(ValueError, match=r"pixel_removal.step: step 128 .* \(images of 32x32\)"):
     registry.check_options(("pixel_removal",), {"pixel_removal": {"step": 128}},
                            image_size=(32, 32))
+  # 10% of 224x224 on the former default step 251 (round(0.5% of P)): between grid points.
+  with pytest.raises(ValueError, match=r"pixel_removal.step: fraction=0.1 \(5017 of 50176 "
+                                       r"pixels\) is not on the removal grid of step=251"):
+    registry.check_options(("pixel_removal",), {"pixel_removal": {"step": 251}},
+                           image_size=(224, 224))
+  # The defaults (steps of 0.5% of the pixels) have 10% on the grid.
+  assert options["pixel_removal"]["step"] is None
+  assert options["pixel_removal"]["step_fraction"] is None
+  registry.check_options(("pixel_removal",), image_size=(224, 224))
+  # "dataset_mean" is a valid spelling (a pipeline resolves it), as are per-channel numbers.
+  for fill in ("dataset_mean", "batch_mean", (0.485, 0.456, 0.406), [0.5, 0.5, 0.5], 0.0):
+    registry.check_options(("pixel_removal",), {"pixel_removal": {"fill": fill}})
+  assert options["pixel_removal"]["fill"] == "batch_mean"
 
 
 @pytest.fixture(scope="module")

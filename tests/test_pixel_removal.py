@@ -5,7 +5,9 @@ numpy (explicit padding and shifted sums). The numpy reference ranks pixels with
 and removes them in a Python loop, step by step; `perturbation_curve` must reproduce it.
 """
 
+import fractions
 import functools
+import math
 
 import flax.linen as nn
 import jax
@@ -48,15 +50,31 @@ def numpy_forward(variables, x):
       params["Dense_0"]["bias"], np.float64)
 
 
-def numpy_curve(params, x, sal, *, order, step, max_fraction, fill, score, perm=None):
-  """Slow reference: explicit ranking, one forward pass per grid point, one image at a time."""
+def slow_fraction_grid(num_pixels, step_fraction, max_fraction=1.0):
+  """The documented `step_fraction` grid in exact rational arithmetic: the set of
+  `round(k * d * P)` (halves up) for every `k * d <= max_fraction`, and `round(max_fraction * P)`.
+  """
+  d = fractions.Fraction(str(step_fraction))
+  top = fractions.Fraction(str(max_fraction))
+  half_up = lambda v: math.floor(v + fractions.Fraction(1, 2))
+  points = {half_up(k * d * num_pixels) for k in range(int(top / d) + 1)}
+  return sorted(points | {half_up(top * num_pixels)})
+
+
+def numpy_curve(params, x, sal, *, order, step, max_fraction, fill, score, perm=None,
+                counts=None):
+  """Slow reference: explicit ranking, one forward pass per grid point, one image at a time.
+
+  The grid is `0, step, 2 step, ...` up to `floor(max_fraction * P)`, or `counts` when given.
+  """
   x = np.asarray(x, np.float64)
   n, h, w, c = x.shape
   p = h * w
-  kmax = int(np.floor(max_fraction * p + 1e-9))
-  counts = list(range(0, kmax + 1, step))
-  if counts[-1] != kmax:
-    counts.append(kmax)
+  if counts is None:
+    kmax = int(np.floor(max_fraction * p + 1e-9))
+    counts = list(range(0, kmax + 1, step))
+    if counts[-1] != kmax:
+      counts.append(kmax)
   fill_img = np.broadcast_to(np.asarray(fill, np.float64), x.shape)
   scores = np.zeros((n, len(counts)))
   labels = np.zeros((n, len(counts)), np.int64)
@@ -117,7 +135,7 @@ def setup():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("order,step,fill,score", [
-    ("morf", 4, "mean", "logit"),
+    ("morf", 4, "batch_mean", "logit"),
     ("lerf", 7, 0.25, "prob"),
     ("morf", 1, "image_mean", "prob"),
     ("random", 3, "blur", "logit"),
@@ -132,7 +150,7 @@ def test_curve_matches_numpy_reference_float64(setup, order, step, fill, score):
                                   order=order, step=step, fill=fill, score=score, key=key,
                                   chunk=3)
     xn = np.asarray(x, np.float64)
-    if fill == "mean":
+    if fill == "batch_mean":
       fill_np = xn.mean(axis=(0, 1, 2))
     elif fill == "image_mean":
       fill_np = xn.mean(axis=(1, 2), keepdims=True)
@@ -160,7 +178,7 @@ def test_curve_matches_numpy_reference_float64(setup, order, step, fill, score):
 def test_curve_and_metrics_float32_against_reference(setup):
   x, saliency, variables = setup
   curve = pr.perturbation_curve(MODEL, variables, x, saliency, order="morf", step=2,
-                                fill="mean", chunk=4)
+                                fill="batch_mean", chunk=4)
   counts, scores, labels = numpy_curve(
       variables, np.asarray(x), np.asarray(saliency), order="morf", step=2, max_fraction=1.0,
       fill=np.asarray(x, np.float64).mean(axis=(0, 1, 2)), score="logit")
@@ -169,7 +187,7 @@ def test_curve_and_metrics_float32_against_reference(setup):
   np.testing.assert_allclose(np.asarray(curve.scores), scores, rtol=1e-5, atol=1e-5)
   np.testing.assert_array_equal(np.asarray(curve.labels), labels)
   p = H * W
-  for fraction in (0.1, 0.25, 0.5):
+  for fraction in (0.2, 0.4, 0.6):  # 6, 12 and 18 pixels: grid points of step 2
     np.testing.assert_allclose(pr.aopc(curve, max_fraction=fraction),
                                numpy_aopc(scores, counts, p, fraction), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(pr.afoc(curve, fraction=fraction),
@@ -339,8 +357,21 @@ def test_bad_input(setup):
       curve(x, saliency, max_fraction=bad)
   with pytest.raises(ValueError, match="valid: morf, lerf, random"):
     curve(x, saliency, order="MoRF")
-  with pytest.raises(ValueError, match="valid: mean, image_mean, blur"):
+  with pytest.raises(ValueError, match="valid: batch_mean, image_mean, blur"):
     curve(x, saliency, fill="black")
+  with pytest.raises(ValueError, match="fill 'mean' is ambiguous: 'batch_mean' is"):
+    curve(x, saliency, fill="mean")
+  with pytest.raises(ValueError, match="fill 'dataset_mean' must be resolved into per-channel"):
+    curve(x, saliency, fill="dataset_mean")
+  with pytest.raises(ValueError, match="per-channel fill must be a non-empty sequence"):
+    curve(x, saliency, fill=(0.1, "a"))
+  with pytest.raises(ValueError, match="not both"):
+    curve(x, saliency, step=3, step_fraction=0.1)
+  with pytest.raises(ValueError, match=r"step_fraction 0.02 of the 30 pixels is less than one"):
+    curve(x, saliency, step_fraction=0.02)
+  for bad in (0.0, 1.5, float("nan"), True, "0.1"):
+    with pytest.raises(ValueError, match="step_fraction must be"):
+      curve(x, saliency, step_fraction=bad)
   with pytest.raises(ValueError, match="valid: logit, prob"):
     curve(x, saliency, score="softmax")
   with pytest.raises(ValueError, match=r"does not broadcast to x of shape \(4, 6, 5, 2\)"):
@@ -434,7 +465,8 @@ def test_random_saliency_has_delta_near_zero():
   x = jax.random.normal(kx, (n, H, W, C))
   variables = jax.tree.map(lambda v: 3.0 * v, MODEL.init(kp, x))
   noise = jax.random.uniform(ks, (n, H, W))
-  metric = functools.partial(pr.pixel_removal_metrics, step=2, fill=jnp.zeros(C), chunk=8)
+  metric = functools.partial(pr.pixel_removal_metrics, step=2, fraction=0.2, fill=jnp.zeros(C),
+                             chunk=8)
   result = pr.delta(metric, MODEL, variables, x, noise, k=5, key=jax.random.key(4))
   informative = 0
   for name in ("aopc", "afoc_morf", "afoc_lerf", "n_morf", "n_lerf"):
@@ -454,11 +486,11 @@ def test_random_saliency_has_delta_near_zero():
 
 def test_shared_curve_delta_equals_delta_of_the_metrics(setup):
   # One MoRF and one LeRF call on the own and the borrowed maps together give what `delta`
-  # gives with separate metric calls: same draws, same repeated batch (so the same "mean"
-  # fill), and the own curves are the first N rows.
+  # gives with separate metric calls: same draws, same repeated batch (so the same
+  # "batch_mean" fill), and the own curves are the first N rows.
   x, saliency, variables = setup
   key = jax.random.key(3)
-  options = dict(fraction=0.2, step=3, fill="mean", chunk=4)
+  options = dict(fraction=0.2, step=3, fill="batch_mean", chunk=4)
   shared = pr.shared_curve_delta(MODEL, variables, x, saliency, k=2, key=key, **options)
   metric = functools.partial(pr.pixel_removal_metrics, **options)
   reference = pr.delta(metric, MODEL, variables, x, saliency, k=2, key=key)
@@ -540,3 +572,123 @@ def test_metrics_from_curves_is_the_metric_set(setup):
   reference = pr.pixel_removal_metrics(MODEL, variables, x, saliency, fraction=0.2, step=3)
   for name in pr.REMOVAL_METRICS:
     np.testing.assert_allclose(values[name], reference[name], rtol=1e-6, err_msg=name)
+
+
+# --------------------------------------------------------------------------------------------
+# The grid as a fraction of the pixels (DeepMaps' 0.5% steps): 10% means 10%.
+
+
+@pytest.mark.parametrize("num_pixels, step_fraction, max_fraction", [
+    (224 * 224, 0.005, 1.0),  # DeepMaps: 0.5% steps at 224x224 (250.88 pixels per step)
+    (224 * 224, 0.005, 0.1),
+    (96 * 96, 0.1, 1.0),
+    (32 * 32, 0.05, 1.0),
+    (100, 0.015, 1.0),  # exact halves: 1.5 -> 2, 4.5 -> 5, ... round up
+    (1000, 0.03, 0.37),  # 0.37 is no multiple of 0.03: the last point is round(0.37 * P)
+    (30, 0.1, 0.5),
+])
+def test_fraction_grid_against_a_slow_loop(num_pixels, step_fraction, max_fraction):
+  grid = pr.removal_grid(num_pixels, step_fraction=step_fraction, max_fraction=max_fraction)
+  assert list(grid) == slow_fraction_grid(num_pixels, step_fraction, max_fraction)
+
+
+def test_ten_percent_is_on_the_half_percent_grid_at_224():
+  p = 224 * 224
+  grid = pr.removal_grid(p)  # the default: step_fraction 0.005
+  assert grid == pr.removal_grid(p, step_fraction=0.005)
+  assert len(grid) == 201 and grid[-1] == p
+  # 20 * 0.005 * 50176 = 5017.6: grid point 20 is round(0.1 * P) = 5018 pixels.
+  assert grid[20] == 5018 == math.floor(fractions.Fraction(p, 10) + fractions.Fraction(1, 2))
+  assert pr.removal_grid(100, step_fraction=0.015)[:4] == (0, 2, 3, 5)  # halves round up
+  for fraction in (0.1, 0.005, 0.3, 1.0):
+    pr.check_removal_grid(p, fraction=fraction)
+    pr.check_removal_grid(p, step_fraction=0.005, fraction=fraction)
+  # The former default, step round(0.005 * P) = 251 pixels, has no point at 10%: AOPC / AFOC
+  # took 19 * 251 = 4769 pixels (9.5%). That is now refused, naming the nearest points.
+  with pytest.raises(ValueError, match=r"fraction=0.1 \(5017 of 50176 pixels\) is not on the "
+                                       r"removal grid of step=251 pixels: the nearest grid "
+                                       r"fractions are 0.09505 \(4769 pixels\) and 0.10005 "
+                                       r"\(5020 pixels\)"):
+    pr.check_removal_grid(p, step=251, fraction=0.1)
+  with pytest.raises(ValueError, match=r"fraction=0.0975 \(4892 of 50176 pixels\) is not on "
+                                       r"the removal grid of step_fraction=0.005 .*nearest grid "
+                                       r"fractions are 0.095 \(4767 pixels\) and 0.1 \(5018"):
+    pr.check_removal_grid(p, step_fraction=0.005, fraction=0.0975)
+  with pytest.raises(ValueError, match="step_fraction 0.2 removes 10035 pixels at the first"):
+    pr.check_removal_grid(p, step_fraction=0.2, fraction=0.1)
+  with pytest.raises(ValueError, match="not both"):
+    pr.check_removal_grid(p, step=251, step_fraction=0.005, fraction=0.1)
+
+
+def test_fraction_grid_curve_and_metrics_float64_against_reference(setup):
+  # P = 30 with step_fraction 0.05 (1.5 pixels per step): counts 0, 2, 3, 5, 6, 8, ...
+  x, saliency, variables = setup
+  counts = slow_fraction_grid(H * W, 0.05)
+  with jax.enable_x64(True):
+    x64 = jnp.asarray(x, jnp.float64)
+    v64 = jax.tree.map(lambda v: jnp.asarray(v, jnp.float64), variables)
+    curve = pr.perturbation_curve(MODEL, v64, x64, jnp.asarray(saliency, jnp.float64),
+                                  order="morf", step_fraction=0.05, fill=0.1, chunk=4)
+    _, scores, labels = numpy_curve(variables, np.asarray(x, np.float64), np.asarray(saliency),
+                                    order="morf", step=None, max_fraction=1.0, fill=0.1,
+                                    score="logit", counts=counts)
+    np.testing.assert_array_equal(curve.counts, counts)
+    assert curve.step is None and curve.step_fraction == 0.05
+    np.testing.assert_allclose(curve.scores, scores, rtol=1e-10, atol=1e-10)
+    np.testing.assert_array_equal(curve.labels, labels)
+    # 20% = 6 pixels, grid point 4: AOPC is the mean drop over counts 0, 2, 3, 5, 6.
+    np.testing.assert_allclose(pr.aopc(curve, max_fraction=0.2),
+                               (scores[:, :1] - scores[:, :5]).mean(1), rtol=1e-10)
+    np.testing.assert_allclose(pr.afoc(curve, fraction=0.2),
+                               np.abs(scores[:, 0] - scores[:, 4]) / np.abs(scores[:, 0]),
+                               rtol=1e-10)
+    # 13% = round(3.9) = 4 pixels lies between grid points 3 and 5 pixels: refused.
+    for metric in (lambda c: pr.aopc(c, max_fraction=0.13),
+                   lambda c: pr.afoc(c, fraction=0.13)):
+      with pytest.raises(ValueError, match=r"fraction=0.13 \(4 of 30 pixels\) is not on the "
+                                           r"removal grid of step_fraction=0.05 .*nearest grid "
+                                           r"fractions are 0.1 \(3 pixels\) and 0.15 \(5 "
+                                           r"pixels\)"):
+        metric(curve)
+      with pytest.raises(ValueError, match="is not on the removal grid"):  # static: under jit
+        jax.jit(metric)(curve)
+
+
+def test_off_grid_fractions_are_refused_not_rounded_down(setup):
+  x, saliency, variables = setup
+  curve = pr.perturbation_curve(MODEL, variables, x, saliency, order="morf", step=2)
+  # 10% of 30 pixels = 3 is not on the grid 0, 2, 4, ...: not AOPC at 2 pixels (6.7%).
+  for metric in (lambda: pr.aopc(curve, max_fraction=0.1), lambda: pr.afoc(curve, fraction=0.1),
+                 lambda: pr.metrics_from_curves(curve, curve, fraction=0.1),
+                 lambda: pr.pixel_removal_metrics(MODEL, variables, x, saliency, step=2),
+                 lambda: pr.shared_curve_delta(MODEL, variables, x, saliency, k=0, step=2)):
+    with pytest.raises(ValueError, match=r"fraction=0.1 \(3 of 30 pixels\) is not on the "
+                                         r"removal grid of step=2 pixels: the nearest grid "
+                                         r"fractions are 0.0667 \(2 pixels\) and 0.134 \(4 "
+                                         r"pixels\)"):
+      metric()
+  # A curve that stops at the fraction ends on its count, a grid point.
+  short = pr.perturbation_curve(MODEL, variables, x, saliency, step=2, max_fraction=0.1)
+  np.testing.assert_array_equal(short.counts, [0, 2, 3])
+  np.testing.assert_allclose(pr.afoc(short, fraction=0.1),
+                             np.abs(short.scores[:, 0] - short.scores[:, 2])
+                             / np.abs(short.scores[:, 0]), rtol=1e-6)
+
+
+def test_training_set_fill_makes_scores_independent_of_the_shard(setup):
+  # The batch whole or split in two: per-image scores agree with a fill computed once (the
+  # training set's mean, here any fixed per-channel numbers), not with the batch mean.
+  x, saliency, variables = setup
+  mean_rgb = tuple(float(v) for v in np.asarray(x, np.float64).mean(axis=(0, 1, 2)) + 0.3)
+  options = dict(fraction=0.2, step=3, chunk=4)
+  for fill, same in ((mean_rgb, True), ("batch_mean", False)):
+    whole = pr.pixel_removal_metrics(MODEL, variables, x, saliency, fill=fill, **options)
+    halves = [pr.pixel_removal_metrics(MODEL, variables, x[part], saliency[part], fill=fill,
+                                       **options) for part in (slice(0, 1), slice(1, 4))]
+    split = np.concatenate([np.asarray(h["aopc"]) for h in halves])
+    assert np.allclose(split, whole["aopc"], rtol=1e-6, atol=1e-6) == same, fill
+  # A tuple of per-channel numbers is the `[C]` array fill.
+  as_array = pr.perturbation_curve(MODEL, variables, x, saliency, step=3,
+                                   fill=jnp.asarray(mean_rgb, jnp.float32))
+  as_tuple = pr.perturbation_curve(MODEL, variables, x, saliency, step=3, fill=mean_rgb)
+  np.testing.assert_array_equal(as_tuple.scores, as_array.scores)

@@ -104,7 +104,7 @@ def test_columns_equal_a_direct_computation(result, setup):
   np.testing.assert_allclose(rows["iou_star"], ground_truth.iou_star(maps, mask, n_std=1.0),
                              rtol=1e-6)
   metric_fn = functools.partial(pixel_removal.pixel_removal_metrics, fraction=0.125, step=128,
-                                chunk=4, fill="mean")
+                                chunk=4, fill="batch_mean")
   direct = metric_fn(model, variables, x, maps)
   # The runner's own curves share a batch with the delta partners: same fill mean up to
   # rounding, so allow float tolerance.
@@ -137,7 +137,7 @@ def test_roc_and_curves_are_means_over_all_samples(result, setup):
   np.testing.assert_allclose(roc["recall"], np.asarray(scores.recall).mean(0), rtol=1e-5)
   np.testing.assert_allclose(roc["fpr"], np.asarray(scores.fpr).mean(0), rtol=1e-5)
   curve_scores = []
-  for shard in range(2):  # fill "mean" is the mean of each shard's batch
+  for shard in range(2):  # fill "batch_mean" (the default) is the mean of each shard's batch
     part = slice(shard * SHARD, (shard + 1) * SHARD)
     curve = pixel_removal.perturbation_curve(model, variables, x[part],
                                              attributions[part].sum(-1), order="lerf",

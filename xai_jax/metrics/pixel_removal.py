@@ -16,8 +16,9 @@ predicted class gives a *perturbation curve*. Everything here is computed from s
 * `shared_curve_delta`: the DeepMaps set and its Eq. 9 delta from one MoRF and one LeRF
   curve of the own and the borrowed maps together, with the own curves (what an evaluation
   that also reports mean curves needs, without evaluating the own maps twice).
-* `check_removal_grid`: fails fast on a `step` so coarse that AOPC / AFOC at a fraction would
-  see no removal step (0 for every image).
+* `removal_grid`: the removed pixel counts of a grid.
+* `check_removal_grid`: fails fast on a grid so coarse that AOPC / AFOC at a fraction would
+  see no removal step (0 for every image), or on which the fraction is not a grid point.
 
 References:
   W. Samek et al., "Evaluating the visualization of what a deep neural network has learned",
@@ -35,15 +36,25 @@ Conventions:
 * Ties are broken by the flat pixel index `h * W + w`, ascending, in every order (MoRF sorts
   by descending saliency, then ascending index), so a constant map removes pixels in raster
   order. Results do not depend on the platform's sort.
-* The grid of removed pixel counts is `0, step, 2 step, ...` up to `kmax = floor(max_fraction
-  * P)`, with `kmax` itself appended when `step` does not divide it (as Quantus'
-  `ceil(P / step)` steps do); `fractions = counts / P`.
+* The grid of removed pixel counts, up to its last point `kmax`, has one of two spellings:
+  `step` (an int, pixels): `0, step, 2 step, ...` with `kmax = floor(max_fraction * P)`
+  appended when `step` does not divide it (as Quantus' `ceil(P / step)` steps do);
+  `step_fraction` (a fraction `d` of the pixels, 0.5% in DeepMaps): grid point `k` removes
+  `round(k * d * P)` pixels (halves round up), with `kmax = round(max_fraction * P)`. The
+  default is `step_fraction=0.005`, or `step=1` for images of fewer than 200 pixels.
+  `fractions = counts / P`.
+* A metric's `fraction` (AOPC up to, AFOC at) must fall on the grid: its pixel count
+  (`round(fraction * P)` on a `step_fraction` grid, `floor(fraction * P)` on a `step` grid) must
+  be a grid point. With `step_fraction=0.005` every multiple of 0.5% is one (10% of 224 x 224 is
+  grid point 20, `round(0.1 * 50176) = 5018` pixels); a fraction between two grid points is
+  refused (`check_removal_grid`), never rounded down to the point before it.
 * `c = argmax f(x)` of the unperturbed image; the curve records `f_c` (logit, or softmax
   probability with `score="prob"`) and `argmax f` at every grid point.
 """
 
 from __future__ import annotations
 
+import decimal
 import functools
 import math
 from typing import Any, Callable, NamedTuple
@@ -59,7 +70,12 @@ from xai_jax.keys import check_key
 from xai_jax.models.base import as_apply
 
 ORDERS = ("morf", "lerf", "random")
-FILLS = ("mean", "image_mean", "blur", "<float>", "<array broadcastable to x>")
+FILLS = ("batch_mean", "image_mean", "blur", "<float>", "<per-channel numbers>",
+         "<array broadcastable to x>")
+DATASET_MEAN = "dataset_mean"
+"""The fill the papers use, the training set's mean RGB: not computable from the evaluated
+batch, so a pipeline resolves this name into per-channel numbers (the mean over its training
+split) before it reaches these functions, which refuse the name."""
 SCORES = ("logit", "prob")
 LOOPS = ("map", "python")
 REMOVAL_METRICS = ("aopc", "afoc_morf", "afoc_lerf", "n_morf", "n_lerf", "flipped_morf",
@@ -84,8 +100,10 @@ class PerturbationCurve:
     target: `int32[N]`, `c = argmax f(x)` of the unperturbed images.
     num_pixels: `P = H * W` (static).
     max_count: `counts[-1]`, the last removed count (static).
-    step: the grid's step in pixels (static; None for a curve built by hand, whose grid is
-      then read from `counts` when they are concrete).
+    step: the grid's step in pixels (static), or None: a `step_fraction` grid, or a curve
+      built by hand, whose grid is then read from `counts` when they are concrete.
+    step_fraction: the grid's step as a fraction of the pixels (static; grid point `k` at
+      `round(k * step_fraction * P)`), or None: a `step` grid or a curve built by hand.
   """
   fractions: jax.Array
   counts: jax.Array
@@ -95,6 +113,7 @@ class PerturbationCurve:
   num_pixels: int = flax.struct.field(pytree_node=False)
   max_count: int = flax.struct.field(pytree_node=False)
   step: int | None = flax.struct.field(pytree_node=False, default=None)
+  step_fraction: float | None = flax.struct.field(pytree_node=False, default=None)
 
 
 class DeltaResult(NamedTuple):
@@ -139,60 +158,207 @@ def _check_fraction(name: str, value, *, positive: bool = False) -> float:
 
 
 def _count_at(fraction: float, num_pixels: int) -> int:
+  """`floor(fraction * P)`: a fraction's pixel count on a `step` grid."""
   # The tolerance absorbs the float error of e.g. 0.1 * 1000 without ever adding a pixel.
   return int(math.floor(fraction * num_pixels + 1e-9 * num_pixels))
 
 
+def _round_count(pixels: float, num_pixels: int) -> int:
+  """`round(pixels)`, halves up: a pixel count on a `step_fraction` grid."""
+  # The tolerance (far below any fractional part a decimal step gives, far above float error)
+  # makes an exact half round up even when e.g. 0.015 * 100 comes out as 1.4999999999999998.
+  return int(math.floor(pixels + 0.5 + 1e-9 * num_pixels))
+
+
 def _check_step(step, num_pixels: int) -> int:
-  """`step` as an int in [1, P]; None gives the default, 0.5% of the pixels (at least 1)."""
-  if step is None:
-    return max(1, int(round(DEFAULT_STEP_FRACTION * num_pixels)))
+  """`step` as an int in [1, P]."""
   if isinstance(step, (bool, np.bool_)) or not isinstance(step, (int, np.integer)):
-    raise ValueError(f"step must be an integer number of pixels; got {step!r}")
+    raise ValueError(f"step must be an integer number of pixels (for a fraction of the pixels "
+                     f"use step_fraction); got {step!r}")
   step = int(step)
   if step < 1 or step > num_pixels:
     raise ValueError(f"step must be in [1, P = H * W = {num_pixels}] pixels; got {step}")
   return step
 
 
-def check_removal_grid(num_pixels: int, *, step: int | None, fraction: float) -> None:
-  """Checks that AOPC and AFOC at `fraction` see at least one removal step.
+def _check_step_fraction(step_fraction, num_pixels: int) -> float:
+  """`step_fraction` as a float in (0, 1] of at least one pixel."""
+  if (isinstance(step_fraction, (bool, np.bool_, str, bytes))
+      or not isinstance(step_fraction, (int, float, np.number))):
+    raise ValueError(f"step_fraction must be a number in (0, 1] (a fraction of the pixels); "
+                     f"got {step_fraction!r}")
+  step_fraction = float(step_fraction)
+  if not 0.0 < step_fraction <= 1.0:  # also rejects NaN
+    raise ValueError(f"step_fraction must be a fraction of the pixels in (0, 1]; got "
+                     f"{step_fraction}")
+  if step_fraction * num_pixels < 1.0:
+    raise ValueError(f"step_fraction {step_fraction} of the {num_pixels} pixels is less than one "
+                     f"pixel per grid point; use step_fraction >= 1 / {num_pixels} or step=1")
+  return step_fraction
 
-  The grid of removed counts is `0, step, 2 step, ...` (module docstring). AOPC up to and
-  AFOC at `fraction` use the grid points with `count <= floor(fraction * P)`; when `step`
-  exceeds that, only the unperturbed point 0 qualifies and both metrics are 0 for every
-  image, whatever the saliency map: a configuration error, not a result. (A curve computed
-  with `max_fraction == fraction` also has the point `floor(fraction * P)` itself; `aopc`
-  and `afoc` account for that and call this check only when the curve has no such point.)
+
+def _grid_spec(step, step_fraction, num_pixels: int) -> tuple[int | None, float | None]:
+  """`(step, None)` or `(None, step_fraction)`, checked, with the default filled in."""
+  if step is not None and step_fraction is not None:
+    raise ValueError(f"give the grid as step (pixels) or as step_fraction (a fraction of the "
+                     f"pixels), not both; got step={step!r}, step_fraction={step_fraction!r}")
+  if step is not None:
+    return _check_step(step, num_pixels), None
+  if step_fraction is not None:
+    return None, _check_step_fraction(step_fraction, num_pixels)
+  if DEFAULT_STEP_FRACTION * num_pixels >= 1.0:
+    return None, DEFAULT_STEP_FRACTION
+  return 1, None  # fewer than 200 pixels: every pixel is a grid point
+
+
+def _grid_text(step: int | None, step_fraction: float | None) -> str:
+  if step_fraction is not None:
+    return f"step_fraction={step_fraction:g} (grid point k at round(k * {step_fraction:g} * P))"
+  return f"step={step} pixels"
+
+
+def _count_of(fraction: float, num_pixels: int, step_fraction: float | None) -> int:
+  """The pixel count of a fraction on a grid: rounded on a `step_fraction` grid, else floored."""
+  if step_fraction is not None:
+    return _round_count(fraction * num_pixels, num_pixels)
+  return _count_at(fraction, num_pixels)
+
+
+def _grid_counts(num_pixels: int, step: int | None, step_fraction: float | None,
+                 kmax: int) -> tuple[int, ...]:
+  """The removed counts below `kmax` on the grid, then `kmax` itself (checked options)."""
+  if step_fraction is None:
+    counts = list(range(0, kmax, step))
+  else:
+    counts, k = [], 0
+    while (count := _round_count(k * step_fraction * num_pixels, num_pixels)) < kmax:
+      counts.append(count)
+      k += 1
+  return tuple(counts) + (kmax,)
+
+
+def removal_grid(num_pixels: int, *, step: int | None = None,
+                 step_fraction: float | None = None,
+                 max_fraction: float = 1.0) -> tuple[int, ...]:
+  """The removed pixel counts of `perturbation_curve`'s grid (module docstring).
+
+  Args:
+    num_pixels: `P = H * W`.
+    step: pixels removed between grid points, an int in `[1, P]`; or
+    step_fraction: a fraction `d` of the pixels in (0, 1], `d * P >= 1`: grid point `k`
+      removes `round(k * d * P)` pixels (halves up). At most one of the two; neither:
+      `step_fraction=0.005` (DeepMaps' 0.5%), or `step=1` when `P < 200`.
+    max_fraction: the last grid point removes `floor(max_fraction * P)` pixels (`step`) or
+      `round(max_fraction * P)` (`step_fraction`); in [0, 1].
+
+  Returns:
+    The counts, increasing, from 0 to the last point.
+
+  Raises:
+    ValueError: `num_pixels < 1`, both `step` and `step_fraction`, either out of range, or
+      `max_fraction` outside [0, 1].
+  """
+  num_pixels = _check_num_pixels(num_pixels)
+  max_fraction = _check_fraction("max_fraction", max_fraction)
+  step, step_fraction = _grid_spec(step, step_fraction, num_pixels)
+  kmax = min(num_pixels, _count_of(max_fraction, num_pixels, step_fraction))
+  return _grid_counts(num_pixels, step, step_fraction, kmax)
+
+
+def _check_num_pixels(num_pixels) -> int:
+  if (isinstance(num_pixels, (bool, np.bool_)) or not isinstance(num_pixels, (int, np.integer))
+      or num_pixels < 1):
+    raise ValueError(f"num_pixels must be a positive integer (H * W); got {num_pixels!r}")
+  return int(num_pixels)
+
+
+def _as_fraction_text(count: int, num_pixels: int, step_fraction: float | None) -> str:
+  """The shortest decimal (3 significant digits or more) whose count on the grid is `count`.
+
+  Rounded to nearest, or up: on a `step` grid a count `c` is every fraction in
+  `[c / P, (c + 1) / P)`, so e.g. 2 of 6 pixels is 0.334, not 0.333.
+  """
+  value = decimal.Decimal(count) / decimal.Decimal(num_pixels)
+  for digits in range(3, 18):
+    quantum = decimal.Decimal(1).scaleb(value.adjusted() - digits + 1)
+    for rounding in (decimal.ROUND_HALF_EVEN, decimal.ROUND_CEILING):
+      text = f"{value.quantize(quantum, rounding=rounding).normalize():f}"
+      if _count_of(float(text), num_pixels, step_fraction) == count:
+        return text
+  return repr(count / num_pixels)
+
+
+def _off_grid_error(name: str, fraction: float, target: int, counts: tuple[int, ...],
+                    num_pixels: int, step_fraction: float | None, grid: str) -> ValueError:
+  """The error for a fraction whose count `target` is not a grid point."""
+  below = max(c for c in counts if c < target)
+  above = [c for c in counts if c > target]
+  nearest = []
+  for count in [below] + above[:1]:
+    text = _as_fraction_text(count, num_pixels, step_fraction)
+    if step_fraction is not None:  # grid point k is the fraction k * step_fraction
+      nominal = float(f"{counts.index(count) * step_fraction:.12g}")
+      if _count_of(nominal, num_pixels, step_fraction) == count:
+        text = f"{nominal:g}"
+    nearest.append(f"{text} ({count} pixels)")
+  return ValueError(
+      f"{name}={fraction:g} ({target} of {num_pixels} pixels) is not on the removal grid of "
+      f"{grid}: the nearest grid fractions are {' and '.join(nearest)}. Use one of them, or a "
+      f"grid on which {fraction:g} lies (step_fraction=d has every multiple of d, e.g. "
+      f"DeepMaps' d = 0.005), rather than the grid point before it")
+
+
+def check_removal_grid(num_pixels: int, *, step: int | None = None, fraction: float,
+                       step_fraction: float | None = None) -> None:
+  """Checks that AOPC and AFOC at `fraction` are defined on the removal grid.
+
+  The grid of removed counts (module docstring, `removal_grid`) is that of full curves
+  (`max_fraction=1`). AOPC up to and AFOC at `fraction` need its count (`floor(fraction * P)`
+  on a `step` grid, `round(fraction * P)` on a `step_fraction` grid) to be a grid point: when
+  the first step already exceeds it, both metrics would be 0 for every image, whatever the
+  saliency map; when it falls between two grid points, they would be computed at the point
+  before it (e.g. 9.5% instead of 10% of 224 x 224 with `step=251`). Both are configuration
+  errors, not results. (A curve computed with `max_fraction == fraction` ends on the
+  fraction's own count; `aopc` and `afoc` accept that point.)
 
   Call it before an experiment to fail fast, e.g. from a config's validation.
 
   Args:
     num_pixels: `P = H * W`, the pixels of one image.
-    step: pixels removed between grid points, in `[1, P]`; None: the default of
-      `perturbation_curve`, `max(1, round(0.005 * P))`.
+    step: pixels removed between grid points, in `[1, P]`; or
+    step_fraction: the grid step as a fraction of the pixels, in (0, 1]. At most one of the
+      two; neither: the default of `perturbation_curve` (`step_fraction=0.005`, or `step=1`
+      below 200 pixels).
     fraction: the metrics' removed fraction, in (0, 1] (0.1 in DeepMaps).
 
   Raises:
-    ValueError: `num_pixels < 1`, `step` not an integer in `[1, P]`, `fraction` outside
-      (0, 1], `fraction * P < 1` (no pixel at all), or `step > floor(fraction * P)`.
+    ValueError: `num_pixels < 1`, a bad `step` or `step_fraction` (or both given), `fraction`
+      outside (0, 1], `fraction * P < 1` (no pixel at all), a first grid step above the
+      fraction's count, or a fraction between two grid points (the message gives the nearest
+      grid fractions).
   """
-  if (isinstance(num_pixels, (bool, np.bool_)) or not isinstance(num_pixels, (int, np.integer))
-      or num_pixels < 1):
-    raise ValueError(f"num_pixels must be a positive integer (H * W); got {num_pixels!r}")
-  num_pixels = int(num_pixels)
+  num_pixels = _check_num_pixels(num_pixels)
   fraction = _check_fraction("fraction", fraction, positive=True)
-  step = _check_step(step, num_pixels)
-  kmax = _count_at(fraction, num_pixels)
-  if kmax == 0:
+  step, step_fraction = _grid_spec(step, step_fraction, num_pixels)
+  target = _count_of(fraction, num_pixels, step_fraction)
+  if target == 0:
     raise ValueError(
         f"fraction {fraction} of the {num_pixels} pixels is less than one pixel, so AOPC and "
         f"AFOC would be 0 for every image; use fraction >= 1 / {num_pixels}")
-  if step > kmax:
+  counts = _grid_counts(num_pixels, step, step_fraction, num_pixels)
+  if counts[1] > target:
+    if step_fraction is None:
+      raise ValueError(
+          f"step {step} removes more than fraction {fraction} of the {num_pixels} pixels at "
+          f"the first grid point, so AOPC and AFOC would be 0 for every image; use step <= "
+          f"floor(fraction * P) = {target}")
     raise ValueError(
-        f"step {step} removes more than fraction {fraction} of the {num_pixels} pixels at the "
-        f"first grid point, so AOPC and AFOC would be 0 for every image; use step <= "
-        f"floor(fraction * P) = {kmax}")
+        f"step_fraction {step_fraction:g} removes {counts[1]} pixels at the first grid point, "
+        f"more than fraction {fraction} of the {num_pixels} pixels ({target}), so AOPC and "
+        f"AFOC would be 0 for every image; use step_fraction <= fraction")
+  if target not in counts:
+    raise _off_grid_error("fraction", fraction, target, counts, num_pixels, step_fraction,
+                          _grid_text(step, step_fraction))
 
 
 def _check_images(x) -> jax.Array:
@@ -248,27 +414,28 @@ def _saliency_map(x: jax.Array, saliency: jax.Array, reduce: str) -> jax.Array:
   return saliency
 
 
-def _grid(num_pixels: int, step: int | None, max_fraction: float) -> tuple[int, ...]:
-  """The removed pixel counts `0, step, 2 step, ..., kmax` (kmax appended if needed)."""
-  max_fraction = _check_fraction("max_fraction", max_fraction)
-  return _grid_counts(_check_step(step, num_pixels), _count_at(max_fraction, num_pixels))
-
-
-def _grid_counts(step: int, kmax: int) -> tuple[int, ...]:
-  counts = list(range(0, kmax + 1, step))
-  if counts[-1] != kmax:
-    counts.append(kmax)
-  return tuple(counts)
-
-
 def _fill_spec(fill, x: jax.Array) -> tuple[str, jax.Array | None]:
   """Returns (static kind, dynamic value) for the fill option."""
   if isinstance(fill, str):
-    if fill in ("mean", "image_mean", "blur"):
+    if fill in ("batch_mean", "image_mean", "blur"):
       return fill, None
+    if fill == "mean":
+      raise ValueError(
+          "fill 'mean' is ambiguous: 'batch_mean' is the per-channel mean of the evaluated "
+          "batch (what 'mean' was); the papers fill with the training set's mean RGB, which "
+          "is given as per-channel numbers (a pipeline's 'dataset_mean')")
+    if fill == DATASET_MEAN:
+      raise ValueError(
+          f"fill {DATASET_MEAN!r} must be resolved into per-channel numbers (the mean over the "
+          "training split) before pixel removal: a pipeline does it; here pass fill=(r, g, b)")
     raise ValueError(f"unknown fill {fill!r}; valid: {', '.join(FILLS)}")
   if isinstance(fill, (bool, np.bool_)):
     raise ValueError(f"unknown fill {fill!r}; valid: {', '.join(FILLS)}")
+  if isinstance(fill, (tuple, list)):  # per-channel numbers, e.g. a training-set mean RGB
+    if not fill or not all(isinstance(v, (int, float, np.number))
+                           and not isinstance(v, (bool, np.bool_)) for v in fill):
+      raise ValueError(f"per-channel fill must be a non-empty sequence of numbers; got {fill!r}")
+    fill = np.asarray(fill, np.float64)
   if isinstance(fill, (int, float, np.number)):
     if not math.isfinite(float(fill)):
       raise ValueError(f"fill must be a finite number (or one of {', '.join(FILLS)}); "
@@ -312,7 +479,7 @@ def _gaussian_matrix(size: int, sigma: float) -> np.ndarray:
 
 def _fill_image(x: jax.Array, kind: str, value: jax.Array | None, blur_sigma: float):
   """The replacement values, broadcastable to `x` `[N, H, W, C]`."""
-  if kind == "mean":
+  if kind == "batch_mean":
     return jnp.mean(x, axis=(0, 1, 2), keepdims=True)
   if kind == "image_mean":
     return jnp.mean(x, axis=(1, 2), keepdims=True)
@@ -424,8 +591,9 @@ def perturbation_curve(
     *,
     order: str = "morf",
     step: int | None = None,
+    step_fraction: float | None = None,
     max_fraction: float = 1.0,
-    fill: Any = "mean",
+    fill: Any = "batch_mean",
     score: str = "logit",
     key: jax.Array | None = None,
     chunk: int = 4,
@@ -453,15 +621,21 @@ def perturbation_curve(
       permutation per image, `jax.random.permutation(k_i, H * W)` with `k_i` from
       `jax.random.split(key, N)`; the saliency is then unused). Ties: ascending flat pixel index `h * W + w`, so a
       constant map removes pixels in raster order in MoRF and LeRF alike.
-    step: pixels removed between grid points, an integer in `[1, H * W]`; default `max(1,
-      round(0.005 * H * W))` (0.5% of the image).
-    max_fraction: last grid point removes `floor(max_fraction * H * W)` pixels; in [0, 1].
-    fill: replacement values. "mean": the per-channel mean over the evaluated batch `x` (the
-      papers use the training-set mean RGB: pass it explicitly as a `float[C]` array, which also
-      makes results independent of the batch composition); "image_mean": per-image,
+    step: pixels removed between grid points, an integer in `[1, H * W]`; or
+    step_fraction: the step as a fraction `d` of the pixels, in (0, 1] with `d * H * W >= 1`:
+      grid point `k` removes `round(k * d * H * W)` pixels (halves up), so every multiple of
+      `d` is on the grid. At most one of the two; neither: `step_fraction=0.005` (DeepMaps'
+      0.5%), or `step=1` for images of fewer than 200 pixels. See `removal_grid`.
+    max_fraction: the last grid point removes `floor(max_fraction * H * W)` (`step`) or
+      `round(max_fraction * H * W)` (`step_fraction`) pixels; in [0, 1].
+    fill: replacement values. "batch_mean": the per-channel mean over the evaluated batch `x`,
+      so the curves depend on the batch's size and composition; the papers use the training
+      set's mean RGB: pass it as per-channel numbers (a tuple / list or `float[C]` array),
+      which makes every image's curve independent of its batch; "image_mean": per-image,
       per-channel mean; "blur": a Gaussian-blurred copy of the image (`blur_sigma` pixels,
       edge padding); a float constant; or any array broadcastable to `x` (`[C]`,
-      `[N, 1, 1, 1]`, `[N, H, W, C]`, e.g. a precomputed baseline image).
+      `[N, 1, 1, 1]`, `[N, H, W, C]`, e.g. a precomputed baseline image). "mean" is refused
+      as ambiguous, and `DATASET_MEAN` until a pipeline resolves it into numbers.
     score: "logit" (default, Samek et al.; DeepMaps) or "prob" (softmax probability, as
       Quantus' default `softmax=True`).
     key: PRNG key, required for `order="random"`, ignored otherwise.
@@ -483,7 +657,8 @@ def perturbation_curve(
     ValueError: wrong shapes (named in the message) or an empty axis; `x` not floating
       point (e.g. uint8 images: convert and scale them first); NaN or inf in a concrete `x`,
       NaN in a concrete `saliency`, a fill that is not finite; `step` not an integer in
-      `[1, H * W]`, `max_fraction` outside [0, 1], `blur_sigma` not finite and > 0; unknown
+      `[1, H * W]`, `step_fraction` outside (0, 1] or below one pixel, both given,
+      `max_fraction` outside [0, 1], `blur_sigma` not finite and > 0; unknown
       `order`/`fill`/`score`/`loop` (valid values listed); `order="random"` without `key`,
       or a `key` that is not a PRNG key (e.g. the int 0); `chunk < 1`.
 
@@ -508,8 +683,9 @@ def perturbation_curve(
   x = _check_images(x)
   sal = _saliency_map(x, jnp.asarray(saliency), reduce)
   _, h, w, _ = x.shape
-  step = _check_step(step, h * w)
-  counts = _grid(h * w, step, max_fraction)
+  counts = removal_grid(h * w, step=step, step_fraction=step_fraction,
+                        max_fraction=max_fraction)
+  step, step_fraction = _grid_spec(step, step_fraction, h * w)
   fill_kind, fill_value = _fill_spec(fill, x)
   if key is None:
     key = jax.random.key(0)  # unused by MoRF/LeRF; keeps one compiled signature
@@ -528,57 +704,66 @@ def perturbation_curve(
   return PerturbationCurve(
       fractions=jnp.asarray(counts_arr / (h * w), jnp.float32), counts=jnp.asarray(counts_arr),
       scores=scores, labels=labels, target=target, num_pixels=h * w, max_count=counts[-1],
-      step=step)
+      step=step, step_fraction=step_fraction)
 
 
 def _grid_index(curve: PerturbationCurve, fraction: float, name: str) -> int | jax.Array:
-  """Index of the last grid point with `counts <= floor(fraction * P)`; at least 1.
+  """Index of the grid point of `fraction`'s pixel count (module docstring); at least 1.
 
-  Raises a ValueError (via `check_removal_grid`) when only the point 0 qualifies.
+  Raises a ValueError when the count is 0, beyond the curve, before the first step
+  (`check_removal_grid`) or between two grid points (never the point before it).
   """
   if not isinstance(curve, PerturbationCurve):
     raise ValueError(f"curve must be a PerturbationCurve (from perturbation_curve); got "
                      f"{type(curve).__name__}")
   fraction = _check_fraction(name, fraction, positive=True)
-  kmax = _count_at(fraction, curve.num_pixels)
-  if curve.max_count < kmax:
+  num_pixels = curve.num_pixels
+  target = _count_of(fraction, num_pixels, curve.step_fraction)
+  if curve.max_count < target:
     raise ValueError(
-        f"the curve stops at {curve.max_count} of {curve.num_pixels} pixels, before "
-        f"{name}={fraction} ({kmax} pixels); compute it with max_fraction >= {fraction}")
-  if curve.step is not None:  # static: known even when the curve is traced
-    counts = _grid_counts(curve.step, curve.max_count)
+        f"the curve stops at {curve.max_count} of {num_pixels} pixels, before "
+        f"{name}={fraction} ({target} pixels); compute it with max_fraction >= {fraction}")
+  if curve.step is not None or curve.step_fraction is not None:  # static: known under jit
+    counts = _grid_counts(num_pixels, curve.step, curve.step_fraction, curve.max_count)
+    grid = _grid_text(curve.step, curve.step_fraction)
   elif _is_concrete(curve.counts):
     counts = tuple(int(c) for c in np.asarray(curve.counts))
+    grid = f"the curve's counts {list(counts[:4])}{'...' if len(counts) > 4 else ''}"
   else:  # a hand-built curve under jit: nothing to check
-    return jnp.sum(curve.counts <= kmax) - 1
-  index = sum(c <= kmax for c in counts) - 1
-  if index == 0:
+    return jnp.sum(curve.counts <= target) - 1
+  if target in counts[1:]:
+    return counts.index(target)
+  if target == 0 or len(counts) < 2 or counts[1] > target:
     first = counts[1] if len(counts) > 1 else curve.max_count
-    check_removal_grid(curve.num_pixels, step=curve.step or max(first, 1), fraction=fraction)
+    check_removal_grid(num_pixels, step=curve.step or (None if curve.step_fraction else first),
+                       step_fraction=curve.step_fraction, fraction=fraction)
     raise ValueError(  # reached only for a hand-built grid that is not `0, step, 2 step, ...`
-        f"the curve's first grid point after 0 removes {first} of {curve.num_pixels} pixels, "
-        f"more than {name}={fraction} ({kmax} pixels): the metric would be 0 for every image")
-  return index
+        f"the curve's first grid point after 0 removes {first} of {num_pixels} pixels, "
+        f"more than {name}={fraction} ({target} pixels): the metric would be 0 for every image")
+  raise _off_grid_error(name, fraction, target, counts, num_pixels, curve.step_fraction, grid)
 
 
 def aopc(curve: PerturbationCurve, *, max_fraction: float = 0.1) -> jax.Array:
   """Area over the perturbation curve (Samek et al. 2016; DeepMaps App. B, Eq. 10).
 
-  `AOPC = 1/(K+1) sum_{k in grid, k <= max_fraction * P} (f_c(x) - f_c(x_k))`, i.e. the mean
-  over the grid points up to `max_fraction` (the point `k = 0` included, contributing 0).
-  Meant for MoRF curves (higher is better); on a LeRF curve it is the LeRF variant.
+  `AOPC = 1/(K+1) sum_{k in grid, k <= K_P} (f_c(x) - f_c(x_k))`, i.e. the mean over the
+  grid points up to the one of `max_fraction` (`K_P` its pixel count; the point `k = 0`
+  included, contributing 0). Meant for MoRF curves (higher is better); on a LeRF curve it is
+  the LeRF variant.
 
   Args:
     curve: a `PerturbationCurve` reaching at least `max_fraction`.
-    max_fraction: last removed fraction included, in (0, 1]; 10% in DeepMaps.
+    max_fraction: last removed fraction included, in (0, 1], a grid point (module
+      docstring); 10% in DeepMaps.
 
   Returns:
     `float[N]`.
 
   Raises:
-    ValueError: `max_fraction` outside (0, 1] or beyond the end of the curve, or a grid
-      whose first step already removes more than `max_fraction` (see `check_removal_grid`:
-      AOPC would be 0 for every image).
+    ValueError: `max_fraction` outside (0, 1] or beyond the end of the curve, a grid whose
+      first step already removes more than `max_fraction` (AOPC would be 0 for every
+      image), or a `max_fraction` between two grid points (the message gives the nearest
+      ones; see `check_removal_grid`).
   """
   last = _grid_index(curve, max_fraction, "max_fraction")
   included = jnp.arange(curve.counts.shape[0]) <= last
@@ -589,21 +774,21 @@ def aopc(curve: PerturbationCurve, *, max_fraction: float = 0.1) -> jax.Array:
 def afoc(curve: PerturbationCurve, *, fraction: float = 0.1) -> jax.Array:
   """Absolute fractional output change (Srinivas & Fleuret 2019; DeepMaps App. B, Eq. 11).
 
-  `AFOC = |f_c(x) - f_c(x_k)| / |f_c(x)|` at the last grid point with `k <= fraction * P`
-  (exactly `floor(fraction * P)` pixels when the grid contains it). On a LeRF curve lower is
-  better; on a MoRF curve higher is better. `f_c(x) == 0` gives inf (or NaN).
+  `AFOC = |f_c(x) - f_c(x_k)| / |f_c(x)|` at the grid point of `fraction` (`k` its pixel
+  count, module docstring). On a LeRF curve lower is better; on a MoRF curve higher is
+  better. `f_c(x) == 0` gives inf (or NaN).
 
   Args:
     curve: a `PerturbationCurve` reaching at least `fraction`.
-    fraction: removed fraction, in (0, 1]; 10% in DeepMaps.
+    fraction: removed fraction, in (0, 1], a grid point; 10% in DeepMaps.
 
   Returns:
     `float[N]`.
 
   Raises:
-    ValueError: `fraction` outside (0, 1] or beyond the end of the curve, or a grid whose
-      first step already removes more than `fraction` (see `check_removal_grid`: AFOC would
-      be 0 for every image).
+    ValueError: `fraction` outside (0, 1] or beyond the end of the curve, a grid whose first
+      step already removes more than `fraction` (AFOC would be 0 for every image), or a
+      `fraction` between two grid points (see `check_removal_grid`).
   """
   index = _grid_index(curve, fraction, "fraction")
   s0 = curve.scores[:, 0]
@@ -643,7 +828,8 @@ def pixel_removal_metrics(
     *,
     fraction: float = 0.1,
     step: int | None = None,
-    fill: Any = "mean",
+    step_fraction: float | None = None,
+    fill: Any = "batch_mean",
     score: str = "logit",
     chunk: int = 4,
     reduce: str = "sum",
@@ -654,8 +840,10 @@ def pixel_removal_metrics(
 
   Args:
     model, variables, x, saliency: as in `perturbation_curve`.
-    fraction: removed fraction for AOPC (up to) and AFOC (at); 10% in DeepMaps.
-    step, fill, score, chunk, reduce, blur_sigma, loop: as in `perturbation_curve`.
+    fraction: removed fraction for AOPC (up to) and AFOC (at); 10% in DeepMaps. It must be
+      on the grid (`check_removal_grid`).
+    step, step_fraction, fill, score, chunk, reduce, blur_sigma, loop: as in
+      `perturbation_curve`.
 
   Returns:
     A dict of `float32[N]`: "aopc" (MoRF, higher better), "afoc_morf" (higher better),
@@ -664,14 +852,15 @@ def pixel_removal_metrics(
     removed, else 0.0; n_* is 1.0 there).
 
   Raises:
-    ValueError: as `perturbation_curve`; `fraction` outside (0, 1]; `step` larger than
-      `floor(fraction * H * W)` (`check_removal_grid`: AOPC and AFOC would be 0).
+    ValueError: as `perturbation_curve`; `fraction` outside (0, 1], before the first grid
+      step (AOPC and AFOC would be 0) or between two grid points (`check_removal_grid`).
   """
   fraction = _check_fraction("fraction", fraction, positive=True)
   x = _check_images(x)
-  check_removal_grid(x.shape[1] * x.shape[2], step=step, fraction=fraction)
-  options = dict(step=step, max_fraction=1.0, fill=fill, score=score, chunk=chunk,
-                 reduce=reduce, blur_sigma=blur_sigma, loop=loop)
+  check_removal_grid(x.shape[1] * x.shape[2], step=step, step_fraction=step_fraction,
+                     fraction=fraction)
+  options = dict(step=step, step_fraction=step_fraction, max_fraction=1.0, fill=fill,
+                 score=score, chunk=chunk, reduce=reduce, blur_sigma=blur_sigma, loop=loop)
   morf = perturbation_curve(model, variables, x, saliency, order="morf", **options)
   lerf = perturbation_curve(model, variables, x, saliency, order="lerf", **options)
   return _metrics_from_curves(morf, lerf, fraction=fraction)
@@ -688,15 +877,14 @@ def metrics_from_curves(morf: PerturbationCurve, lerf: PerturbationCurve, *,
     morf: a full MoRF `PerturbationCurve` (`max_fraction=1.0`, so that n_MoRF sees every
       decision change).
     lerf: the LeRF curve of the same images and grid.
-    fraction: removed fraction for AOPC (up to) and AFOC (at), in (0, 1].
+    fraction: removed fraction for AOPC (up to) and AFOC (at), in (0, 1], on the grid.
 
   Returns:
     A dict with the keys `REMOVAL_METRICS`, each `float32[N]` (as `pixel_removal_metrics`).
 
   Raises:
     ValueError: a curve that is not a `PerturbationCurve`, `fraction` outside (0, 1] or
-      beyond the curves, or a grid whose first step removes more than `fraction` of the
-      pixels (`check_removal_grid`).
+      beyond the curves, or not a grid point (`check_removal_grid`).
   """
   return {name: values.astype(jnp.float32)
           for name, values in _curve_metrics(morf, lerf, fraction=fraction).items()}
@@ -774,7 +962,7 @@ def delta(
   without replacement (explicit `key`) from a pool of maps: by default the maps of the
   evaluated batch itself (`saliency`), each image excluding its own map. The own map and the
   `N * k` borrowed maps are evaluated in one call of `metric_fn` on `N * (k + 1)` images
-  (`x` repeated), so one compilation serves both. With `fill="mean"` the batch mean of the
+  (`x` repeated), so one compilation serves both. With `fill="batch_mean"` the mean of the
   repeated batch equals that of `x` (up to rounding); pass an explicit fill to be exact.
 
   Args:
@@ -884,7 +1072,8 @@ def shared_curve_delta(
     key: jax.Array | None = None,
     fraction: float = 0.1,
     step: int | None = None,
-    fill: Any = "mean",
+    step_fraction: float | None = None,
+    fill: Any = "batch_mean",
     score: str = "logit",
     chunk: int = 4,
 ) -> SharedCurveDelta:
@@ -898,8 +1087,9 @@ def shared_curve_delta(
   evaluation that reports mean curves does not evaluate the own maps a second time. With
   `k == 0` it is `pixel_removal_metrics` plus the curves.
 
-  `fill="mean"` is the mean of the repeated batch (equal to the mean of `x` up to rounding);
-  pass an explicit fill to make the metrics independent of the batch.
+  `fill="batch_mean"` is the mean of the repeated batch (equal to the mean of `x` up to
+  rounding); pass per-channel numbers (the training set's mean, as the papers) to make the
+  metrics independent of the batch.
 
   Plain JAX: call it eagerly or inside a jitted function (the curves are jitted themselves).
 
@@ -910,9 +1100,12 @@ def shared_curve_delta(
       channels).
     k: maps of other images per image (K = 5 in DeepMaps); 0: no delta. Needs `k < N`.
     key: PRNG key of the draws; required when `k > 0`.
-    fraction: removed fraction for AOPC (up to) and AFOC (at), in (0, 1]; 0.1 in DeepMaps.
-    step, score, chunk: as in `perturbation_curve` (full curves, `max_fraction=1.0`).
-    fill: as in `perturbation_curve`, or a tuple / list of per-channel values.
+    fraction: removed fraction for AOPC (up to) and AFOC (at), in (0, 1], on the grid; 0.1
+      in DeepMaps.
+    step, step_fraction, score, chunk: as in `perturbation_curve` (full curves,
+      `max_fraction=1.0`).
+    fill: as in `perturbation_curve` (e.g. a tuple of per-channel values, hashable as the
+      runner's static options need).
 
   Returns:
     A `SharedCurveDelta(own, others, delta, other_index, curves)`.
@@ -933,7 +1126,8 @@ def shared_curve_delta(
       raise ValueError("shared_curve_delta with k > 0 needs an explicit PRNG key "
                        "(key=jax.random.key(...)) for the draws")
     check_key(key)
-  check_removal_grid(x.shape[1] * x.shape[2], step=step, fraction=fraction)
+  check_removal_grid(x.shape[1] * x.shape[2], step=step, step_fraction=step_fraction,
+                     fraction=fraction)
   # The operations below (and their order) are those of the evaluations whose tables are
   # recorded: changing them changes the recorded bytes.
   if k:
@@ -945,8 +1139,8 @@ def shared_curve_delta(
   if isinstance(fill, (tuple, list)):  # per-channel fill, e.g. an RGB mean
     fill = jnp.asarray(fill, x.dtype)
   curves = {order: perturbation_curve(model, variables, x_all, maps_all, order=order,
-                                      max_fraction=1.0, step=step, fill=fill, chunk=chunk,
-                                      score=score)
+                                      max_fraction=1.0, step=step, step_fraction=step_fraction,
+                                      fill=fill, chunk=chunk, score=score)
             for order in ("morf", "lerf")}
   values = _curve_metrics(curves["morf"], curves["lerf"], fraction=fraction)
   own = {name: v[:n] for name, v in values.items()}

@@ -70,6 +70,13 @@ INPUTS = types.MappingProxyType({
 REDUCTIONS = ("mean",)
 """How a metric column reduces across images (`Metric.reduce`); None: not reduced."""
 
+REMOVAL_FILLS = (pixel_removal.DATASET_MEAN, "batch_mean", "image_mean", "blur")
+"""The named fills of the pixel-removal family: "dataset_mean" (`pixel_removal.DATASET_MEAN`,
+the papers' fill: the per-channel mean of the training split, which a pipeline computes and
+passes as numbers: `runner.evaluate` needs it resolved), "batch_mean" (the per-channel mean of
+each evaluated batch, so scores depend on the shard), "image_mean" and "blur"
+(`pixel_removal.perturbation_curve`)."""
+
 FIVE_BAND_SETTINGS = types.MappingProxyType({"soft": "", "clamped": "_clamp"})
 """Five-band threshold presets (`ground_truth.PRESETS`, Tjoa & Guan's two settings) and the
 suffix of their columns."""
@@ -191,20 +198,20 @@ def _check_iou(options: Mapping[str, Any], image_size: tuple[int, int] | None) -
 def _check_pixel_removal(options: Mapping[str, Any],
                          image_size: tuple[int, int] | None) -> None:
   fraction, step, fill = options["fraction"], options["step"], options["fill"]
+  step_fraction = options["step_fraction"]
   if not _is_number(fraction) or not 0 < fraction <= 1:
     _fail("pixel_removal", "fraction", f"must be a fraction in (0, 1]; got {fraction!r}")
   if step is not None and (not _is_int(step) or step < 1):
     _fail("pixel_removal", "step", f"must be a positive int (pixels per grid point) or None "
-          f"(0.5% of the pixels); got {step!r}")
-  fills = ("mean", "image_mean", "blur")
-  if isinstance(fill, str):
-    if fill not in fills:
-      _fail("pixel_removal", "fill", f"unknown fill {fill!r}; valid: {', '.join(fills)}, a "
-            "number or per-channel numbers")
-  elif not (_is_number(fill) or (isinstance(fill, (tuple, list)) and fill
-                                 and all(_is_number(v) for v in fill))):
-    _fail("pixel_removal", "fill", f"must be one of {', '.join(fills)}, a finite number or "
-          f"per-channel numbers; got {fill!r}")
+          f"(step_fraction, or its default 0.5% of the pixels); got {step!r}")
+  if step_fraction is not None and (not _is_number(step_fraction)
+                                    or not 0 < step_fraction <= 1):
+    _fail("pixel_removal", "step_fraction", f"must be a fraction of the pixels in (0, 1] or "
+          f"None (step, or the default 0.005); got {step_fraction!r}")
+  if step is not None and step_fraction is not None:
+    _fail("pixel_removal", "step", f"give the grid as step (pixels) or step_fraction, not both; "
+          f"got step={step!r}, step_fraction={step_fraction!r}")
+  _check_fill(fill)
   if not _is_int(options["chunk"]) or options["chunk"] < 1:
     _fail("pixel_removal", "chunk", f"must be a positive int; got {options['chunk']!r}")
   delta_k = options["delta_k"]
@@ -217,9 +224,25 @@ def _check_pixel_removal(options: Mapping[str, Any],
     height, width = image_size
     try:
       pixel_removal.check_removal_grid(int(height) * int(width), step=step,
-                                       fraction=float(fraction))
+                                       step_fraction=step_fraction, fraction=float(fraction))
     except ValueError as error:
-      _fail("pixel_removal", "step", f"{error} (images of {height}x{width})")
+      _fail("pixel_removal", "step_fraction" if step_fraction is not None else "step",
+            f"{error} (images of {height}x{width})")
+
+
+def _check_fill(fill) -> None:
+  """A removal fill: a name of `REMOVAL_FILLS`, a finite number or per-channel numbers."""
+  valid = f"{', '.join(REMOVAL_FILLS)}, a finite number or per-channel numbers"
+  if isinstance(fill, str):
+    if fill == "mean":
+      _fail("pixel_removal", "fill", "'mean' is ambiguous: use 'batch_mean' (the per-channel "
+            "mean of each evaluated batch, what 'mean' was) or 'dataset_mean' (the training "
+            "split's mean, as the papers)")
+    if fill not in REMOVAL_FILLS:
+      _fail("pixel_removal", "fill", f"unknown fill {fill!r}; valid: {valid}")
+  elif not (_is_number(fill) or (isinstance(fill, (tuple, list)) and fill
+                                 and all(_is_number(v) for v in fill))):
+    _fail("pixel_removal", "fill", f"must be one of {valid}; got {fill!r}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -258,8 +281,8 @@ def _score_pixel_removal(inputs: ScoringInputs, options: Mapping[str, Any]) -> F
   result = pixel_removal.shared_curve_delta(
       inputs.model, inputs.variables, inputs.images, inputs.maps,
       k=int(options["delta_k"] or 0), key=inputs.key, fraction=options["fraction"],
-      step=options["step"], fill=options["fill"], score=options["score"],
-      chunk=options["chunk"])
+      step=options["step"], step_fraction=options["step_fraction"], fill=options["fill"],
+      score=options["score"], chunk=options["chunk"])
   columns = dict(result.own)
   if result.delta is not None:
     columns.update({delta_column(name): values for name, values in result.delta.items()})
@@ -295,8 +318,9 @@ _FAMILIES: dict[str, Family] = {
         description="AOPC, AFOC and pixels-to-flip from MoRF / LeRF perturbation curves, "
                     "with the DeepMaps delta (Samek et al.; Srinivas & Fleuret; DeepMaps)",
         ground_truth=(),
-        defaults=types.MappingProxyType({"fraction": 0.1, "step": None, "fill": "mean",
-                                         "chunk": 4, "delta_k": 5, "score": "logit"}),
+        defaults=types.MappingProxyType({"fraction": 0.1, "step": None, "step_fraction": None,
+                                         "fill": "batch_mean", "chunk": 4, "delta_k": 5,
+                                         "score": "logit"}),
         check=_check_pixel_removal, score=_score_pixel_removal),
 }
 FAMILIES: Mapping[str, Family] = types.MappingProxyType(_FAMILIES)
@@ -507,7 +531,7 @@ def check_options(families: Sequence[str],
   Option names are checked for every family; values for the families in `families`. With
   `image_size`, the pixel-removal grid is checked against it
   (`pixel_removal.check_removal_grid`: a `step` above `fraction` of the pixels leaves AOPC
-  and AFOC 0 for every image).
+  and AFOC 0 for every image; a `fraction` between two grid points is refused).
 
   Args:
     families: names of `FAMILIES` (what `evaluate(metrics=...)` takes).

@@ -14,7 +14,9 @@ arXiv:2009.02899; with the pixel-removal metrics and statistics across methods o
 3. Test accuracy of every model (`accuracy.csv`).
 4. Every configured explainer on the test split, every configured metric
    (`xai_jax.runner.evaluate`: five-band average / best / clamped, IOU/IOU*, the DeepMaps
-   pixel-removal set with delta), resumable per shard.
+   pixel-removal set with delta), resumable per shard. The removal fill "dataset_mean" (the
+   default) is the training split's mean RGB, computed once here
+   (`training_data.resolve_dataset_mean`), so no score depends on the shard it is computed in.
 5. Tables: `samples.csv` (one row per test image x model x method), `roc.csv`, `curves.csv`,
    `summary.csv` / `summary.md` (one row per model x method, one column per metric), and
    statistics across methods under `stats/` (win rates, Wilcoxon p-values, Krippendorff's
@@ -277,7 +279,15 @@ def _methods(config) -> dict[str, dict]:
 
 
 def _metric_options(config) -> dict[str, dict]:
-  return {k: dict(v) for k, v in config.metric_options.items()}
+  """The config's `metric_options`; a pixel-removal `step` or `step_fraction` of 0 is unset
+  (None: a ConfigDict field cannot be overridden from the command line once it is None)."""
+  options = {k: dict(v) for k, v in config.metric_options.items()}
+  removal = options.get("pixel_removal")
+  if removal is not None:
+    for grid in ("step", "step_fraction"):
+      if grid in removal and not isinstance(removal[grid], bool) and removal[grid] == 0:
+        removal[grid] = None
+  return options
 
 
 def check_workdir(config, workdir: pathlib.Path) -> pathlib.Path:
@@ -329,7 +339,19 @@ def run(config: ml_collections.ConfigDict, workdir, *, progress: bool = True) ->
   eval_model = models.get(config.model.name, num_classes=NUM_CLASSES,
                           dtype=jnp.dtype(config.dtype), **options)
   methods = _methods(config)
+  # fill "dataset_mean" (the default): the training split's mean RGB, computed once here, so
+  # that no image's removal scores depend on its shard (DeepMaps App. B).
   metric_options = _metric_options(config)
+  removal_note = ""
+  if "pixel_removal" in config.metrics:
+    metric_options = training_data.resolve_dataset_mean(
+        metric_options,
+        lambda: training_data.TrainingShards(sources["train"], config.data.shard_size))
+    fill = metric_options["pixel_removal"]["fill"]
+    removal_note = (f"Pixel-removal fill: {config.metric_options.pixel_removal.fill}"
+                    + (f" = {', '.join(f'{v:.4f}' for v in fill)}" if isinstance(fill, tuple)
+                       else "") + ". ")
+    print(removal_note, flush=True)
   results = {}
   removal_models = tuple(config.evaluate.pixel_removal_models) or tuple(config.evaluate.models)
   for i, name in enumerate(config.evaluate.models):
@@ -357,6 +379,7 @@ def run(config: ml_collections.ConfigDict, workdir, *, progress: bool = True) ->
     figures = make_figures(results, samples, roc, curves, out / "figures")
   first = alpha[alpha["model"] == alpha["model"].iloc[0]] if len(alpha) else alpha
   notes = (f"Evaluation dtype {config.dtype}; {len(samples)} (image, model, method) rows. "
+           f"{removal_note}"
            "Krippendorff's alpha of the per-image method rankings (1 = every image ranks the "
            "methods alike): " + ", ".join(f"{r.metric} {r.alpha:.2f}"
                                            for r in first.itertuples()) +

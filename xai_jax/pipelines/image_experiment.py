@@ -109,12 +109,19 @@ def save_npz(variables: dict, path: str | os.PathLike) -> None:
   files.write_verified(path, buffer.getvalue())  # with its record, checked by `load_npz`
 
 
+def cells_training_shards(config) -> training_data.TrainingShards:
+  """The cells' training split (`train.num_train` cells of `data.size`) in `train.shard_size`
+  shards: what `train_on_cells` trains on, and whose mean RGB is the fill "dataset_mean"."""
+  t, data = config.train, config.data
+  source = cell_source.source("train", size=data.size, key=jax.random.key(config.seed),
+                              num_examples=t.num_train)
+  return training_data.TrainingShards(source, t.shard_size)
+
+
 def train_on_cells(config, workdir: pathlib.Path, model, *, progress: bool) -> dict:
   """Trains `model` on the cells (resumable under WORKDIR/train); returns its variables."""
   t, data = config.train, config.data
-  source = cell_source.source("train", size=data.size, key=jax.random.key(config.seed),
-                        num_examples=t.num_train)
-  shards = training_data.TrainingShards(source, t.shard_size)
+  shards = cells_training_shards(config)
   tx = train.make_optimizer(learning_rate=t.learning_rate, weight_decay=t.weight_decay)
   init_key, order_key = jax.random.split(jax.random.fold_in(jax.random.key(config.seed), 1))
   state = train.init_train_state(model, tx=tx, key=init_key,

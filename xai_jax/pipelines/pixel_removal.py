@@ -3,8 +3,8 @@
 A. Grabska-Barwinska et al., "Towards Better Visual Explanations for Deep Image Classifiers"
 (DeepMaps, 2021), section 4 and appendices B-C: every configured saliency method explains the
 model's predicted class `c`; its map ranks the pixels, which are removed (all channels
-replaced by the fill value, by default the mean RGB) most relevant first (MoRF) and least
-relevant first (LeRF), and the model is re-evaluated on a grid of removed fractions
+replaced by the fill value `pixel_removal.fill`, a mean RGB) most relevant first (MoRF) and
+least relevant first (LeRF), and the model is re-evaluated on a grid of removed fractions
 (`xai_jax.runner.evaluate` with the metric "pixel_removal"). Per image and method:
 
 * `aopc`: mean drop of the logit f_c over the MoRF grid up to `fraction` (10%) of the pixels
@@ -34,7 +34,8 @@ beats the opponent, ties one half, in [0, 1]; DeepMaps Fig. 7 plots it minus 50%
 
 The config (`configs/pixel_removal.py`) is checked first (`validate`): methods and their
 options, the removal options (`step` must not exceed `fraction` of the `data.size` x
-`data.size` pixels, or AOPC and AFOC would be 0 for every map), and every shard, the last
+`data.size` pixels, or AOPC and AFOC would be 0 for every map, and `fraction` must be a grid
+point, not rounded down to the one before it), and every shard, the last
 (remainder) one included, must hold more than `delta_k` images; a bad config fails before any
 data is read or a model trained and leaves nothing in the workdir. A trained model is kept
 across runs that change only evaluation fields (methods, `pixel_removal`,
@@ -59,6 +60,7 @@ from xai_jax.data import images
 from xai_jax.metrics import pixel_removal as metric_removal
 from xai_jax.metrics import registry
 from xai_jax.pipelines import image_experiment
+from xai_jax.pipelines import training_data
 
 # Metric columns, DeepMaps section 4 / appendix B (directions: `metrics.registry`).
 # The scores (the `flipped_*` shares are summarised but not ranked).
@@ -69,39 +71,51 @@ FIGURE_METRICS = ("aopc", "afoc_lerf", "n_morf", "n_lerf", "delta_n_morf", "delt
 
 
 def removal_options(config) -> dict[str, Any]:
-  """`metric_options["pixel_removal"]` for the runner; resolves the named fills.
+  """`metric_options["pixel_removal"]` for the runner; resolves the named fills but one.
 
-  `fill` is a string: "mean" (per-channel mean of the evaluated batch), "image_mean", "blur",
-  "imagenet_mean" (the ImageNet training-set mean RGB in the images' space, as DeepMaps: 0
-  after ImageNet normalisation), a number ("0") or comma-separated per-channel values
-  ("0.5,0.4,0.3").
+  `fill` is a string: "batch_mean" (per-channel mean of each evaluated shard),
+  "dataset_mean" (the training split's mean RGB, as the papers; only for `data.source="cells"`,
+  whose training split is known: kept as the name here, `run` computes it once and passes the
+  numbers), "imagenet_mean" (the ImageNet training-set mean RGB in the images' space, as
+  DeepMaps: 0 after ImageNet normalisation), "image_mean", "blur", a number ("0") or
+  comma-separated per-channel values ("0.5,0.4,0.3"). `step` or `step_fraction` of 0 is unset
+  (None).
 
   Raises:
-    ValueError: a fill that is none of these.
+    ValueError: a fill that is none of these, or "dataset_mean" on another data source.
   """
   options = dict(config.pixel_removal)
   fill = str(options["fill"]).strip()
   if fill == "imagenet_mean":
-    values = [float(v) for v in images.fill_value(config.data.normalize)]
-  elif fill in ("mean", "image_mean", "blur"):
+    values = tuple(float(v) for v in images.fill_value(config.data.normalize))
+  elif fill in registry.REMOVAL_FILLS or fill == "mean":  # "mean": the registry explains
     values = None
+    if fill == metric_removal.DATASET_MEAN and config.data.source != "cells":
+      raise ValueError(
+          f"pixel_removal.fill 'dataset_mean' needs the training split, which this pipeline "
+          f"has only for data.source='cells' (got {config.data.source!r}); on ImageNet use "
+          "'imagenet_mean' (DeepMaps), or give per-channel values")
   else:
     try:
-      values = [float(v) for v in fill.split(",")]
+      values = tuple(float(v) for v in fill.split(","))
     except ValueError:
-      raise ValueError(f"unknown pixel_removal.fill {fill!r}; valid: mean, image_mean, blur, "
-                       "imagenet_mean, a number or comma-separated per-channel values") from None
-  if values is not None:
-    if len(set(values)) != 1:
-      # The runner passes the removal options as static (hashed) jit arguments, so an array
-      # fill cannot go through it; a constant (the normalised ImageNet mean is 0) can.
-      raise ValueError(f"pixel_removal.fill {fill!r} gives per-channel values {values}; "
-                       "runner.evaluate accepts only a single number (e.g. 'imagenet_mean' "
-                       "with data.normalize='imagenet', which is 0)")
-    values = values[0]
+      raise ValueError(f"unknown pixel_removal.fill {fill!r}; valid: "
+                       f"{', '.join(registry.REMOVAL_FILLS)}, imagenet_mean, a number or "
+                       "comma-separated per-channel values") from None
+  if values is not None and len(set(values)) == 1:
+    values = values[0]  # one number for every channel (e.g. the normalised ImageNet mean 0)
   options["fill"] = fill if values is None else values
-  options["step"] = options["step"] or None
+  for grid in ("step", "step_fraction"):
+    options[grid] = options.get(grid) or None
   return options
+
+
+def resolved_removal_options(config) -> dict[str, Any]:
+  """`removal_options` with "dataset_mean" computed: the mean RGB of the cells the model is
+  trained on (`image_experiment.cells_training_shards`), read once."""
+  return training_data.resolve_dataset_mean(
+      {"pixel_removal": removal_options(config)},
+      lambda: image_experiment.cells_training_shards(config))["pixel_removal"]
 
 
 def win_rates(samples: pd.DataFrame) -> pd.DataFrame:
@@ -148,7 +162,7 @@ def run(config: ml_collections.ConfigDict, workdir, *, progress: bool = True) ->
   """
   started = time.perf_counter()
   validate(config)
-  metric_options = {"pixel_removal": removal_options(config)}
+  metric_options = {"pixel_removal": resolved_removal_options(config)}
   source = image_experiment.build_source(config)
   image_experiment.check_evaluation_size(config, len(source), metric_options=metric_options)
   workdir = pathlib.Path(workdir)
@@ -186,11 +200,15 @@ def run(config: ml_collections.ConfigDict, workdir, *, progress: bool = True) ->
         if metric in samples.columns:
           figures[f"Win rates on {metric} (DeepMaps Fig. 7)"] = reports.win_rate_figure(
               samples, folder / f"win_rates_{metric}.png", metric=metric)
-  options = removal_options(config)
+  options = metric_options["pixel_removal"]
   fill = options["fill"]
+  if isinstance(fill, tuple):
+    fill = ", ".join(f"{v:.4f}" for v in fill)
+  grid = (f"{options['step']} pixels" if options["step"] else
+          f"{(options['step_fraction'] or metric_removal.DEFAULT_STEP_FRACTION):g} of the pixels")
   notes = (f"Model: {described}; {samples['index'].nunique()} images. Removal: fill "
-           f"{fill}, step "
-           f"{options['step'] or '0.5% of the pixels'}, AOPC/AFOC at {options['fraction']:g} of "
+           f"{config.pixel_removal.fill} ({fill}), step {grid}, AOPC/AFOC at "
+           f"{options['fraction']:g} of "
            f"the pixels, score {options['score']}, delta against {options['delta_k']} other "
            f"images' maps. Win rates (share of images won, ties 1/2) of every metric are in "
            f"`win_rates.csv`. Wall "

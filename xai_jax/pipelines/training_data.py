@@ -5,14 +5,21 @@ synthetic cells (`xai_jax.data.cell_source.source`), the TFDS cells (`tfds_cells
 dataset (`xai_jax.data.images`). `TrainingShards` is that view, with the two variations the
 pipelines need: a preprocessing of the images (the sanity checks' ImageNet normalisation) and
 replacement labels (the permuted labels of Adebayo et al.'s data randomisation test).
+
+`channel_mean` is the per-channel mean over such shards, and `resolve_dataset_mean` puts the
+training split's mean into the pixel-removal options in place of the fill "dataset_mean": the
+papers' removal fill ("the mean RGB values over the training set", DeepMaps App. B), computed
+once, so that no image's scores depend on the shard it is evaluated in.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import numpy as np
+
+from xai_jax.metrics import pixel_removal
 
 
 class TrainingShards:
@@ -70,3 +77,50 @@ class TrainingShards:
     images = batch["image"] if self.preprocess is None else self.preprocess(batch["image"])
     labels = batch["label"] if self.labels is None else self.labels[indices]
     return {"image": images, "label": np.asarray(labels, np.int32)}
+
+
+def channel_mean(shards: Iterable[Mapping[str, Any]]) -> tuple[float, ...]:
+  """The per-channel mean of every image of `shards`, accumulated in float64.
+
+  Args:
+    shards: an iterable of `{"image": float[n, H, W, C], ...}` (e.g. a `TrainingShards`).
+
+  Returns:
+    `C` Python floats: the mean over all images and pixels of each channel.
+
+  Raises:
+    ValueError: no image at all, or images that are not `[n, H, W, C]`.
+  """
+  total, count = None, 0
+  for shard in shards:
+    images = np.asarray(shard["image"], np.float64)
+    if images.ndim != 4:
+      raise ValueError(f"images must be [n, H, W, C]; got shape {images.shape}")
+    sums = images.sum(axis=(0, 1, 2))
+    total = sums if total is None else total + sums
+    count += images.shape[0] * images.shape[1] * images.shape[2]
+  if not count:
+    raise ValueError("channel_mean needs at least one image")
+  return tuple(float(v) for v in total / count)
+
+
+def resolve_dataset_mean(metric_options: Mapping[str, Mapping[str, Any]],
+                         shards: Callable[[], Iterable[Mapping[str, Any]]]
+                         ) -> dict[str, dict[str, Any]]:
+  """`metric_options` with the pixel-removal fill "dataset_mean" replaced by numbers.
+
+  Args:
+    metric_options: `{family: {option: value}}` as the runner takes them.
+    shards: returns the training split's shards (`TrainingShards`); called, and the split
+      read, only when the fill is "dataset_mean".
+
+  Returns:
+    A copy in which `pixel_removal.fill == "dataset_mean"` is the tuple `channel_mean` of
+    the shards (per-channel numbers, which `runner.evaluate` passes as the fill of every
+    shard); other options are unchanged.
+  """
+  resolved = {family: dict(options) for family, options in metric_options.items()}
+  removal = resolved.get("pixel_removal")
+  if removal is not None and removal.get("fill") == pixel_removal.DATASET_MEAN:
+    removal["fill"] = channel_mean(shards())
+  return resolved
