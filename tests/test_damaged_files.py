@@ -196,7 +196,7 @@ def evaluation_setup():
 def _evaluate(workdir, setup, **overrides):
   model, variables, source = setup
   kwargs = dict(source=source, model=model, variables=variables, methods={"gradient": {}},
-                metric_options={"pixel_removal": {"step": 64, "delta_k": 0}},
+                metric_options={"pixel_removal": {"step_fraction": 0.05, "delta_k": 0}},
                 shard_size=SHARD, key=jax.random.key(1), model_name="m", progress=False,
                 gallery_size=2)
   return runner.evaluate(workdir, **{**kwargs, **overrides})
