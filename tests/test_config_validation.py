@@ -23,6 +23,8 @@ from configs import cells as cells_config
 from configs import localization as localization_config
 from configs import pixel_removal as pixel_removal_config
 from configs import sanity_checks as sanity_config
+# The documented removal grid as a slow rational-arithmetic loop, shared with the experiment tests.
+from test_experiment_localization_pixel_removal import _grid as removal_grid_loop
 from xai_jax import explain
 from xai_jax import runner
 from xai_jax.pipelines import cells
@@ -43,18 +45,6 @@ def test_every_shipped_variant_validates(config_module, experiment, variant):
   experiment.validate(config_module.get_config(variant))
 
 
-def _slow_grid(num_pixels, step, step_fraction):
-  """The documented removal grid, exactly: 0, step, 2 step, ... or round(k * d * P) (halves
-  up, rational arithmetic), and P."""
-  if step:
-    counts = list(range(0, num_pixels + 1, step))
-  else:
-    d = fractions.Fraction(str(step_fraction or 0.005))
-    counts = [math.floor(k * d * num_pixels + fractions.Fraction(1, 2))
-              for k in range(int(1 / d) + 1)]
-  return counts if counts[-1] == num_pixels else counts + [num_pixels]
-
-
 def test_shipped_removal_steps_fit_their_fraction():
   # AOPC / AFOC at `fraction` need a grid point 0 < step <= the fraction's pixels, and that
   # count on the grid (10% itself, not the grid point before it).
@@ -67,7 +57,7 @@ def test_shipped_removal_steps_fit_their_fraction():
       size = config.data.size
       num_pixels = size * size
       assert not (options.step and options.step_fraction), (config_module, variant)
-      grid = _slow_grid(num_pixels, options.step, options.step_fraction)
+      grid = removal_grid_loop(num_pixels, options.step, options.step_fraction)
       exact = fractions.Fraction(str(options.fraction)) * num_pixels
       count = (math.floor(exact) if options.step else
                math.floor(exact + fractions.Fraction(1, 2)))
