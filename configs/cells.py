@@ -46,9 +46,9 @@ Every field can be overridden from the command line, e.g.
 `--config.evaluate.num_examples=50 --config.dtype=bfloat16`. The config is checked before
 anything runs (`xai_jax.pipelines.cells.validate`): unknown methods, options or metrics, a
 pixel-removal step above `fraction` of the pixels or a `fraction` between two grid points (a
-step of 0, or a step_fraction of 0, is unset), or a number of examples that leaves a last
-shard too small for the delta (e.g. 9 on `tiny`: a last shard of 1 image cannot supply
-delta_k = 2 partners) fail at once, naming the field. Changing only evaluation fields
+step of 0, or a step_fraction of 0, is unset), or too few examples for the delta (e.g. 2 on
+`tiny`: an image needs delta_k = 2 partners among the other evaluated images) fail at once,
+naming the field. Changing only evaluation fields
 (methods, metrics, `metric_options`, `evaluate.*`, `data.num_test`, dtype) on a trained
 workdir reuses its models; the new outputs go to `WORKDIR/eval_<hash>/` (see
 `xai_jax.pipelines.workdir`).

@@ -58,8 +58,8 @@ Variants (`--config=configs/pixel_removal.py:<variant>`):
 Every field can be overridden from the command line (the config is locked).
 `xai_jax.pipelines.pixel_removal.validate` checks the whole config before any data is read or a
 model trained (methods and their options; `pixel_removal.step` at most `fraction` of the
-pixels and `fraction` a grid point; every shard, the last one included, larger than
-`delta_k`); a refused config writes
+pixels and `fraction` a grid point; more evaluated images than `delta_k`); a refused config
+writes
 nothing. On a workdir whose model was trained here, changing only evaluation fields reuses
 the model and writes the new outputs to `WORKDIR/eval_<hash>/`; other training fields are
 refused (see `xai_jax.pipelines.workdir`).

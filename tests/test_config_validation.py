@@ -2,7 +2,7 @@
 
 * Every shipped variant of every config module passes its experiment's `validate`.
 * A bad config (unknown method or option, a bad option value, an unknown metric, a
-  pixel-removal step above `fraction` of the pixels, a last shard too small for the delta)
+  pixel-removal step above `fraction` of the pixels, too few images for the delta)
   is refused before anything is written: the workdir does not even exist afterwards, and the
   error names the field.
 * Training fields and evaluation fields are recorded apart (`xai_jax.pipelines.workdir`): a
@@ -113,15 +113,13 @@ CELLS_BAD = [
      r"batch_mean, image_mean, blur"),
     ("metric_options.pixel_removal.score", "softmax",
      r"metric_options.pixel_removal.score: unknown score 'softmax'"),
-    # 16 test images in shards of 8 with delta_k = 8: each shard of 8 has only 7 others.
-    ("metric_options.pixel_removal.delta_k", 8,
-     r"delta_k = 8 needs shards of more than 8 images.*shard_size = 8 is too small"),
-    # 12 images in shards of 8: the remainder shard of 4 cannot supply 4 partners.
-    ("evaluate.num_examples", 12, None),
-    # The reported crash: 9 images leave a shard of 1, which has no partner at all.
-    ("evaluate.num_examples", 9,
-     r"evaluate.num_examples / evaluate.shard_size: pixel_removal delta_k = 2 needs shards of "
-     r"more than 2 images .*leaves a last shard of 1: use num_examples = 8 or 11"),
+    # 16 test images with delta_k = 16: an image has only 15 others (shards do not matter:
+    # the partners are drawn from the whole evaluated set).
+    ("metric_options.pixel_removal.delta_k", 16,
+     r"delta_k = 16 needs more than 16 evaluated images.*num_examples = 16: use delta_k < 16"),
+    ("evaluate.num_examples", 2,
+     r"evaluate.num_examples / evaluate.shard_size: pixel_removal delta_k = 2 needs more than 2 "
+     r"evaluated images .*num_examples = 2: use num_examples > 2 or delta_k < 2"),
     ("evaluate.num_examples", 17, r"evaluate.num_examples must be in 0..data.num_test = 16"),
     ("evaluate.models", ("base", "branch_3"), r"evaluate.models \['branch_3'\] are not trained"),
 ]
@@ -131,10 +129,6 @@ CELLS_BAD = [
                          ids=[f"{p}={v}" for p, v, _ in CELLS_BAD])
 def test_bad_cells_configs_are_refused_before_any_file(tmp_path, path, value, message):
   config = cells_config.get_config("tiny")
-  if path == "evaluate.num_examples" and value == 12:
-    config.metric_options.pixel_removal.delta_k = 4
-    message = (r"delta_k = 4 needs shards of more than 4 images .*num_examples = 12 in shards "
-               r"of shard_size = 8 leaves a last shard of 4: use num_examples = 8 or 13")
   _set(config, path, value)
   workdir = tmp_path / "work"
   with pytest.raises(ValueError, match=message):
@@ -163,9 +157,9 @@ def test_bad_configs_of_the_other_experiments_are_refused_before_any_file(tmp_pa
   config.pixel_removal.step = 51  # and step_fraction 0.05
   cases.append((pixel_removal, config, r"step \(pixels\) or step_fraction, not both"))
   config = pixel_removal_config.get_config("tiny")
-  config.data.num_examples = 6  # shards of 4: a last shard of 2 with delta_k = 2
-  cases.append((pixel_removal, config, r"data.num_examples / evaluate.shard_size: .*last shard "
-                                       r"of 2: use num_examples = 4 or 7"))
+  config.data.num_examples = 2  # delta_k = 2: each image has only one other
+  cases.append((pixel_removal, config, r"data.num_examples / evaluate.shard_size: pixel_removal "
+                                       r"delta_k = 2 needs more than 2 evaluated images"))
   config = sanity_config.get_config("tiny")
   config.method_options.guided_backprop = {"steps": 4}
   cases.append((sanity_checks, config, r"method_options.guided_backprop: guided_backprop: "
@@ -205,31 +199,39 @@ def test_check_options_against_signatures_and_entry_checks():
       explain.check_options(name, options)
 
 
-def test_check_shards_counts_every_shard_including_the_remainder():
-  # Shard sizes of N in shards of S: S (if N >= S) and N % S; all must exceed K.
-  for num, size, k, ok in [(16, 8, 2, True), (9, 8, 2, False), (10, 8, 2, False),
-                           (11, 8, 2, True), (8, 8, 7, True), (8, 8, 8, False),
-                           (3, 8, 2, True), (2, 8, 2, False), (9, 8, 0, True)]:
+def test_check_shards_needs_more_images_than_delta_k_in_any_shards():
+  # The partners come from the whole evaluated set: N > K, whatever the shards (a last shard
+  # of 1 image included).
+  for num, size, k, ok in [(16, 8, 2, True), (9, 8, 2, True), (3, 8, 2, True),
+                           (3, 1, 2, True), (8, 8, 7, True), (8, 8, 8, False),
+                           (2, 8, 2, False), (9, 8, 0, True)]:
     if ok:
       runner.check_shards(num, size, delta_k=k)
     else:
-      with pytest.raises(ValueError, match=f"delta_k = {k} needs shards of more than {k}"):
+      with pytest.raises(ValueError, match=f"delta_k = {k} needs more than {k} evaluated "
+                                           f"images.*num_examples = {num}: use num_examples > "
+                                           f"{k} or delta_k < {num}"):
         runner.check_shards(num, size, delta_k=k)
+  with pytest.raises(ValueError, match=r"delta_k < 1 \(0: no delta\)"):
+    runner.check_shards(1, 8, delta_k=1)
+  with pytest.raises(ValueError, match=r"num_examples = 4: use delta_k < 4"):
+    runner.check_shards(4, 8, delta_k=5, available=4)
   with pytest.raises(ValueError, match=r"num_examples must be in \[1, 16\]"):
     runner.check_shards(17, 8, available=16)
+  with pytest.raises(ValueError, match="shard_size must be a positive int"):
+    runner.check_shards(4, 0)
 
 
-def test_runner_refuses_a_remainder_shard_too_small_for_the_delta(tmp_path):
-  # Before this check, shard 0 was written and shard 1 (one image) crashed in `top_k`.
-  class Nine:
+def test_runner_refuses_too_few_images_for_the_delta_before_reading_data(tmp_path):
+  class Two:
     def __len__(self):
-      return 9
+      return 2
 
     def get_batch(self, indices):
       raise AssertionError("no data may be read")
 
-  with pytest.raises(ValueError, match="leaves a last shard of 1"):
-    runner.evaluate(tmp_path / "out", source=Nine(), model=None, variables=None,
+  with pytest.raises(ValueError, match="delta_k = 2 needs more than 2 evaluated images"):
+    runner.evaluate(tmp_path / "out", source=Two(), model=None, variables=None,
                     methods={"gradient": {}}, metrics=("pixel_removal",),
                     metric_options={"pixel_removal": {"delta_k": 2}}, shard_size=8,
                     key=None)
@@ -316,8 +318,8 @@ def test_cells_corrected_command_then_other_evaluation_fields_reuse_the_models(t
     config.evaluate.update(models=("base",), gallery_size=0, **evaluate)
     return config
 
-  with pytest.raises(ValueError, match="leaves a last shard of 1"):
-    cells.run(small(num_examples=9), workdir, progress=False)
+  with pytest.raises(ValueError, match="needs more than 2 evaluated images"):
+    cells.run(small(num_examples=2), workdir, progress=False)
   assert not workdir.exists()
   first = cells.run(small(num_examples=8), workdir, progress=False)  # the corrected command
   assert len(first["samples"]) == 8

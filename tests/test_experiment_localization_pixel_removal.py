@@ -303,7 +303,8 @@ def test_tiny_pixel_removal_on_cells(tmp_path, trained_npz):
   """Every number recomputed independently: the gradient maps, the MoRF / LeRF curves with a
   pixel-by-pixel loop over the configured grid (whatever its step), AOPC, AFOC, n_MoRF,
   n_LeRF, the mean curves, delta_aopc / delta_afoc_* (own map minus the mean over `delta_k`
-  other maps of the same shard) and the win rates from the samples table."""
+  maps of other images of the whole evaluated set) and the win rates from the samples
+  table."""
   config = _with_npz(pixel_removal_config.get_config("tiny"), trained_npz)
   out = pixel_removal.run(config, tmp_path, progress=False)
   samples = pd.read_csv(tmp_path / "samples.csv")
@@ -329,37 +330,40 @@ def test_tiny_pixel_removal_on_cells(tmp_path, trained_npz):
   rows = samples[samples["method"] == "gradient"].set_index("index")
   own_curves = {"morf": [], "lerf": []}
   checked_n = 0
+  # Every image's gradient map, for its own predicted class (the delta partners' maps).
+  images = np.asarray(source.get_batch(np.arange(num_images))["image"], np.float32)
+  all_maps = np.asarray(explain.to_map(explain.explain(
+      "gradient", model, variables, jnp.asarray(images),
+      jnp.argmax(apply(jnp.asarray(images)), axis=-1)), "sum"))
   for first in range(0, num_images, shard_size):
     indices = np.arange(first, min(num_images, first + shard_size))
-    x = np.asarray(source.get_batch(indices)["image"], np.float32)
-    target = jnp.argmax(apply(jnp.asarray(x)), axis=-1)
-    maps = np.asarray(explain.to_map(explain.explain("gradient", model, variables,
-                                                     jnp.asarray(x), target), "sum"))
+    x = images[indices]
     fill = x.mean(axis=(0, 1, 2))  # "batch_mean": per channel over the evaluated shard
-    metrics = {}  # (image, map) -> metrics
-    for i in range(len(indices)):
-      for j in range(len(indices)):
-        curves_ij = [_slow_curve(apply, x[i], maps[j], fill, counts, order)
+    metrics = {}  # (image, map of image j of the whole set) -> metrics
+    for i, index in enumerate(indices):
+      for j in range(num_images):
+        curves_ij = [_slow_curve(apply, x[i], all_maps[j], fill, counts, order)
                      for order in ("morf", "lerf")]
-        metrics[i, j] = _removal_metrics(*curves_ij, counts, fraction, num_pixels)
-        if i == j:
+        metrics[index, j] = _removal_metrics(*curves_ij, counts, fraction, num_pixels)
+        if index == j:
           for order, logits in zip(("morf", "lerf"), curves_ij):
             own_curves[order].append(logits[:, int(np.argmax(logits[0]))])
-    for i, index in enumerate(indices):
+    for index in indices:
       row = rows.loc[index]
-      own, margin = metrics[i, i]
+      own, margin = metrics[index, index]
       for name in ("aopc", "afoc_morf", "afoc_lerf"):
         np.testing.assert_allclose(row[name], own[name], rtol=1e-4, atol=1e-5, err_msg=name)
       # A decision within rounding of a tie may flip either way; all others must match.
       if margin > 1e-4:
         checked_n += 1
         assert (row["n_morf"], row["n_lerf"]) == pytest.approx((own["n_morf"], own["n_lerf"]))
-      # delta: own minus the mean over delta_k distinct other maps of the shard (drawn
-      # with the run's key): one such subset must reproduce every continuous delta.
-      others = [j for j in range(len(indices)) if j != i]
+      # delta: own minus the mean over the maps of delta_k distinct other images of the
+      # whole set (drawn with the run's key): one such subset must reproduce every
+      # continuous delta.
+      others = [j for j in range(num_images) if j != index]
       matches = []
       for subset in itertools.combinations(others, delta_k):
-        expected = {name: own[name] - np.mean([metrics[i, j][0][name] for j in subset])
+        expected = {name: own[name] - np.mean([metrics[index, j][0][name] for j in subset])
                     for name in ("aopc", "afoc_morf", "afoc_lerf")}
         matches.append(all(np.isclose(row[f"delta_{name}"], value, rtol=1e-4, atol=1e-5)
                            for name, value in expected.items()))

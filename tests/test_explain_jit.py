@@ -199,7 +199,8 @@ def test_non_finite_closed_over_x_raises_under_jit(name):
 @pytest.mark.parametrize("name", ["random", "smoothgrad", "gradient_shap"])
 def test_integer_key_raises(name):
   static, arrays = OPTIONS[name]
-  for bad in (0, np.int64(3), jnp.zeros((3,), jnp.uint32), jax.random.split(KEY, 2)):
+  # One key per image is accepted (`sampling.check_keys`), but not another number of keys.
+  for bad in (0, np.int64(3), jnp.zeros((3,), jnp.uint32), jax.random.split(KEY, len(X) + 1)):
     with pytest.raises(ValueError, match=r"key must be a jax.random.key\(\.\.\.\)"):
       explain.explain(name, MODEL, VARIABLES, X, T, **static, **{**arrays, "key": bad})
   with pytest.raises(ValueError, match=r"key must be a jax.random.key"):

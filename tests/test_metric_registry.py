@@ -194,7 +194,7 @@ def test_family_scores_under_jit_match_the_metric_functions():
   mask = (heatmap > 0).astype(jnp.float32)
   inputs = registry.ScoringInputs(model=None, variables=None, images=None,
                                   attributions=attributions, maps=maps, heatmap=heatmap,
-                                  mask=mask, key=jax.random.key(0))
+                                  mask=mask, other_maps=None)
   _, options = registry.check_options(("five_band", "iou"), {"iou": {"n_std": 0.3}})
   five_band = jax.jit(lambda a, h: registry.family("five_band").score(
       inputs._replace(attributions=a, heatmap=h), options["five_band"]))(attributions, heatmap)
@@ -209,3 +209,10 @@ def test_family_scores_under_jit_match_the_metric_functions():
   np.testing.assert_allclose(iou.columns["iou_star"],
                              ground_truth.iou_star(maps, mask, n_std=1.0))
   assert not iou.roc and not iou.curves
+  # The delta needs the partners' maps, K of them per image.
+  _, options = registry.check_options(("pixel_removal",), {"pixel_removal": {"delta_k": 2}})
+  with pytest.raises(ValueError, match=r"delta_k = 2 needs the maps of 2 other images"):
+    registry.family("pixel_removal").score(inputs, options["pixel_removal"])
+  with pytest.raises(ValueError, match=r"got \(3, 1, 8, 8\)"):
+    registry.family("pixel_removal").score(inputs._replace(other_maps=maps[:, None]),
+                                           options["pixel_removal"])

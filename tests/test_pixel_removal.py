@@ -485,16 +485,17 @@ def test_random_saliency_has_delta_near_zero():
 
 
 def test_shared_curve_delta_equals_delta_of_the_metrics(setup):
-  # One MoRF and one LeRF call on the own and the borrowed maps together give what `delta`
-  # gives with separate metric calls: same draws, same repeated batch (so the same
-  # "batch_mean" fill), and the own curves are the first N rows.
+  # One MoRF and one LeRF call on the own and the other maps together give what `delta`
+  # gives with separate metric calls for the same other maps (same repeated batch, so the
+  # same "batch_mean" fill), and the own curves are the first N rows.
   x, saliency, variables = setup
-  key = jax.random.key(3)
   options = dict(fraction=0.2, step=3, fill="batch_mean", chunk=4)
-  shared = pr.shared_curve_delta(MODEL, variables, x, saliency, k=2, key=key, **options)
   metric = functools.partial(pr.pixel_removal_metrics, **options)
-  reference = pr.delta(metric, MODEL, variables, x, saliency, k=2, key=key)
-  np.testing.assert_array_equal(shared.other_index, reference.other_index)
+  reference = pr.delta(metric, MODEL, variables, x, saliency, k=2, key=jax.random.key(3))
+  index = np.asarray(reference.other_index)
+  other_maps = saliency[index]  # [N, 2, H, W]
+  shared = pr.shared_curve_delta(MODEL, variables, x, saliency, other_maps=other_maps,
+                                 **options)
   assert set(shared.own) == set(pr.REMOVAL_METRICS)
   assert set(shared.delta) == set(shared.others) == set(pr.DELTA_METRICS)
   for name in pr.REMOVAL_METRICS:
@@ -506,7 +507,6 @@ def test_shared_curve_delta_equals_delta_of_the_metrics(setup):
     np.testing.assert_allclose(shared.delta[name], reference.delta[name], rtol=1e-6, atol=1e-6,
                                err_msg=name)
   # The own curves: rows 0..N-1 of the curve of the repeated batch.
-  index = np.asarray(reference.other_index)
   x_all = jnp.concatenate([x, jnp.repeat(x, 2, axis=0)])
   maps_all = jnp.concatenate([saliency, saliency[index.reshape(-1)]])
   for order in ("morf", "lerf"):
@@ -519,47 +519,123 @@ def test_shared_curve_delta_equals_delta_of_the_metrics(setup):
     np.testing.assert_array_equal(own.fractions, full.fractions)
 
 
+def test_shared_curve_delta_other_maps_of_other_images(setup):
+  # Maps that are not in the batch (the partners of a whole evaluated set): each image's
+  # delta is its own metric minus the mean of its metrics with each of its K maps.
+  x, saliency, variables = setup
+  fill = jnp.array([0.2, 0.0])
+  other_maps = jax.random.normal(jax.random.key(7), (4, 3, H, W))
+  shared = pr.shared_curve_delta(MODEL, variables, x, saliency, other_maps=other_maps,
+                                 fraction=0.2, step=3, fill=fill)
+  metric = functools.partial(pr.pixel_removal_metrics, fraction=0.2, step=3, fill=fill)
+  own = metric(MODEL, variables, x, saliency)
+  with_other = [metric(MODEL, variables, x, other_maps[:, j]) for j in range(3)]
+  for name in pr.DELTA_METRICS:
+    others = np.mean([np.asarray(m[name]) for m in with_other], axis=0)
+    np.testing.assert_allclose(shared.others[name], others, rtol=1e-6, atol=1e-6, err_msg=name)
+    np.testing.assert_allclose(shared.delta[name], np.asarray(own[name]) - others, rtol=1e-6,
+                               atol=1e-6, err_msg=name)
+
+
 def test_shared_curve_delta_without_delta_and_under_jit(setup):
   x, saliency, variables = setup
   fill = jnp.array([0.2, 0.0])
-  plain = pr.shared_curve_delta(MODEL, variables, x, saliency, k=0, fraction=0.2, step=3,
-                                fill=fill)
-  assert plain.others is None and plain.delta is None and plain.other_index is None
+  plain = pr.shared_curve_delta(MODEL, variables, x, saliency, fraction=0.2, step=3, fill=fill)
+  assert plain.others is None and plain.delta is None
   reference = pr.pixel_removal_metrics(MODEL, variables, x, saliency, fraction=0.2, step=3,
                                        fill=fill)
   for name in pr.REMOVAL_METRICS:
     np.testing.assert_allclose(plain.own[name], reference[name], rtol=1e-6, atol=1e-7)
   # A per-channel fill may be a tuple (hashable, for static options).
-  as_tuple = pr.shared_curve_delta(MODEL, variables, x, saliency, k=0, fraction=0.2, step=3,
+  as_tuple = pr.shared_curve_delta(MODEL, variables, x, saliency, fraction=0.2, step=3,
                                    fill=(0.2, 0.0))
   np.testing.assert_array_equal(as_tuple.own["aopc"], plain.own["aopc"])
-  run = jax.jit(lambda v, xx, s, key: pr.shared_curve_delta(
-      MODEL, v, xx, s, k=3, key=key, fraction=0.2, step=3, fill=fill))
-  jitted = run(variables, x, saliency, jax.random.key(5))
-  eager = pr.shared_curve_delta(MODEL, variables, x, saliency, k=3, key=jax.random.key(5),
+  other_maps = saliency[np.array([[1, 2], [0, 3], [3, 1], [2, 0]])]
+  run = jax.jit(lambda v, xx, s, o: pr.shared_curve_delta(
+      MODEL, v, xx, s, other_maps=o, fraction=0.2, step=3, fill=fill))
+  jitted = run(variables, x, saliency, other_maps)
+  eager = pr.shared_curve_delta(MODEL, variables, x, saliency, other_maps=other_maps,
                                 fraction=0.2, step=3, fill=fill)
-  np.testing.assert_array_equal(jitted.other_index, eager.other_index)
   for name in pr.DELTA_METRICS:
     np.testing.assert_allclose(jitted.delta[name], eager.delta[name], rtol=1e-5, atol=1e-6)
-  # k = N - 1: every other image is borrowed exactly once.
-  np.testing.assert_array_equal(np.sort(np.asarray(eager.other_index), axis=1),
-                                [[j for j in range(4) if j != i] for i in range(4)])
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(k=4, key=jax.random.key(0)), r"k must be an int in \[0, N = 4\)"),
-    (dict(k=-1, key=jax.random.key(0)), "k must be an int"),
-    (dict(k=True, key=jax.random.key(0)), "k must be an int"),
-    (dict(k=2), "needs an explicit PRNG key"),
-    (dict(k=2, key=0), "key"),
-    (dict(k=0, fraction=0.0), "fraction"),
-    (dict(k=0, step=20, fraction=0.2), "step 20 removes more than fraction"),
+    (dict(other_maps=np.zeros((4, H, W))), r"other_maps must be \[N = 4, K >= 1, 6, 5\]"),
+    (dict(other_maps=np.zeros((3, 2, H, W))), "other_maps must be"),
+    (dict(other_maps=np.zeros((4, 0, H, W))), "other_maps must be"),
+    (dict(other_maps=np.zeros((4, 2, W, H))), "other_maps must be"),
+    (dict(fraction=0.0), "fraction"),
+    (dict(step=20, fraction=0.2), "step 20 removes more than fraction"),
 ])
 def test_shared_curve_delta_bad_input(setup, kwargs, message):
   x, saliency, variables = setup
   kwargs = {"step": 3, **kwargs}
   with pytest.raises(ValueError, match=message):
     pr.shared_curve_delta(MODEL, variables, x, saliency, **kwargs)
+
+
+def _slow_partners(key, index, total, k):
+  """The partners of image `index` by a plain loop: the `k` other images whose uniforms
+  (drawn from `fold_in(key, index)` for the `total - 1` others, in index order) are smallest."""
+  others = [j for j in range(total) if j != index]
+  u = np.asarray(jax.random.uniform(jax.random.fold_in(key, index), (total - 1,)))
+  return [others[position] for position in np.argsort(u, kind="stable")[:k]]
+
+
+def test_draw_partners_against_a_slow_loop_and_independent_of_the_batch():
+  key = jax.random.key(12)
+  total, k = 23, 4
+  every = np.asarray(pr.draw_partners(key, np.arange(total), total, k))
+  assert every.shape == (total, k) and every.dtype == np.int32
+  for i in range(total):
+    assert every[i].tolist() == _slow_partners(key, i, total, k), i
+    assert i not in every[i] and len(set(every[i])) == k
+  # An image's partners depend only on the key and its index: any batch, any order, jitted.
+  some = np.array([17, 3, 22, 0])
+  np.testing.assert_array_equal(pr.draw_partners(key, some, total, k), every[some])
+  np.testing.assert_array_equal(
+      jax.jit(lambda i: pr.draw_partners(key, i, total, k))(jnp.asarray(some)), every[some])
+  # k = total - 1: every other image exactly once.
+  np.testing.assert_array_equal(np.sort(pr.draw_partners(key, np.arange(5), 5, 4), axis=1),
+                                [[j for j in range(5) if j != i] for i in range(5)])
+  assert not np.array_equal(pr.draw_partners(jax.random.key(13), some, total, k), every[some])
+
+
+def test_draw_partners_spread_over_the_classes_of_a_class_sorted_set():
+  # A folder sorted by class (10 classes x 50 images, as ImageFolderSource orders ImageNet):
+  # the partners come from the whole set, so the share of partners of the image's own class
+  # is that of a uniform draw of 5 of the 499 others, 49 / 499 = 0.098 (drawing within
+  # shards of 32 consecutive images, as before, gave 0.80).
+  classes, per_class, k = 10, 50, 5
+  total = classes * per_class
+  label = np.arange(total) // per_class
+  partners = np.asarray(pr.draw_partners(jax.random.key(0), np.arange(total), total, k))
+  assert not np.any(partners == np.arange(total)[:, None])
+  assert all(len(set(row)) == k for row in partners)
+  same = label[partners] == label[:, None]
+  p = (per_class - 1) / (total - 1)
+  # Per image a hypergeometric count (k of total - 1, per_class - 1 marked), independent
+  # across images (independent keys): the share's standard deviation; allow 4 of them.
+  sd = np.sqrt(k * p * (1 - p) * (total - 1 - k) / (total - 2) * total) / (total * k)
+  assert abs(same.mean() - p) < 4 * sd, (same.mean(), p, sd)
+  # Every other class receives about its share (49 / 499 + 1 / 499 each): 4 sd of a binomial.
+  other = np.bincount(label[partners][~same], minlength=classes) / (~same).sum()
+  np.testing.assert_allclose(other, 1 / classes, atol=4 * np.sqrt(0.1 * 0.9 / (~same).sum()))
+
+
+@pytest.mark.parametrize("args, message", [
+    ((0, np.arange(3), 5, 2), "key"),
+    ((jax.random.key(0), np.arange(3), 5, 5), r"k must be in \[1, total = 5\)"),
+    ((jax.random.key(0), np.arange(3), 5, 0), r"k must be in \[1, total = 5\)"),
+    ((jax.random.key(0), np.arange(3), 5, 2.0), "k must be an int"),
+    ((jax.random.key(0), np.array([0, 5]), 5, 2), r"indices must lie in \[0, total = 5\)"),
+    ((jax.random.key(0), np.array([[0, 1]]), 5, 2), r"indices must be int\[N\]"),
+    ((jax.random.key(0), np.array([0.0, 1.0]), 5, 2), r"indices must be int\[N\]"),
+])
+def test_draw_partners_bad_input(args, message):
+  with pytest.raises(ValueError, match=message):
+    pr.draw_partners(*args)
 
 
 def test_metrics_from_curves_is_the_metric_set(setup):
@@ -661,7 +737,7 @@ def test_off_grid_fractions_are_refused_not_rounded_down(setup):
   for metric in (lambda: pr.aopc(curve, max_fraction=0.1), lambda: pr.afoc(curve, fraction=0.1),
                  lambda: pr.metrics_from_curves(curve, curve, fraction=0.1),
                  lambda: pr.pixel_removal_metrics(MODEL, variables, x, saliency, step=2),
-                 lambda: pr.shared_curve_delta(MODEL, variables, x, saliency, k=0, step=2)):
+                 lambda: pr.shared_curve_delta(MODEL, variables, x, saliency, step=2)):
     with pytest.raises(ValueError, match=r"fraction=0.1 \(3 of 30 pixels\) is not on the "
                                          r"removal grid of step=2 pixels: the nearest grid "
                                          r"fractions are 0.0667 \(2 pixels\) and 0.134 \(4 "

@@ -111,14 +111,25 @@ def test_columns_equal_a_direct_computation(result, setup):
   for column in ("aopc", "afoc_morf", "afoc_lerf", "n_morf", "n_lerf", "flipped_morf"):
     np.testing.assert_allclose(rows[column], np.asarray(direct[column]), rtol=1e-4, atol=1e-5,
                                err_msg=column)
-  method_key = runner._method_key(jax.random.key(KEY_SEED), "gradient", 1)  # pylint: disable=protected-access
-  deltas = pixel_removal.delta(metric_fn, model, variables, x, maps, k=REMOVAL["delta_k"],
-                               key=jax.random.fold_in(method_key, 1))
+  # The delta: each image's delta_k partners, drawn from all 2 * SHARD images (not only
+  # those of its shard), each with its own gradient map (its own predicted class).
+  total = 2 * SHARD
+  partners = np.asarray(pixel_removal.draw_partners(
+      runner.partner_key(jax.random.key(KEY_SEED)), indices, total, REMOVAL["delta_k"]))
+  assert not np.any(partners == indices[:, None])
+  everything = jnp.asarray(source.get_batch(np.arange(total))["image"])
+  every_target = jnp.argmax(model.apply(variables, everything), axis=-1)
+  every_map = explain.gradient(model, variables, everything, every_target).sum(-1)
+  own = metric_fn(model, variables, x, maps)
+  with_partners = [metric_fn(model, variables, x, every_map[partners[:, j]])
+                   for j in range(REMOVAL["delta_k"])]
   # A delta is a difference of two metric values of order 1, each off by float32 rounding of
   # the fill mean: the tolerance is absolute, on the scale of the terms.
   for column in ("aopc", "afoc_morf", "afoc_lerf", "n_morf", "n_lerf"):
-    np.testing.assert_allclose(rows["delta_" + column], np.asarray(deltas.delta[column]),
-                               rtol=1e-4, atol=1e-4, err_msg="delta_" + column)
+    expected = np.asarray(own[column]) - np.mean(
+        [np.asarray(m[column]) for m in with_partners], axis=0)
+    np.testing.assert_allclose(rows["delta_" + column], expected, rtol=1e-4, atol=1e-4,
+                               err_msg="delta_" + column)
   # AOPC and AFOC see a removal step (they were 0 for every map at step > fraction * P).
   assert np.all(rows["aopc"] != 0) and np.all(rows["afoc_lerf"] != 0)
   assert rows["flipped_morf"].sum() > 0, "the test model should flip some decisions"
@@ -196,7 +207,8 @@ class _WithNaN(_ImagesOnly):
     (dict(methods={"nope": {}}), "unknown explanation method 'nope'"),
     (dict(metrics=("five_band", "psnr")), "unknown metrics"),
     (dict(metric_options={"pixel_removal": {"steps": 3}}), "unknown pixel_removal options"),
-    (dict(metric_options={"pixel_removal": {"delta_k": SHARD}}), "delta_k = 6 needs shards"),
+    (dict(metric_options={"pixel_removal": {"delta_k": 2 * SHARD}}),
+     "delta_k = 12 needs more than 12 evaluated images"),
     (dict(num_examples=100), "num_examples must be in"),
 ])
 def test_bad_arguments_raise_clear_errors(setup, tmp_path, overrides, message):
@@ -253,28 +265,88 @@ def test_eight_fake_devices_give_the_same_tables_as_one(tmp_path):
   pd.testing.assert_series_equal(one["method"], eight["method"])
 
 
-def test_method_keys_differ_per_method_and_shard_and_not_by_order():
+def test_image_keys_depend_on_method_and_index_only():
   key = jax.random.key(0)
-  data = lambda name, shard: tuple(np.asarray(jax.random.key_data(
-      runner._method_key(key, name, shard))))  # pylint: disable=protected-access
+  data = lambda name, indices: [tuple(np.asarray(jax.random.key_data(k))) for k in
+                                runner.image_keys(key, name, np.asarray(indices))]
   names = ("gradient", "gradient_shap", "guided_backprop", "guided_gradcam")
-  drawn = {data(n, s) for n in names for s in (0, 1)}
-  assert len(drawn) == 2 * len(names)  # a shared prefix does not share a key
-  assert data("gradient_shap", 1) == data("gradient_shap", 1)
+  drawn = {k for n in names for k in data(n, [0, 1, 7])}
+  assert len(drawn) == 3 * len(names)  # a shared prefix does not share a key
+  # An image's key is the same in any batch and at any position.
+  assert data("gradient_shap", [7, 1])[0] == data("gradient_shap", [0, 1, 7])[2]
+  assert data("gradient_shap", [1]) == data("gradient_shap", [3, 1])[1:]
+  method = runner.method_key(key, "smoothgrad")
+  assert data("smoothgrad", [5])[0] == tuple(np.asarray(jax.random.key_data(
+      jax.random.fold_in(method, 5))))
+  partner = tuple(np.asarray(jax.random.key_data(runner.partner_key(key))))
+  assert partner not in drawn
 
 
 def test_keys_are_filled_in_for_exactly_the_methods_that_take_one():
   # Which method draws randomness comes from the explainer registry, not from a list of names.
   x = jnp.zeros((2, 8, 8, 3))
-  key = jax.random.key(0)
+  keys = runner.image_keys(jax.random.key(0), "m", np.arange(2))
   for name in explain.METHODS:
-    options = runner._explain_options(name, {}, x, key)  # pylint: disable=protected-access
+    options = runner._explain_options(name, {}, x, keys)  # pylint: disable=protected-access
     assert ("key" in options) == explain.takes_key(name), name
   given = jax.random.key(9)
-  assert runner._explain_options("smoothgrad", {"key": given}, x, key)["key"] is given  # pylint: disable=protected-access
+  assert runner._explain_options("smoothgrad", {"key": given}, x, keys)["key"] is given  # pylint: disable=protected-access
   assert {"smoothgrad", "gradient_shap", "random"} <= {
       n for n in explain.METHODS if explain.takes_key(n)}
   # A keyed method is accepted without a key (the runner supplies it).
   resolved = runner.check_methods({"noisy": {"method_name": "smoothgrad", "samples": 2},
                                    "gradient": {}})
   assert resolved == {"noisy": ("smoothgrad", {"samples": 2}), "gradient": ("gradient", {})}
+
+
+def test_named_uniform_baselines_are_per_image_and_in_its_range():
+  x = jnp.stack([jnp.full((4, 4, 3), 0.5).at[0, 0, 0].set(0.0),
+                 jnp.full((4, 4, 3), 2.0).at[1, 1, 1].set(3.0)])
+  keys = runner.image_keys(jax.random.key(0), "m", np.array([4, 9]))
+  options = runner._explain_options("gradient_shap", {"baselines": "uniform:3"}, x, keys)  # pylint: disable=protected-access
+  sets = np.asarray(options["baselines"])
+  assert sets.shape == (2, 3, 4, 4, 3)
+  assert sets[0].min() >= 0.0 and sets[0].max() <= 0.5
+  assert sets[1].min() >= 2.0 and sets[1].max() <= 3.0
+  alone = runner._explain_options("gradient_shap", {"baselines": "uniform:3"}, x[1:], keys[1:])  # pylint: disable=protected-access
+  np.testing.assert_array_equal(alone["baselines"][0], sets[1])
+  zeros = runner._explain_options("deeplift", {"baseline": "zeros"}, x, keys)  # pylint: disable=protected-access
+  np.testing.assert_array_equal(zeros["baseline"], np.zeros((4, 4, 3)))
+
+
+@pytest.mark.slow
+def test_every_per_image_result_is_the_same_for_any_shard_size(setup, tmp_path):
+  # Per-image keys and partners drawn from the whole evaluated set: every column of every
+  # row (the delta included) is the same whatever the shards. A batch of another
+  # composition may round float32 differently (on some backends), hence allclose; the
+  # "image_mean" fill depends on the image only ("mean" is the batch's mean).
+  model, variables, _ = setup
+  total = 32
+  source = cell_source.source("test", size=SIZE, num_examples=total)
+  methods = {"gradient": {}, "noisy": {"method_name": "smoothgrad", "samples": 2,
+                                       "stdev_spread": 0.1},
+             "random": {}}
+  removal = {**REMOVAL, "fill": "image_mean"}
+  tables = {}
+  for shard_size in (4, 7, 32):
+    tables[shard_size] = _evaluate(tmp_path / str(shard_size), setup, source=source,
+                                   methods=methods, metrics=("iou", "pixel_removal"),
+                                   metric_options={"pixel_removal": removal},
+                                   shard_size=shard_size, gallery_size=0)
+  sort = lambda frame: frame.sort_values(["method", "index"]).reset_index(drop=True)
+  reference = sort(tables[4].samples)
+  assert len(reference) == total * len(methods)
+  columns = [c for c in reference.columns if c not in ("shard", "position")]
+  numeric = [c for c in columns if reference[c].dtype.kind in "fi"]
+  assert {"delta_aopc", "delta_n_morf", "iou"} <= set(numeric)
+  for shard_size in (7, 32):
+    other = sort(tables[shard_size].samples)
+    pd.testing.assert_frame_equal(other[["method", "model"]], reference[["method", "model"]])
+    np.testing.assert_allclose(other[numeric], reference[numeric], rtol=1e-5, atol=1e-6,
+                               err_msg=f"shard_size {shard_size}")
+    np.testing.assert_allclose(tables[shard_size].curves.select_dtypes("number"),
+                               tables[4].curves.select_dtypes("number"), rtol=1e-5, atol=1e-6)
+  # Not trivially equal: the keyed maps and the deltas vary across images.
+  for method in ("noisy", "random"):
+    rows = reference[reference["method"] == method]
+    assert rows["delta_aopc"].std() > 0 and rows["aopc"].std() > 0, method

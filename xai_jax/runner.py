@@ -38,7 +38,7 @@ from xai_jax import explain
 from xai_jax import files
 from xai_jax import xla
 from xai_jax.explain.postprocess import to_map
-from xai_jax.metrics import registry
+from xai_jax.metrics import pixel_removal, registry
 from xai_jax.models.base import as_apply
 
 BATCH_AXIS = "batch"
@@ -361,8 +361,8 @@ def check_shards(num_examples: int, shard_size: int, *, delta_k: int = 0,
   """Checks the split of `num_examples` samples into shards of `shard_size` (the last smaller).
 
   The DeepMaps delta (`delta_k > 0`) compares each image's map with the maps of `delta_k`
-  *other* images of the same shard, so every shard, including the last (remainder) one of
-  `num_examples % shard_size` images, needs more than `delta_k` images.
+  *other* images of the evaluated set (`pixel_removal.draw_partners`), so the set needs more
+  than `delta_k` images; the shards may have any size.
 
   Args:
     num_examples: samples evaluated.
@@ -371,8 +371,8 @@ def check_shards(num_examples: int, shard_size: int, *, delta_k: int = 0,
     available: samples the data holds (checked when given).
 
   Raises:
-    ValueError: `shard_size < 1`, `num_examples` outside `[1, available]`, or a shard too
-      small for the delta; the message names the fields and suggests valid values.
+    ValueError: `shard_size < 1`, `num_examples` outside `[1, available]`, or not more than
+      `delta_k` samples; the message names the fields and suggests valid values.
   """
   if not _is_int(shard_size) or shard_size < 1:
     raise ValueError(f"shard_size must be a positive int; got {shard_size!r}")
@@ -381,29 +381,14 @@ def check_shards(num_examples: int, shard_size: int, *, delta_k: int = 0,
     raise ValueError(f"num_examples must be in [1, {available if available is not None else 'N'}]"
                      f" (the samples of the data); got {num_examples!r}")
   delta_k = int(delta_k or 0)
-  if not delta_k:
-    return
-  needs = (f"pixel_removal delta_k = {delta_k} needs shards of more than {delta_k} images (each "
-           f"map is compared with the maps of {delta_k} other images of the same shard)")
-  if shard_size <= delta_k and num_examples >= shard_size:
-    raise ValueError(f"{needs}; shard_size = {shard_size} is too small: use shard_size > "
-                     f"{delta_k} or delta_k < {shard_size}")
-  # Shard sizes of n samples: `shard_size` (if n >= shard_size) and the remainder n % shard_size.
-  fits = lambda n: all(size > delta_k for size in (*((shard_size,) if n >= shard_size else ()),
-                                                   *((n % shard_size,) if n % shard_size else ())))
-  if not fits(num_examples):
-    last = num_examples % shard_size
-    below = next((n for n in range(num_examples - 1, delta_k, -1) if fits(n)), None)
-    above = next((n for n in range(num_examples + 1, num_examples + shard_size + 1) if fits(n)),
-                 None)
-    if above is not None and available is not None and above > available:
-      above = None
-    suggestions = " or ".join(str(n) for n in (below, above) if n is not None)
-    suggestions = f"num_examples = {suggestions}, " if suggestions else ""
+  if delta_k and num_examples <= delta_k:
+    more = ("" if available is not None and available <= delta_k
+            else f"num_examples > {delta_k} or ")
     raise ValueError(
-        f"{needs}; num_examples = {num_examples} in shards of shard_size = {shard_size} leaves "
-        f"a last shard of {last}: use {suggestions}another shard_size, or delta_k < {last}"
-        + (" (0: no delta)" if last == 1 else ""))
+        f"pixel_removal delta_k = {delta_k} needs more than {delta_k} evaluated images (each "
+        f"map is compared with the maps of {delta_k} other images of the set); "
+        f"num_examples = {num_examples}: use {more}delta_k < {num_examples}"
+        + (" (0: no delta)" if num_examples == 1 else ""))
 
 
 def _baseline_count(spec: str, field: str) -> int:
@@ -426,32 +411,47 @@ def method_key(key: jax.Array, display: str) -> jax.Array:
   return jax.random.fold_in(key, zlib.crc32(display.encode()) % (2**31 - 1))
 
 
-def _method_key(key: jax.Array, display: str, shard: int) -> jax.Array:
-  """A key per (method, shard) that does not depend on the order of the methods."""
-  return jax.random.fold_in(method_key(key, display), shard)
+def image_keys(key: jax.Array, display: str, indices) -> jax.Array:
+  """The keys of method `display`'s random draws for each image, a key array `[len(indices)]`:
+  `fold_in(method_key(key, display), index)`, so an image's draws depend only on the run's
+  key, the method and the image's index in the evaluated set (not on its shard or position).
+  """
+  indices = jnp.asarray(np.asarray(indices, np.uint32))
+  return jax.vmap(jax.random.fold_in, (None, 0))(method_key(key, display), indices)
 
 
-def _explain_options(name: str, options: dict, x: jax.Array, key: jax.Array) -> dict:
-  """Fills the options a method cannot run without: keys, and baselines given by name."""
+def partner_key(key: jax.Array) -> jax.Array:
+  """The key of the DeepMaps delta's partner draws (`pixel_removal.draw_partners`), shared by
+  all methods; `method_key`'s fold-in values stay below `2**31 - 1`, so it is none of them."""
+  return jax.random.fold_in(key, 2**31 - 1)
+
+
+def _explain_options(name: str, options: dict, x: jax.Array, keys: jax.Array) -> dict:
+  """Fills the options a method cannot run without: its per-image keys `keys[N]` (one per
+  row of `x`, `image_keys`), and baselines given by name."""
   options = dict(options)
   if explain.takes_key(name) and "key" not in options:
-    options["key"] = key
+    options["key"] = keys
   for field in ("baseline", "baselines"):
     spec = options.get(field)
     if isinstance(spec, str):
-      options[field] = _named_baseline(spec, field, x, jax.random.fold_in(key, 7))
+      options[field] = _named_baseline(spec, field, x, keys)
   return options
 
 
-def _named_baseline(spec: str, field: str, x: jax.Array, key: jax.Array) -> jax.Array:
-  """"zeros" (black image) or "uniform:K" (K images uniform in [min x, max x])."""
+def _named_baseline(spec: str, field: str, x: jax.Array, keys: jax.Array) -> jax.Array:
+  """"zeros" (black image) or "uniform:K": for each image i, K images uniform in
+  `[min x_i, max x_i]` drawn from `fold_in(keys[i], 7)`, `[N, K, H, W, C]` (one reference set
+  per image, so that an image's set does not depend on its batch)."""
   shape = x.shape[1:]
   if spec == "zeros":
     zeros = jnp.zeros(shape, x.dtype)
     return zeros if field == "baseline" else zeros[None]
   count = _baseline_count(spec, field)
-  low, high = jnp.min(x), jnp.max(x)
-  return jax.random.uniform(key, (count, *shape), x.dtype, low, high)
+  flat = x.reshape(x.shape[0], -1)
+  draw = lambda k, low, high: jax.random.uniform(jax.random.fold_in(k, 7), (count, *shape),
+                                                 x.dtype, low, high)
+  return jax.vmap(draw)(keys, jnp.min(flat, axis=1), jnp.max(flat, axis=1))
 
 
 def _gallery_positions(labels: np.ndarray, size: int) -> np.ndarray:
@@ -493,15 +493,25 @@ def evaluate(workdir, *, source, model, variables, methods: Mapping[str, Mapping
     `roc` table.
   * "iou" (needs "mask", or "heatmap" whose non-zero pixels are the mask): `iou`, `iou_star`.
   * "pixel_removal": the DeepMaps set from full MoRF and LeRF curves and, with `delta_k > 0`,
-    its Eq. 9 variants `delta_<metric>` against the maps of `delta_k` other images of the
-    same shard; the `curves` table holds the mean curves.
+    its Eq. 9 variants `delta_<metric>` against the maps of `delta_k` other images drawn
+    uniformly from the whole evaluated set (`pixel_removal.draw_partners` with
+    `partner_key(key)`, per image index, the same partners for every method); the `curves`
+    table holds the mean curves. A partner's map is the one the method gives it as its own
+    image (its predicted class, its per-image keys): the shard loads the partner images
+    and explains them, in batches of at most `shard_size`. The delta therefore costs
+    `delta_k` more explanations per image, besides the `delta_k` extra MoRF and LeRF curves.
 
   The columns of a run are `registry.columns(metrics, metric_options)`.
 
   Every shard writes its rows atomically (`run_shard_tables`), so an interrupted run resumes
   where it stopped and its final tables are byte-identical to an uninterrupted run. Random
-  draws (SmoothGrad noise, GradientShap baselines, delta partners) come from
-  `fold_in(key, method, shard)`, so they do not depend on the device count or on resuming.
+  draws (SmoothGrad noise, GradientShap baselines and samples, random maps, ...) come from
+  per-image keys `image_keys(key, method, index)` (the explainers take one key per image:
+  `explain.sampling.check_keys`), and the delta partners from `partner_key(key)` and the
+  image's index: every per-image result (the delta included) is the same for any shard size,
+  device count or process count, and when resuming, up to float rounding of batches of
+  another composition (and as long as the metric options do not depend on the batch:
+  pixel removal's `fill="batch_mean"` is the batch mean).
 
   Args:
     workdir: output folder; tables go to `WORKDIR/<model_name>/{samples,roc,curves}.csv` and
@@ -514,12 +524,14 @@ def evaluate(workdir, *, source, model, variables, methods: Mapping[str, Mapping
     methods: `{display name: options}`; options are passed to the method (`explain.METHODS`),
       plus `method_name` when the display name is not a registry name. `key` is filled in for
       the methods that take one (`explain.takes_key`: SmoothGrad, GradientShap, random maps,
-      the sampling methods); `baseline(s)` may be "zeros" or "uniform:K".
+      the sampling methods), one key per image (`image_keys`); `baseline(s)` may be "zeros"
+      or "uniform:K" (K images uniform in each image's value range, one set per image).
     metrics: metric family names, keys of `registry.FAMILIES`.
     metric_options: `{family: {option: value}}`, e.g. `{"pixel_removal": {fraction, step,
       fill, chunk, delta_k, score}, "iou": {n_std, n_std_star, abs}}`; defaults
       `registry.FAMILIES[family].defaults`.
-    shard_size: samples per shard (and per device batch: memory scales with it).
+    shard_size: samples per shard (and per device batch: memory scales with it; the delta's
+      partner images add `delta_k * shard_size` images on the host and on the devices).
     num_examples: evaluate the first `num_examples` samples (default all).
     key: PRNG key of every random draw.
     model_name: the `model` column, and the tables' folder.
@@ -531,14 +543,14 @@ def evaluate(workdir, *, source, model, variables, methods: Mapping[str, Mapping
     An `EvaluationTables`.
 
   Raises:
-    ValueError: unknown methods or metrics, a metric whose ground truth the source lacks, a
-      shard too small for the delta draws, NaN images.
+    ValueError: unknown methods or metrics, a metric whose ground truth the source lacks, no
+      more images than `delta_k`, NaN images.
   """
   resolved = check_methods(methods)
   metrics, options = registry.check_options(metrics, metric_options)
   total = len(source) if num_examples is None else num_examples
-  check_shards(total, shard_size, delta_k=registry.delta_k(metrics, options),
-               available=len(source))
+  delta_k = registry.delta_k(metrics, options)
+  check_shards(total, shard_size, delta_k=delta_k, available=len(source))
   mesh = batch_mesh() if mesh is None else mesh
   num_shards = -(-total // shard_size)
   workdir = pathlib.Path(workdir)
@@ -549,13 +561,31 @@ def evaluate(workdir, *, source, model, variables, methods: Mapping[str, Mapping
                                       for k, v in sorted(options[name].items())))
                          for name in families)
 
-  def compute_shard(shard: int) -> dict[str, pd.DataFrame]:
-    indices = np.arange(shard * shard_size, min(total, (shard + 1) * shard_size))
+  def load(indices: np.ndarray, what: str) -> tuple[dict, np.ndarray]:
     batch = source.get_batch(indices)
     images = np.asarray(batch["image"], np.float32)
     if not np.isfinite(images).all():
-      raise ValueError(f"shard {shard}: images contain NaN or inf (samples "
+      raise ValueError(f"{what}: images contain NaN or inf (samples "
                        f"{indices[~np.isfinite(images).reshape(len(indices), -1).all(1)]})")
+    return batch, images
+
+  def place(images: np.ndarray, indices: np.ndarray):
+    """`(x, padded indices, target, confidence)`: the batch on the devices, the index of
+    each of its rows (padding repeats the last) and the prediction, the target."""
+    placed, _ = shard_batch({"x": images}, mesh)
+    x = placed["x"]
+    padded = np.concatenate([indices, np.repeat(indices[-1:], x.shape[0] - len(indices))])
+    target, confidence = _predict(model, variables, x)
+    return x, padded, target, confidence
+
+  def explain_batch(display: str, x, padded: np.ndarray, target) -> jax.Array:
+    name, method_options = resolved[display]
+    return explain.explain(name, model, variables, x, target, **_explain_options(
+        name, method_options, x, image_keys(key, display, padded)))
+
+  def compute_shard(shard: int) -> dict[str, pd.DataFrame]:
+    indices = np.arange(shard * shard_size, min(total, (shard + 1) * shard_size))
+    batch, images = load(indices, f"shard {shard}")
     n = len(indices)
     labels = np.asarray(batch.get("label", np.full(n, -1)), np.int64)
     for family in families:
@@ -566,23 +596,36 @@ def evaluate(workdir, *, source, model, variables, methods: Mapping[str, Mapping
     heatmap = None if batch.get("heatmap") is None else np.asarray(batch["heatmap"], np.float32)
     mask = batch.get("mask", None if heatmap is None else heatmap > 0)
     mask = None if mask is None else np.asarray(mask, np.float32)
-    placed, _ = shard_batch({"x": images}, mesh)
-    x = placed["x"]
-    target, confidence = _predict(model, variables, x)
+    x, padded, target, confidence = place(images, indices)
     predicted = np.asarray(target)[:n].astype(np.int64)
     base = pd.DataFrame({
         "model": model_name, "shard": shard, "position": np.arange(n), "index": indices,
         "label": labels, "background": np.asarray(batch.get("background", np.full(n, -1))),
         "predicted": predicted, "confidence": np.asarray(confidence, np.float64)[:n],
         "correct": (predicted == labels).astype(np.int64)})
+    partner_batches, partner_of = [], None
+    if delta_k:  # DeepMaps Eq. 9: each image's k partners, drawn from the whole evaluated set
+      partners = np.asarray(pixel_removal.draw_partners(partner_key(key), indices, total, delta_k))
+      unique, partner_of = np.unique(partners, return_inverse=True)
+      for first in range(0, len(unique), shard_size):
+        chunk = unique[first:first + shard_size]
+        # Padded to shard_size: every batch has the shape of a full shard (one compilation).
+        chunk = np.concatenate([chunk, np.repeat(chunk[-1:], shard_size - len(chunk))])
+        _, partner_images = load(chunk, f"shard {shard} (delta partners)")
+        partner_batches.append((min(shard_size, len(unique) - first),
+                                *place(partner_images, chunk)[:3]))
     sample_frames, roc_frames, curve_frames, maps_of = [], [], [], {}
-    for display, (name, options) in resolved.items():
-      method_key = _method_key(key, display, shard)
-      attributions = explain.explain(name, model, variables, x, target,
-                                     **_explain_options(name, options, x, method_key))
+    for display in resolved:
+      attributions = explain_batch(display, x, padded, target)
+      other_maps = None
+      if delta_k:
+        partner_maps = np.concatenate([
+            np.asarray(_maps(explain_batch(display, px, p_padded, p_target), n=count))
+            for count, px, p_padded, p_target in partner_batches])
+        other_maps = partner_maps[partner_of.reshape(n, delta_k)]
       scored = jax.device_get(_score(
-          model, variables, x, attributions, heatmap, mask, jax.random.fold_in(method_key, 1),
-          n=n, options=static_options))
+          model, variables, x, attributions, heatmap, mask, other_maps, n=n,
+          options=static_options))
       maps_of[display] = np.asarray(scored["maps"])
       frame = base.copy()
       frame.insert(1, "method", display)
@@ -645,12 +688,26 @@ def _predict(model, variables, x):
   return target, jnp.max(jax.nn.softmax(logits, axis=-1), axis=-1)
 
 
+def _maps_of(attributions: jax.Array) -> jax.Array:
+  """The saliency maps `float32[N, H, W]` of attributions (input-space ones summed over
+  channels), what the metrics (except five-band) and the gallery use."""
+  attributions = attributions.astype(jnp.float32)
+  return attributions if attributions.ndim == 3 else to_map(attributions, _MAP_REDUCE)
+
+
+@functools.partial(xla.jit, static_argnames=("n",))
+def _maps(attributions, *, n):
+  """`_maps_of` the first `n` (unpadded) rows."""
+  return _maps_of(attributions[:n])
+
+
 @functools.partial(xla.jit, static_argnames=("model", "n", "options"))
-def _score(model, variables, x, attributions, heatmap, mask, key, *, n, options):
+def _score(model, variables, x, attributions, heatmap, mask, other_maps, *, n, options):
   """Every metric family of one method's attributions on the first `n` (unpadded) rows, in
   one jit.
 
   Args:
+    other_maps: `float32[n, K, H, W]`, the maps of each image's delta partners, or None.
     options: `((family, ((option, value), ...)), ...)`, hashable, in registry order.
 
   Returns:
@@ -659,11 +716,11 @@ def _score(model, variables, x, attributions, heatmap, mask, key, *, n, options)
     families' `registry.FamilyScores`.
   """
   attributions = attributions[:n].astype(jnp.float32)
-  maps = attributions if attributions.ndim == 3 else to_map(attributions, _MAP_REDUCE)
+  maps = _maps_of(attributions)
   inputs = registry.ScoringInputs(
       model=model, variables=variables, images=x[:n], attributions=attributions, maps=maps,
       heatmap=None if heatmap is None else heatmap[:n], mask=None if mask is None else mask[:n],
-      key=key)
+      other_maps=other_maps)
   out = {"maps": maps, "columns": {}, "roc": {}, "curves": {}}
   for family, family_options in options:
     scores = registry.family(family).score(inputs, dict(family_options))

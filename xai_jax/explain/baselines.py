@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from xai_jax import xla
-from xai_jax.explain import common
+from xai_jax.explain import common, sampling
 
 _SMOOTH = jnp.array([1.0, 2.0, 1.0])
 _DERIV = jnp.array([-1.0, 0.0, 1.0])
@@ -34,7 +34,9 @@ def random_map(model: common.Model | None, variables: common.PyTree, x: jax.Arra
     variables: ignored.
     x: `float32[N, H, W, C]`, only its shape is used.
     target: ignored (not validated; see the module docstring).
-    key: `jax.random.key(seed)` (or a legacy `uint32[2]` key).
+    key: `jax.random.key(seed)` (or a legacy `uint32[2]` key), or one key per image
+      `key[N]`: image i's map is then `uniform(key[i], (1, H, W))[0]`, its map when
+      explained alone (`sampling.check_keys`).
 
   Returns:
     `float32[N, H, W]`.
@@ -45,8 +47,9 @@ def random_map(model: common.Model | None, variables: common.PyTree, x: jax.Arra
   """
   del model, variables, target
   x = common.check_images(x)
-  key = common.check_key(key)
-  return jax.random.uniform(key, x.shape[:3], jnp.float32)
+  key, per_image = sampling.check_keys(key, x.shape[0])
+  return sampling.draw_batch(lambda k, n: jax.random.uniform(k, (n,) + x.shape[1:3], jnp.float32),
+                             key, x.shape[0], per_image=per_image)
 
 
 def _sobel(img: jax.Array, axis: int) -> jax.Array:

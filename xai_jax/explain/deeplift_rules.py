@@ -68,7 +68,7 @@ import jax
 import jax.numpy as jnp
 
 from xai_jax import xla
-from xai_jax.explain import common
+from xai_jax.explain import common, sampling
 from xai_jax.models import pooling, taps
 
 Array = jax.Array
@@ -372,7 +372,8 @@ def deeplift_shap(model: nn.Module, variables: Any, x: Array, target: Array | in
     variables: its variables.
     x: `float32[N, H, W, C]`.
     target: `int[N]`, an int, or None for the predicted class.
-    baselines: `float[B_ref, H, W, C]` with `B_ref > 1` (as Captum requires).
+    baselines: `float[B_ref, H, W, C]` with `B_ref > 1` (as Captum requires), or
+      `float[N, B_ref, H, W, C]`, one set per image.
     captum_compat: as in `deeplift`. Captum runs all `N * B_ref` pairs in one
       batch, so its example-0 fallback (which only matters where some
       `|Δ| < eps`) uses pair (0, 0) for all; this is reproduced exactly only
@@ -395,24 +396,22 @@ def deeplift_shap(model: nn.Module, variables: Any, x: Array, target: Array | in
   taps.check_contract(model, "deeplift_shap")
   eps = _check_eps(eps)
   x, target, valid = common.prepare(model, variables, x, target)
-  baselines = common.check_images(baselines, name="baselines")
-  if baselines.shape[1:] != x.shape[1:]:
-    raise ValueError(f"baselines must be [B_ref, {', '.join(map(str, x.shape[1:]))}]; "
-                     f"got shape {baselines.shape}")
-  num_ref = baselines.shape[0]
+  baselines = sampling.check_references(baselines, x, name="baselines", per_image=True)
+  per_image = baselines.ndim == x.ndim + 1
+  num_ref = baselines.shape[int(per_image)]
   if num_ref < 2:
     raise ValueError("deeplift_shap needs more than one baseline (as Captum's DeepLiftShap); "
                      f"got {num_ref}; use deeplift for a single baseline")
-  baselines = baselines.astype(x.dtype)
   # Each pair is two rows (image and baseline) of the stacked DeepLift batch.
   chunk = common.resolve_chunk(chunk, num_ref, (2 * x.shape[0],) + x.shape[1:])
   n = x.shape[0]
   total, deltas = None, []
   for lo in range(0, num_ref, chunk):
-    refs = baselines[lo:lo + chunk]
-    k = refs.shape[0]
+    refs = baselines[:, lo:lo + chunk] if per_image else baselines[lo:lo + chunk]
+    k = refs.shape[int(per_image)]
     xs = jnp.repeat(x, k, axis=0)
-    bs = jnp.tile(refs, (n, 1, 1, 1))
+    bs = (refs.reshape((n * k,) + x.shape[1:]) if per_image
+          else jnp.tile(refs, (n, 1, 1, 1)))
     ts = jnp.repeat(target, k)
     attributions, delta = _deeplift(model, variables, xs, bs, ts,
                                     captum_compat=bool(captum_compat), eps=eps)

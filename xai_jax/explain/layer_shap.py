@@ -68,9 +68,8 @@ def _noise(args, point, sigma):
   """Noise `[c, N, ...]` for a chunk: injected, drawn from per-sample keys, or none."""
   if "noise" in args:
     return args["noise"]
-  if "keys" in args:
-    draw = lambda k: jax.random.normal(k, point.shape, point.dtype)
-    return jax.vmap(draw)(args["keys"]) * sigma
+  if "keys" in args or "image_keys" in args:
+    return sampling.normal_noise(args, point.shape, point.dtype) * sigma
   return jnp.zeros((), point.dtype)
 
 
@@ -152,7 +151,9 @@ def layer_expected_gradients(model: nn.Module, variables: Any, x: Array,
     background: `float32[M, H, W, C]`, shap's background data (M >= 1).
     layer: activation name; default `taps.default_gradcam_layer(model)`.
     samples: samples per image (shap's `nsamples`, default 200 as shap).
-    key: `jax.random` key; required unless the draws are injected.
+    key: `jax.random` key, or one key per image `key[N]` (image i's draws from `key[i]`
+      alone, as if explained alone; `sampling.check_keys`); required unless the draws are
+      injected.
     space: "layer" (expected gradients in activation space) or "input"
       (shap's PyTorch `(model, layer)` mode).
     local_smoothing: standard deviation of the noise added to the explained

@@ -61,10 +61,12 @@ def _split_options(options: dict) -> tuple[tuple, dict]:
   return tuple(static), dynamic
 
 
-def _keys(key, samples: int, name: str = "key"):
+def _sample_keys(key, samples: int, n: int, name: str = "key") -> dict:
+  """The per-sample noise keys (`sampling.sample_keys`) of one key or per-image keys."""
   if key is None:
     raise ValueError(f"{name} is required (a jax.random key) unless the randomness is injected")
-  return jax.random.split(common.check_key(key, name=name), samples)
+  key, per_image = sampling.check_keys(key, n, name=name)
+  return sampling.sample_keys(key, samples, per_image=per_image)
 
 
 def _noise_level(value, name: str):
@@ -78,11 +80,12 @@ def _noise_level(value, name: str):
 
 
 def _noise_chunk(args, x, sigma):
-  """Noise `[c, N, H, W, C]` for a chunk: injected, or drawn from per-sample keys."""
+  """Noise `[c, N, H, W, C]` for a chunk: injected, or drawn from per-sample (or per-sample
+  and per-image) keys."""
   if "noise" in args:
     return args["noise"]
-  draw = lambda k: jax.random.normal(k, x.shape, x.dtype)
-  return jax.vmap(draw)(args["keys"]) * sigma.reshape((1, -1) + (1,) * (x.ndim - 1))
+  return (sampling.normal_noise(args, x.shape, x.dtype)
+          * sigma.reshape((1, -1) + (1,) * (x.ndim - 1)))
 
 
 def _smooth_body(method, model, static_options, ops, args):
@@ -132,7 +135,9 @@ def smoothgrad(method, model: common.Model, variables: common.PyTree, x: jax.Arr
     variables: model variables.
     x: `float32[N, H, W, C]`.
     target: `int32[N]`; None -> predicted class of the clean input.
-    key: `jax.random` key (required unless `noise` is given).
+    key: `jax.random` key, or one key per image `key[N]` (image i's noise drawn from
+      `key[i]` alone, as if explained alone; `sampling.check_keys`); required unless
+      `noise` is given.
     samples: number of noisy copies per image.
     stdev: absolute noise standard deviation.
     stdev_spread: noise standard deviation relative to each image's range.
@@ -180,7 +185,7 @@ def smoothgrad(method, model: common.Model, variables: common.PyTree, x: jax.Arr
                        f"([N, samples, H, W, C]); got {noise.shape}")
     step_args = {"noise": jnp.swapaxes(noise, 0, 1)}
   else:
-    step_args = {"keys": _keys(key, samples)}
+    step_args = _sample_keys(key, samples, x.shape[0])
   static_options, dynamic = _split_options(method_options)
   chunk = common.resolve_chunk(chunk, samples, x.shape)
   unit = functools.partial(_smooth_unit, method=method, model=model,
@@ -200,9 +205,9 @@ def smoothgrad(method, model: common.Model, variables: common.PyTree, x: jax.Arr
 def _shap_body(grad_fn, model, ops, args):
   variables, x, target, baselines, sigma = ops
   # The dict's keys are static: a noise-free call compiles without noise.
-  has_noise = "noise" in args or "keys" in args
+  has_noise = "noise" in args or "keys" in args or "image_keys" in args
   noisy = x[None] + _noise_chunk(args, x, sigma) if has_noise else x[None]
-  base = baselines[args["indices"]]  # [c, N, H, W, C]
+  base = sampling.gather_references(baselines, args["indices"])  # [c, N, H, W, C]
   alpha = args["alphas"].reshape(args["alphas"].shape + (1,) * (x.ndim - 1))
   scaled = alpha * noisy + (1.0 - alpha) * base  # Captum's _scale_input
   c = scaled.shape[0]
@@ -235,8 +240,11 @@ def gradient_shap(model: common.Model, variables: common.PyTree, x: jax.Array,
     variables: model variables.
     x: `float32[N, H, W, C]`.
     target: `int32[N]`; None -> predicted class.
-    baselines: `float32[M, H, W, C]`, the reference distribution (M >= 1).
-    key: `jax.random` key; required unless everything random is injected.
+    baselines: `float32[M, H, W, C]`, the reference distribution (M >= 1), or
+      `float32[N, M, H, W, C]`, one reference set per image.
+    key: `jax.random` key, or one key per image `key[N]` (image i's draws from `key[i]`
+      alone, as if explained alone; `sampling.check_keys`); required unless everything
+      random is injected.
     samples: samples per image (Captum's `n_samples`).
     stdev: absolute noise standard deviation (Captum's `stdevs`).
     chunk: samples per model call (memory bound); None -> default.
@@ -254,12 +262,12 @@ def gradient_shap(model: common.Model, variables: common.PyTree, x: jax.Array,
       fit the model) or injected arrays, or a missing or malformed key.
   """
   x, target, valid = common.prepare(model, variables, x, target)
-  baselines = sampling.check_references(baselines, x, name="baselines")
+  baselines = sampling.check_references(baselines, x, name="baselines", per_image=True)
   common.check_positive_int(samples, "samples")
   stdev = _noise_level(stdev, "stdev")
   noisy = not common.is_concrete(stdev) or stdev > 0
   step_args = sampling.expected_gradients_draws(
-      key, samples=samples, references=baselines.shape[0], point_shape=x.shape,
+      key, samples=samples, references=baselines.shape[-x.ndim], point_shape=x.shape,
       dtype=x.dtype, smoothing=noisy, key_slots=GRADIENT_SHAP_KEY_SLOTS,
       indices=baseline_indices, alphas=alphas, noise=noise, indices_name="baseline_indices",
       smoothing_name="stdev")

@@ -7,8 +7,9 @@ description (a window position, a feature id, a permutation step, a binary coali
 `chunk` perturbations (`chunk * N` rows) per model call, in the two loop forms of
 `xai_jax.explain.common` (`loop="python"`: a jitted forward pass per chunk, shared by every
 method with the same rows per call; `loop="lax"`: one jitted `lax.map` over the chunks). Random
-draws come from an explicit `key` and can be injected instead (`permutations`, `coalitions`),
-so that tests replay a reference's draws exactly.
+draws come from an explicit `key` (one for the batch, or one per image: `sampling.check_keys`)
+and can be injected instead (`permutations`, `coalitions`), so that tests replay a reference's
+draws exactly.
 
 Features are given by an integer `feature_mask`, `[H, W]` or `[N or 1, H, W]` (one id per
 pixel, broadcast over channels) or `[N or 1, H, W, 1 or C]`; the features are the ids
@@ -47,7 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from xai_jax import xla
-from xai_jax.explain import common, segmentation, surrogate
+from xai_jax.explain import common, sampling, segmentation, surrogate
 
 REFERENCES = ("lime", "captum")
 DISTANCES = ("cosine", "euclidean")
@@ -310,10 +311,11 @@ def _build_ablation(operands, feature):
 
 
 def _build_shapley(operands, spec):
-  """Rows with the first `step + 1` features of permutation `sample` taken from x."""
+  """Rows with the first `step + 1` features of permutation `sample` taken from x (ranks
+  `[S, 1 or N, F]`: one order for the batch, or one per image)."""
   x, baseline, mask, ranks = operands
-  kept = ranks[spec["sample"]] <= spec["step"][:, None]  # [c, F]
-  return _rows(_paint(kept[:, None, :], mask, False), x, baseline)
+  kept = ranks[spec["sample"]] <= spec["step"][:, None, None]  # [c, 1 or N, F]
+  return _rows(_paint(kept, mask, False), x, baseline)
 
 
 def _build_coalitions(operands, kept):
@@ -487,11 +489,20 @@ def _sampling_entry(model, variables, x, target, *, samples, baseline, feature_m
   return samples, x, target, valid, fill, mask, features
 
 
-def _required_key(method: str, key, injected: str) -> jax.Array:
-  """`key`, checked, for a method that draws `injected` unless they are given."""
+def _required_key(method: str, key, injected: str, n: int) -> tuple[jax.Array, bool]:
+  """`(key, per_image)` (`sampling.check_keys`), checked, for a method that draws `injected`
+  unless they are given."""
   if key is None:
     raise ValueError(f"{method} needs a key (jax.random.key) unless {injected} are given")
-  return common.check_key(key)
+  return sampling.check_keys(key, n)
+
+
+def _feature_uniforms(key, *, samples, features):
+  """`float32[samples, F]`, entry `[s, f]` drawn from `fold_in(split(key, samples)[s], f)`:
+  each feature id's draws do not depend on how many features there are."""
+  per_feature = lambda k: jax.vmap(lambda f: jax.random.uniform(jax.random.fold_in(k, f)))(
+      jnp.arange(features))
+  return jax.vmap(per_feature)(jax.random.split(key, samples))
 
 
 # ---------------------------------------------------------------------------
@@ -504,6 +515,21 @@ def _draw_permutations(key, *, samples, features):
   """`samples` independent uniform permutations of `0 .. features - 1`, `int32[S, F]`."""
   keys = jax.random.split(key, samples)
   return jax.vmap(lambda k: jax.random.permutation(k, features))(keys).astype(jnp.int32)
+
+
+@functools.partial(xla.jit, static_argnames=("samples", "features"))
+def _draw_image_ranks(keys, *, samples, features):
+  """Per-image feature orders from per-image keys, as ranks `int32[S, N, F]`.
+
+  Image i's order in sample s sorts the features by `_feature_uniforms(keys[i])[s]` (ties by
+  id), so the relative order of the features an image has does not depend on F: its result
+  does not depend on the other images' segmentations either (absent ids contribute 0).
+  """
+  def ranks(key):
+    order = jnp.argsort(_feature_uniforms(key, samples=samples, features=features), axis=1,
+                        stable=True)
+    return jnp.argsort(order, axis=1, stable=True)
+  return jnp.swapaxes(jax.vmap(ranks)(keys), 0, 1).astype(jnp.int32)
 
 
 def _check_permutations(permutations, samples: int, features: int) -> jax.Array:
@@ -528,7 +554,7 @@ def shapley_sampling(model: common.Model, variables: common.PyTree, x: jax.Array
   """Shapley value sampling with Captum's `ShapleyValueSampling` semantics.
 
   For each of `samples` random orders of the F features (one order shared by the whole
-  batch, as Captum), start from the baseline and switch the features to their values in `x`
+  batch, as Captum; one per image with per-image keys), start from the baseline and switch the features to their values in `x`
   one at a time; each feature's marginal contribution `f_t(after) - f_t(before)` is averaged
   over the orders. `samples * F + 1` forward passes of the batch. Every id `0 .. F - 1` takes
   part in the orders, also ids absent from the mask (their contribution is 0), as in Captum.
@@ -543,7 +569,10 @@ def shapley_sampling(model: common.Model, variables: common.PyTree, x: jax.Array
     baseline: None (0), a scalar or an array broadcasting to `x`.
     samples: number of permutations (Captum's `n_samples`).
     num_features: F; required for a traced mask.
-    key: `jax.random` key; required unless `permutations` is given.
+    key: `jax.random` key; required unless `permutations` is given. One key per image,
+      `key[N]` (`sampling.check_keys`), draws one order per image and sample from `key[i]`,
+      sorting the features by draws per feature id (`_feature_uniforms`), so that image
+      i's result depends neither on the other images nor on F.
     permutations: optional injected `int[samples, F]` orders (each row a permutation of
       `0 .. F - 1`), e.g. Captum's `torch.randperm` draws.
     chunk: forward passes of the batch per model call; None -> default.
@@ -558,11 +587,17 @@ def shapley_sampling(model: common.Model, variables: common.PyTree, x: jax.Array
   samples, x, target, valid, baseline, mask, features = _sampling_entry(
       model, variables, x, target, samples=samples, baseline=baseline,
       feature_mask=feature_mask, num_features=num_features)
+  ranks = None
   if permutations is None:
-    permutations = _draw_permutations(_required_key("shapley_sampling", key, "permutations"),
-                                      samples=samples, features=features)
-  permutations = _check_permutations(permutations, samples, features)
-  ranks = jnp.argsort(permutations, axis=1).astype(jnp.int32)  # position of each feature
+    key, per_image = _required_key("shapley_sampling", key, "permutations", x.shape[0])
+    if per_image:
+      ranks = _draw_image_ranks(key, samples=samples, features=features)
+    else:
+      permutations = _draw_permutations(key, samples=samples, features=features)
+  if ranks is None:
+    permutations = _check_permutations(permutations, samples, features)
+    # The position of each feature, [S, 1, F]: one order per sample for the whole batch.
+    ranks = jnp.argsort(permutations, axis=1).astype(jnp.int32)[:, None, :]
   spec = {"sample": jnp.repeat(jnp.arange(samples, dtype=jnp.int32), features),
           "step": jnp.tile(jnp.arange(features, dtype=jnp.int32), samples)}
   outputs = _sweep(_build_shapley, model, variables, x, target, (x, baseline, mask, ranks),
@@ -571,7 +606,7 @@ def shapley_sampling(model: common.Model, variables: common.PyTree, x: jax.Array
   before = jnp.concatenate(
       [jnp.broadcast_to(f_baseline, (samples, 1, x.shape[0])), outputs[:, :-1]], axis=1)
   gains = outputs - before  # gains[s, i]: contribution of feature permutations[s, i]
-  per_feature = jnp.take_along_axis(gains, ranks[:, :, None], axis=1)  # [S, F, N]
+  per_feature = jnp.take_along_axis(gains, jnp.swapaxes(ranks, 1, 2), axis=1)  # [S, F, N]
   return _finish(_paint(jnp.mean(per_feature, axis=0).T, mask, jnp.nan), x, valid)
 
 
@@ -676,7 +711,10 @@ def lime(model: common.Model, variables: common.PyTree, x: jax.Array,
     distance: "cosine" or "euclidean".
     alpha: penalty of the fit (>= 0); None -> the reference's default.
     num_features: F; required for a traced mask.
-    key: `jax.random` key; required unless `coalitions` is given.
+    key: `jax.random` key; required unless `coalitions` is given. One key per image,
+      `key[N]` (`sampling.check_keys`), draws image i's coalitions from `key[i]` per
+      feature id (`_feature_uniforms(key[i]) < 0.5`), so that its result depends neither on
+      the other images nor on F (features absent from an image are left out of its fit).
     coalitions: optional injected `{0, 1}[N, samples, F]` (the lime package's `data` matrix
       per image, Captum's interpretable samples), used as is.
     chunk: coalitions per model call (`chunk * N` rows); None -> default.
@@ -707,8 +745,11 @@ def lime(model: common.Model, variables: common.PyTree, x: jax.Array,
   else:
     fill = common.check_like(baseline, x, "baseline")
   if coalitions is None:
-    kept = jax.random.bernoulli(_required_key("lime", key, "coalitions"), 0.5,
-                                (n, samples, features))
+    key, per_image = _required_key("lime", key, "coalitions", n)
+    if per_image:
+      kept = _draw_image_coalitions(key, samples=samples, features=features)
+    else:
+      kept = jax.random.bernoulli(key, 0.5, (n, samples, features))
     if reference == "lime":
       kept = kept.at[:, 0].set(True)
   else:
@@ -729,20 +770,33 @@ def lime(model: common.Model, variables: common.PyTree, x: jax.Array,
   return _finish(_paint(coefficients, mask, jnp.nan), x, valid)
 
 
+@functools.partial(xla.jit, static_argnames=("samples", "features"))
+def _draw_image_coalitions(keys, *, samples, features):
+  """LIME's Bernoulli(0.5) coalitions `bool[N, samples, F]` from per-image keys, per feature
+  id (`_feature_uniforms`)."""
+  draw = lambda k: _feature_uniforms(k, samples=samples, features=features) < 0.5
+  return jax.vmap(draw)(keys)
+
+
 def kernel_shap_coalitions(key: jax.Array, n: int, samples: int, features: int) -> jax.Array:
   """Captum KernelShap's coalitions, `bool[N, samples, F]`, drawn from `key`.
 
   Per image: all kept, then all hidden, then coalitions whose size k is drawn with
   probability proportional to `(F - 1) / (k (F - k))`, k = 1 .. F-1 (the Shapley kernel's
-  mass per size), and whose members are a uniformly random k-subset.
+  mass per size), and whose members are a uniformly random k-subset. With one key per image
+  (`key[N]`, `sampling.check_keys`), image i's are those of `key[i]` for a batch of one. The
+  sizes' distribution depends on F (every id is a column, as in Captum), so with per-image
+  segmentations image i's result depends on the batch's F unless `num_features` fixes it.
 
   Raises:
     ValueError: for fewer than 2 features when random coalitions are needed.
   """
-  key = common.check_key(key)
+  key, per_image = sampling.check_keys(key, n)
   if samples > 2 and features < 2:
     raise ValueError("kernel_shap draws coalition sizes 1 .. F-1 and needs F >= 2 features")
-  return _draw_kernel_shap_coalitions(key, n=n, samples=samples, features=features)
+  draw = lambda k, count: _draw_kernel_shap_coalitions(k, n=count, samples=samples,
+                                                       features=features)
+  return sampling.draw_batch(draw, key, n, per_image=per_image)
 
 
 @functools.partial(xla.jit, static_argnames=("n", "samples", "features"))
@@ -784,7 +838,8 @@ def kernel_shap(model: common.Model, variables: common.PyTree, x: jax.Array,
     baseline: fill of hidden features: None (0), a scalar or an array broadcasting to `x`.
     samples: coalitions per image, the two fixed ones included (Captum's `n_samples`).
     num_features: F; required for a traced mask.
-    key: `jax.random` key; required unless `coalitions` is given.
+    key: `jax.random` key, or one per image (`kernel_shap_coalitions`); required unless
+      `coalitions` is given.
     coalitions: optional injected `{0, 1}[N, samples, F]`, used as is.
     chunk: coalitions per model call; None -> default.
     loop: "python", "lax" or "auto".
@@ -800,8 +855,9 @@ def kernel_shap(model: common.Model, variables: common.PyTree, x: jax.Array,
       feature_mask=feature_mask, num_features=num_features)
   n = x.shape[0]
   if coalitions is None:
-    kept = kernel_shap_coalitions(_required_key("kernel_shap", key, "coalitions"), n, samples,
-                                  features)
+    if key is None:
+      raise ValueError("kernel_shap needs a key (jax.random.key) unless coalitions are given")
+    kept = kernel_shap_coalitions(key, n, samples, features)
   else:
     kept = _check_coalitions(coalitions, n, samples, features)
   y = _surrogate_inputs(model, variables, x, target, mask, fill, kept, chunk=chunk, loop=loop)

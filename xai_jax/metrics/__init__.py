@@ -21,13 +21,13 @@ from xai_jax.metrics.ground_truth import (
     iou_star, roc_auc, roc_points, soft_thresholds)
 from xai_jax.metrics.pixel_removal import (
     DeltaResult, PerturbationCurve, SharedCurveDelta, afoc, aopc, check_removal_grid,
-    delta, draw_others, metrics_from_curves, perturbation_curve,
+    delta, draw_others, draw_partners, metrics_from_curves, perturbation_curve,
     pixel_removal_metrics, pixels_to_flip, removal_grid, shared_curve_delta)
 
 __all__ = [
     "DeltaResult", "FiveBandScores", "PerturbationCurve", "SharedCurveDelta", "afoc", "aopc",
-    "channel_adjust", "check_removal_grid", "delta", "draw_others", "five_band",
-    "five_band_scores", "five_band_summary", "ground_truth", "iou", "iou_star",
+    "channel_adjust", "check_removal_grid", "delta", "draw_others", "draw_partners",
+    "five_band", "five_band_scores", "five_band_summary", "ground_truth", "iou", "iou_star",
     "metrics_from_curves", "perturbation_curve", "pixel_removal", "pixel_removal_metrics",
     "pixels_to_flip", "registry", "removal_grid", "roc_auc", "roc_points", "sanity",
     "shared_curve_delta", "similarity", "soft_thresholds", "stats",

@@ -13,9 +13,11 @@ predicted class gives a *perturbation curve*. Everything here is computed from s
 * `metrics_from_curves`: the same set from curves already computed.
 * `delta`: DeepMaps Eq. 9, a metric with the image's own map minus its mean with the maps of
   K other images drawn with an explicit key.
+* `draw_partners`: the K other images of Eq. 9, drawn from the whole evaluated set per
+  image index (independent of the batch).
 * `shared_curve_delta`: the DeepMaps set and its Eq. 9 delta from one MoRF and one LeRF
-  curve of the own and the borrowed maps together, with the own curves (what an evaluation
-  that also reports mean curves needs, without evaluating the own maps twice).
+  curve of the own and the other images' maps together, with the own curves (what an
+  evaluation that also reports mean curves needs, without evaluating the own maps twice).
 * `removal_grid`: the removed pixel counts of a grid.
 * `check_removal_grid`: fails fast on a grid so coarse that AOPC / AFOC at a fraction would
   see no removal step (0 for every image), or on which the fraction is not a grid point.
@@ -944,6 +946,55 @@ def draw_others(key: jax.Array, num_images: int, pool_size: int, k: int,
   return jax.lax.top_k(-u, k)[1].astype(jnp.int32)
 
 
+def draw_partners(key: jax.Array, indices, total: int, k: int) -> jax.Array:
+  """The DeepMaps Eq. 9 partners: `k` distinct images of the evaluated set per image.
+
+  Image `i` (an index into a set of `total` images) gets `k` distinct indices drawn
+  uniformly without replacement from `{0, ..., total - 1} \\ {i}`, from `fold_in(key, i)`
+  alone: the partners of an image do not depend on the batch it is evaluated in, so an
+  evaluation split into shards of any size draws the same ones. DeepMaps draws K = 5 images
+  "uniformly at random from our dataset for every image considered" (Sec. 4.3).
+
+  Args:
+    key: PRNG key of the draws (one for the whole evaluation).
+    indices: `int[N]`, the images' indices in the evaluated set, in `[0, total)`.
+    total: the size of the evaluated set.
+    k: partners per image, `1 <= k < total`.
+
+  Returns:
+    `int32[N, k]`, in the uniformly random order of the draw.
+
+  Raises:
+    ValueError: a `key` that is not a PRNG key, `k` outside `[1, total)`, `indices` not a
+      1-D integer array or (when concrete) outside `[0, total)`.
+  """
+  check_key(key)
+  for name, value in (("total", total), ("k", k)):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+      raise ValueError(f"{name} must be an int; got {value!r}")
+  if not 1 <= k < total:
+    raise ValueError(f"k must be in [1, total = {total}) (each image needs k other images of "
+                     f"the evaluated set); got {k}")
+  concrete = _is_concrete(indices)
+  indices = np.asarray(indices) if concrete else indices
+  if indices.ndim != 1 or not jnp.issubdtype(indices.dtype, jnp.integer):
+    raise ValueError(f"indices must be int[N]; got {indices.dtype}{list(indices.shape)}")
+  if concrete and indices.size and (indices.min() < 0 or indices.max() >= total):
+    raise ValueError(f"indices must lie in [0, total = {total}); got "
+                     f"[{indices.min()}, {indices.max()}]")
+  return _draw_partners(key, jnp.asarray(indices, jnp.int32), total=int(total), k=int(k))
+
+
+@functools.partial(xla.jit, static_argnames=("total", "k"))
+def _draw_partners(key, indices, *, total, k):
+  def one(index):
+    # The k smallest of iid uniforms are a uniform k-subset, in uniformly random order.
+    u = jax.random.uniform(jax.random.fold_in(key, index), (total - 1,))
+    drawn = jax.lax.top_k(-u, k)[1]  # in [0, total - 1): skip the image itself
+    return jnp.where(drawn >= index, drawn + 1, drawn)
+  return jax.vmap(one)(indices).astype(jnp.int32)
+
+
 def delta(
     metric_fn: Callable[..., Any],
     model: Any,
@@ -1047,18 +1098,16 @@ class SharedCurveDelta(NamedTuple):
     own: `{metric: float[N]}` for every key of `REMOVAL_METRICS`, with the images' own maps
       (as `pixel_removal_metrics`; AOPC and AFOC in the model output's dtype, the others
       float32).
-    others: `{metric: float32[N]}` for `DELTA_METRICS`, the mean over the `k` borrowed maps;
-      None when `k == 0`.
+    others: `{metric: float32[N]}` for `DELTA_METRICS`, the mean over the `K` other maps;
+      None without `other_maps`.
     delta: `{metric: float32[N]}` for `DELTA_METRICS`, `own - others` (DeepMaps Eq. 9); None
-      when `k == 0`.
-    other_index: `int32[N, k]`, the images whose maps each image borrowed; None when `k == 0`.
+      without `other_maps`.
     curves: `{"morf": PerturbationCurve, "lerf": PerturbationCurve}` of the own maps only
       (`N` rows).
   """
   own: dict[str, jax.Array]
   others: dict[str, jax.Array] | None
   delta: dict[str, jax.Array] | None
-  other_index: jax.Array | None
   curves: dict[str, PerturbationCurve]
 
 
@@ -1068,8 +1117,7 @@ def shared_curve_delta(
     x: jax.Array,
     saliency: jax.Array,
     *,
-    k: int,
-    key: jax.Array | None = None,
+    other_maps: jax.Array | None = None,
     fraction: float = 0.1,
     step: int | None = None,
     step_fraction: float | None = None,
@@ -1079,13 +1127,14 @@ def shared_curve_delta(
 ) -> SharedCurveDelta:
   """The DeepMaps set, its Eq. 9 delta and the own curves, from one MoRF and one LeRF call.
 
-  As `delta(pixel_removal_metrics, ..., k=k, key=key)` with the batch as its own pool (each
-  image borrows the maps of `k` *other* images of `x`, drawn with
-  `draw_others(key, N, N, k, arange(N))`), but the own and the borrowed maps share one
-  `perturbation_curve` call per order on `N * (k + 1)` images (`x` followed by each image
-  repeated `k` times), whose first `N` rows are also returned as the own curves: an
-  evaluation that reports mean curves does not evaluate the own maps a second time. With
-  `k == 0` it is `pixel_removal_metrics` plus the curves.
+  Eq. 9: `delta sigma(x_i) = sigma(x_i, s(x_i)) - 1/K sum_k sigma(x_i, s(xi_k))`, where
+  `s(xi_k)` are the maps the same method gives K other images (`other_maps`, e.g. of the
+  partners `draw_partners` picks from the whole evaluated set, each explained as its own
+  image). The own and the other maps share one `perturbation_curve` call per order on
+  `N * (K + 1)` images (`x` followed by each image repeated K times), whose first `N` rows
+  are also returned as the own curves: an evaluation that reports mean curves does not
+  evaluate the own maps a second time. Without `other_maps` it is `pixel_removal_metrics`
+  plus the curves.
 
   `fill="batch_mean"` is the mean of the repeated batch (equal to the mean of `x` up to
   rounding); pass per-channel numbers (the training set's mean, as the papers) to make the
@@ -1098,8 +1147,8 @@ def shared_curve_delta(
     x: `float[N, H, W, C]` images.
     saliency: `float[N, H, W]` maps of `x` (or `[N, H, W, C]` attributions, summed over
       channels).
-    k: maps of other images per image (K = 5 in DeepMaps); 0: no delta. Needs `k < N`.
-    key: PRNG key of the draws; required when `k > 0`.
+    other_maps: `float[N, K, H, W]` (or `[N, K, H, W, C]`), K >= 1 maps of other images per
+      image (K = 5 in DeepMaps); None: no delta.
     fraction: removed fraction for AOPC (up to) and AFOC (at), in (0, 1], on the grid; 0.1
       in DeepMaps.
     step, step_fraction, score, chunk: as in `perturbation_curve` (full curves,
@@ -1108,34 +1157,35 @@ def shared_curve_delta(
       runner's static options need).
 
   Returns:
-    A `SharedCurveDelta(own, others, delta, other_index, curves)`.
+    A `SharedCurveDelta(own, others, delta, curves)`.
 
   Raises:
-    ValueError: `k` not an int in `[0, N)`, a missing or bad `key` with `k > 0`; as
+    ValueError: `other_maps` not shaped `[N, K, ...]` like `saliency` with K >= 1; as
       `pixel_removal_metrics` for the images, the maps and the options.
   """
   fraction = _check_fraction("fraction", fraction, positive=True)
   x = _check_images(x)
   n = x.shape[0]
-  if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)) or not 0 <= k < n:
-    raise ValueError(f"k must be an int in [0, N = {n}) (each image borrows the maps of k other "
-                     f"images of the batch; 0: no delta); got {k!r}")
-  k = int(k)
-  if k:
-    if key is None:
-      raise ValueError("shared_curve_delta with k > 0 needs an explicit PRNG key "
-                       "(key=jax.random.key(...)) for the draws")
-    check_key(key)
+  k = 0
+  if other_maps is not None:
+    other_maps = jnp.asarray(other_maps)
+    if (other_maps.ndim != jnp.ndim(saliency) + 1 or other_maps.shape[0] != n
+        or other_maps.shape[1] < 1 or other_maps.shape[2:] != jnp.shape(saliency)[1:]):
+      raise ValueError(f"other_maps must be [N = {n}, K >= 1, "
+                       f"{', '.join(map(str, jnp.shape(saliency)[1:]))}] (K maps of other "
+                       f"images per image); got shape {tuple(other_maps.shape)}")
+    k = other_maps.shape[1]
   check_removal_grid(x.shape[1] * x.shape[2], step=step, step_fraction=step_fraction,
                      fraction=fraction)
   # The operations below (and their order) are those of the evaluations whose tables are
   # recorded: changing them changes the recorded bytes.
   if k:
-    index = draw_others(key, n, n, k, jnp.arange(n))
     x_all = jnp.concatenate([x, jnp.repeat(x, k, axis=0)], axis=0)
-    maps_all = jnp.concatenate([saliency, saliency[index.reshape(-1)]], axis=0)
+    maps_all = jnp.concatenate(
+        [saliency, other_maps.reshape((n * k,) + other_maps.shape[2:]).astype(
+            jnp.asarray(saliency).dtype)], axis=0)
   else:
-    index, x_all, maps_all = None, x, saliency
+    x_all, maps_all = x, saliency
   if isinstance(fill, (tuple, list)):  # per-channel fill, e.g. an RGB mean
     fill = jnp.asarray(fill, x.dtype)
   curves = {order: perturbation_curve(model, variables, x_all, maps_all, order=order,
@@ -1154,5 +1204,4 @@ def shared_curve_delta(
   own_curves = {order: curve.replace(scores=curve.scores[:n], labels=curve.labels[:n],
                                      target=curve.target[:n])
                 for order, curve in curves.items()}
-  return SharedCurveDelta(own=own, others=others, delta=delta_values, other_index=index,
-                          curves=own_curves)
+  return SharedCurveDelta(own=own, others=others, delta=delta_values, curves=own_curves)

@@ -63,7 +63,8 @@ INPUTS = types.MappingProxyType({
     "heatmap": "the source's ground-truth heatmap, float[N, H, W]",
     "mask": "the source's object mask, [N, H, W] (default: the heatmap's non-zero pixels)",
     "model": "the classifier, its variables and the images it is evaluated on",
-    "other_maps": "the same method's maps of K other images of the shard (DeepMaps Eq. 9)",
+    "other_maps": "the same method's maps of K other images of the evaluated set (DeepMaps "
+                  "Eq. 9)",
 })
 """The inputs a metric may need (`Metric.inputs`), with what each one is."""
 
@@ -116,7 +117,8 @@ class ScoringInputs(NamedTuple):
     maps: `float32[N, H, W]`, the attributions summed over channels.
     heatmap: `float32[N, H, W]` ground truth, or None when the source has none.
     mask: `float32[N, H, W]` object mask, or None.
-    key: PRNG key of the family's random draws (the delta partners).
+    other_maps: `float32[N, K, H, W]`, the same method's maps of each image's K partners
+      (DeepMaps Eq. 9; `pixel_removal.draw_partners`), or None without a delta.
   """
   model: Any
   variables: Any
@@ -125,7 +127,7 @@ class ScoringInputs(NamedTuple):
   maps: jax.Array
   heatmap: jax.Array | None
   mask: jax.Array | None
-  key: jax.Array
+  other_maps: jax.Array | None
 
 
 class FamilyScores(NamedTuple):
@@ -276,11 +278,18 @@ def _score_iou(inputs: ScoringInputs, options: Mapping[str, Any]) -> FamilyScore
 
 
 def _score_pixel_removal(inputs: ScoringInputs, options: Mapping[str, Any]) -> FamilyScores:
-  """The DeepMaps set from full MoRF and LeRF curves, the Eq. 9 deltas against `delta_k`
-  other maps of the batch (`pixel_removal.shared_curve_delta`) and the curve sums."""
+  """The DeepMaps set from full MoRF and LeRF curves, the Eq. 9 deltas against the maps of
+  `delta_k` other images (`inputs.other_maps`; `pixel_removal.shared_curve_delta`) and the
+  curve sums."""
+  k = int(options["delta_k"] or 0)
+  other_maps = inputs.other_maps
+  if k and (other_maps is None or other_maps.shape[1] != k):
+    raise ValueError(f"pixel_removal with delta_k = {k} needs the maps of {k} other images "
+                     f"per image (other_maps [N, {k}, H, W]); got "
+                     f"{None if other_maps is None else tuple(other_maps.shape)}")
   result = pixel_removal.shared_curve_delta(
       inputs.model, inputs.variables, inputs.images, inputs.maps,
-      k=int(options["delta_k"] or 0), key=inputs.key, fraction=options["fraction"],
+      other_maps=other_maps if k else None, fraction=options["fraction"],
       step=options["step"], step_fraction=options["step_fraction"], fill=options["fill"],
       score=options["score"], chunk=options["chunk"])
   columns = dict(result.own)
@@ -567,8 +576,8 @@ def check_options(families: Sequence[str],
 def delta_k(families: Sequence[str], options: Mapping[str, Mapping[str, Any]]) -> int:
   """The K of the DeepMaps delta (`delta_k` of the pixel-removal options; 0 without it).
 
-  Every shard then needs more than K images (each map is compared with the maps of K other
-  images of its shard; `runner.check_shards`).
+  The evaluated set then needs more than K images (each map is compared with the maps of K
+  other images of the set; `runner.check_shards`).
 
   Args:
     families: the evaluated families.

@@ -226,9 +226,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
       sizes or counts out of range (`evaluate.num_examples` beyond `data.num_test`);
       `evaluate.models` that are not trained; an unknown method or option, or a bad option
       value (`runner.check_methods`); an unknown metric or option, or a pixel-removal `step`
-      above `fraction` of the pixels (`registry.check_options`); a shard, the last
-      (remainder) one included, too small for the pixel-removal delta
-      (`runner.check_shards`).
+      above `fraction` of the pixels (`registry.check_options`); no more evaluated images
+      than the pixel-removal delta's K (`runner.check_shards`).
   """
   data, t, ev = config.data, config.train, config.evaluate
   if data.source not in DATA_SOURCES:

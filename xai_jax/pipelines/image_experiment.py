@@ -222,8 +222,8 @@ def validate_image_experiment(config, *, metrics, metric_options) -> None:
 
 
 def check_evaluation_size(config, num_examples: int, *, metric_options) -> None:
-  """Checks the shards of `num_examples` images against the pixel-removal delta's K
-  (`runner.check_shards`: every shard, the last one included, needs more than K images)."""
+  """Checks the shards of `num_examples` images and the pixel-removal delta's K
+  (`runner.check_shards`: the evaluated set needs more than K images)."""
   removal = metric_options.get("pixel_removal", {})
   delta_k = removal.get("delta_k", 0) if removal else 0
   try:

@@ -16,7 +16,8 @@ least relevant first (LeRF), and the model is re-evaluated on a grid of removed 
 * `n_morf`, `n_lerf`: fraction of pixels removed when the decision first changes (1.0 and
   `flipped_*` = 0 when it never does);
 * `delta_<metric>` (DeepMaps Eq. 9): the metric with the image's own map minus its mean with
-  the maps the same method gave `delta_k` other images of the same shard.
+  the maps the same method gives `delta_k` other images, drawn uniformly from the whole
+  evaluated set (`xai_jax.metrics.pixel_removal.draw_partners`).
 
 Data: the synthetic cells (default; a small model is trained here), any prepared TFDS image
 dataset (`data.source="tfds"`, e.g. `imagenet2012`), or an image folder; models as in
@@ -35,8 +36,8 @@ beats the opponent, ties one half, in [0, 1]; DeepMaps Fig. 7 plots it minus 50%
 The config (`configs/pixel_removal.py`) is checked first (`validate`): methods and their
 options, the removal options (`step` must not exceed `fraction` of the `data.size` x
 `data.size` pixels, or AOPC and AFOC would be 0 for every map, and `fraction` must be a grid
-point, not rounded down to the one before it), and every shard, the last
-(remainder) one included, must hold more than `delta_k` images; a bad config fails before any
+point, not rounded down to the one before it), and the evaluated set must hold more than
+`delta_k` images; a bad config fails before any
 data is read or a model trained and leaves nothing in the workdir. A trained model is kept
 across runs that change only evaluation fields (methods, `pixel_removal`,
 `data.num_examples`, ...), whose outputs then go to `WORKDIR/eval_<hash>/`; other training
