@@ -3,32 +3,42 @@ r"""Configs of `xai_jax.pipelines.pixel_removal`: the DeepMaps pixel-removal pro
 Variants (`--config=configs/pixel_removal.py:<variant>`):
 
 * `quick` (default): the synthetic cells at 48x48, the small CNN `cnn` trained here for 300
-  Adam steps on 2560 cells (resumable), 100 test cells, DeepMaps' panel (random map,
-  gradient, input x gradient, Grad-CAM, FullGrad, DeepMaps), MoRF and LeRF curves to 100% in
+  Adam steps on 2560 cells (resumable), 100 test cells, DeepMaps' panel as the paper
+  defines each method (`METHODS`: random map, GRADIENTS = sum_phi |df/dx_phi|, signed input x
+  gradient, Grad-CAM with its ReLU, FullGrad as their Eq. 4, DeepMaps over the paper's
+  layers of the architecture, `explain.deepmaps_layers`), MoRF and LeRF curves to 100% in
   steps of 46 pixels (2% of the pixels; 10% is grid point 5), fill = per-channel mean of the
   evaluated batch ("batch_mean"; "dataset_mean" is the training cells' mean), AOPC / AFOC at
   10%, delta against K = 2 other images' maps.
 
       python -m experiments.pixel_removal --workdir=workdir/pixel_removal_quick
 
-  Measured: 463 s on a 2-core CPU shared with ~3 other jobs (load 7; training ~130 s, the
-  6 methods x 2 orders x 51 grid points x 3 maps (own + 2 delta partners) ~330 s); about
-  2-3 minutes on an idle machine (estimate). A rerun in the same workdir takes seconds.
-  Measured numbers (seed 0; test accuracy of the CNN on the 100 images 0.52):
+  Measured: 567 s (332 s of CPU time) on a 2-core CPU shared with other jobs (load 5-8;
+  training ~100 s, the 6 methods x 2 orders x 51 grid points x 3 maps (own + 2 delta
+  partners) ~440 s); about 2-3 minutes on an idle machine (estimate). A rerun in the same
+  workdir takes seconds. Measured numbers (seed 0; test accuracy of the CNN on the 100 images
+  0.53), with each method's options as the paper defines it (`METHODS`):
 
     method            aopc   afoc_lerf  n_morf  n_lerf  delta_aopc  delta_n_morf
-    random            0.50   0.42       0.354   0.357   -0.001      -0.005
-    gradient          1.52   0.71       0.259   0.257    0.79       -0.035
-    input_x_gradient  2.78   0.66       0.114   0.535    2.15       -0.221
-    gradcam           1.52   0.34       0.114   0.508    0.92       -0.248
-    fullgrad          1.73   0.29       0.126   0.421    1.05       -0.156
-    deepmaps          2.07   0.41       0.103   0.418    1.37       -0.208
+    random            0.45   0.48       0.327   0.328    0.009      -0.005
+    gradient          2.13   0.48       0.130   0.498    1.26       -0.125
+    input_x_gradient  2.79   0.85       0.144   0.509    1.97       -0.158
+    gradcam           1.44   0.37       0.115   0.438    0.60       -0.147
+    fullgrad          1.24   0.38       0.183   0.377    0.50       -0.097
+    deepmaps          1.17   0.50       0.155   0.373    0.31       -0.127
 
-  As in DeepMaps: the random map needs the most pixels removed to change the decision
-  (n_morf 0.35) and scores delta ~0 on every metric; DeepMaps has the lowest n_morf (0.10);
-  the class-specific maps (Grad-CAM, FullGrad, DeepMaps) keep the decision under LeRF
-  removal far longer than the gradient; input x gradient looks strong on n_morf and AOPC
-  (the artefact DeepMaps appendix C.1 discusses).
+  On the same trained model, the options used before (signed gradient; Grad-CAM without its
+  ReLU, nearest upsampling; FullGrad normalised per site; DeepMaps over the input map and every
+  ReLU map) gave: gradient 1.71 / 0.93 / 0.258 / 0.233 / 0.85 / -0.017 (n_lerf ~ n_morf: LeRF
+  removed the strongly negative, important pixels first), gradcam 1.37 / 0.42 / 0.120 / 0.450
+  / 0.58 / -0.150, fullgrad 1.80 / 0.37 / 0.144 / 0.375 / 1.03 / -0.121, deepmaps 1.97 / 0.49
+  / 0.108 / 0.388 / 1.13 / -0.172 (random and input x gradient unchanged). As in DeepMaps: the
+  random map needs the most pixels removed to change the decision (n_morf 0.33) and scores
+  delta ~0 on every metric; every other map flips the decision with less than half of that.
+  On this two-conv-layer CNN the paper's DeepMaps set (the two conv ReLUs, without the input
+  map) and FullGrad's per-feature-map Psi score below Grad-CAM and the gradient on MoRF;
+  input x gradient looks strong on n_morf and AOPC (the artefact DeepMaps appendix C.1
+  discusses).
 
 * `tiny` (the tests): 32x32, a few training steps, 8 test cells, 2 methods; seconds.
 
@@ -71,15 +81,24 @@ from configs import common
 
 VARIANTS = ("quick", "tiny", "paper", "paper_resnet50")
 
-# DeepMaps' panel (their Fig. 6): random, gradients, gradient x input, Grad-CAM, FullGrad,
-# DeepMaps.
+# DeepMaps' panel (their Fig. 6), each method as Grabska-Barwinska et al. (2021) define it;
+# the runner sums attributions over channels into the map that orders the pixels.
 METHODS = {
     "random": {},
-    "gradient": {},
+    # GRADIENTS, their Sec. 2.1: s_ij = sum_phi |df_c / dx_ij phi|. The signed gradient would
+    # let LeRF remove strongly negative (important) pixels first.
+    "gradient": {"abs": True},
+    # gradient x input, their Eq. 1: a_ij = sum_phi x_ij phi df_c / dx_ij phi (signed).
     "input_x_gradient": {},
-    "gradcam": {},
-    "fullgrad": {},
-    "deepmaps": {},
+    # GRADCAM (Selvaraju et al.): ReLU(sum_k alpha_k A^k) at the last conv block, upsampled
+    # bilinearly.
+    "gradcam": {"relu": True, "upsample": "bilinear"},
+    # FULLGRAD as their Eq. 4 writes it: Psi (Eq. 5) of every feature map of every bias site
+    # (their appendix D), not of each site's whole C x H x W tensor (idiap's code).
+    "fullgrad": {"normalization": "feature_map"},
+    # DEEPMAPS, Eq. 8 over the paper's layers: VGG16's 13 conv ReLUs, ResNet-50's stem ReLU and
+    # 16 bottleneck outputs (appendix F), no input map (`explain.deepmaps_layers`).
+    "deepmaps": {"layers": "paper"},
 }
 
 

@@ -237,8 +237,12 @@ def test_deepmaps_closed_form_and_layers():
                                                   align_corners=True))
 
   assert dm.layer_names(model, v, x) == ("input", "relu1")
-  np.testing.assert_allclose(dm.deepmaps(model, v, x, t), psi(a0) + psi(a1), rtol=1e-4,
-                             atol=1e-5)
+  # ConvGap declares no deepmaps_layers: the default is every hidden layer (Eq. 8, l_0 = 1).
+  np.testing.assert_allclose(dm.deepmaps(model, v, x, t), psi(a1), rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(dm.deepmaps(model, v, x, t, layers="all"), psi(a0) + psi(a1),
+                             rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(dm.deepmaps(model, v, x, t, first_layer=0), psi(a0) + psi(a1),
+                             rtol=1e-4, atol=1e-5)
   np.testing.assert_allclose(dm.deepmaps(model, v, x, t, first_layer=1), psi(a1), rtol=1e-4,
                              atol=1e-5)
   per_layer = dm.layer_attributions(model, v, x, t)

@@ -28,14 +28,23 @@ def _slow_band(v, g):
   return 2
 
 
-def _slow_five_band(attribution, heatmap, thresholds, clamp):
+def _slow_five_band(attribution, heatmap, thresholds, clamp, clamp_order="code"):
   """attribution: [H, W, C]; heatmap: [H, W]; thresholds: float64 [M, 4].
+
+  `clamp_order`: "code" clips the raw attribution (the original code); "paper" first
+  divides it by its maximum |value| over all pixels and channels (the paper's text).
 
   Returns int counts [M, 5] (correct, TP, FP, TN, FN) and float64 metrics [M, 4]
   (accuracy, precision, recall, FPR).
   """
   h = np.asarray(attribution, np.float32)
   if clamp is not None:
+    if clamp_order == "paper":
+      peak = np.float32(0)
+      for value in h.ravel():
+        peak = max(peak, abs(value))
+      if peak > 0:
+        h = h / peak
     h = np.clip(h, np.float32(-clamp), np.float32(clamp))
   if np.all(h == 0):
     s = np.zeros(h.shape[:2], np.float32)
@@ -167,6 +176,51 @@ def test_channel_adjust_clamps_the_raw_attribution_before_summing():
   np.testing.assert_allclose(gt.channel_adjust(attribution, clamp=0.1), [[[1.0, 0.8]]], rtol=1e-6)
   # Without clamp: sums 0.45 and 0.04.
   np.testing.assert_allclose(gt.channel_adjust(attribution), [[[1.0, 0.04 / 0.45]]], rtol=1e-6)
+
+
+def test_channel_adjust_paper_order_normalises_before_clamping():
+  attribution = np.float32([[[[0.5, -0.05, 0.0], [0.02, 0.02, 0.0]]]])  # [1, 1, 2, 3]
+  # / max|h| = 0.5: (1, -0.1, 0) and (0.04, 0.04, 0); clip to 0.1: (0.1, -0.1, 0) and
+  # (0.04, 0.04, 0); sums 0 and 0.08; then / 0.08.
+  np.testing.assert_allclose(gt.channel_adjust(attribution, clamp=0.1, clamp_order="paper"),
+                             [[[0.0, 1.0]]], atol=1e-6)
+  # The code's order on the same attribution (clip the raw values): (1, 0.8).
+  np.testing.assert_allclose(gt.channel_adjust(attribution, clamp=0.1, clamp_order="code"),
+                             [[[1.0, 0.8]]], rtol=1e-6)
+  # Without a clamp the order does not matter; an all-zero attribution stays zero.
+  np.testing.assert_array_equal(gt.channel_adjust(attribution, clamp_order="paper"),
+                                gt.channel_adjust(attribution))
+  np.testing.assert_array_equal(
+      gt.channel_adjust(np.zeros((1, 2, 2, 3), np.float32), clamp=0.1, clamp_order="paper"),
+      np.zeros((1, 2, 2)))
+  with pytest.raises(ValueError, match="unknown clamp_order 'text'; valid: code, paper"):
+    gt.channel_adjust(attribution, clamp=0.1, clamp_order="text")
+  with pytest.raises(ValueError, match="unknown clamp_order"):
+    gt.five_band_scores(attribution, np.zeros((1, 1, 2), np.float32), clamp_order=None)
+
+
+@pytest.mark.parametrize("clamp_order", ["code", "paper"])
+@pytest.mark.parametrize("peak", [3.0, 0.08])
+def test_clamp_orders_match_slow_loop_reference(clamp_order, peak):
+  # peak 0.08: a method whose raw maximum |value| is below the 0.1 clamp. The code's order
+  # never clamps it (its clamped adjustment equals the unclamped one); the paper's does.
+  attribution, heatmap = _random_case(4, n=2, size=9)
+  attribution = attribution * np.float32(peak / np.abs(attribution).max())
+  scores = gt.five_band_scores(attribution, heatmap, thresholds="clamped", clamp_order=clamp_order)
+  thresholds, clamp = gt.resolve_thresholds("clamped")
+  for i in range(attribution.shape[0]):
+    slow_counts, slow_metrics = _slow_five_band(attribution[i], heatmap[i], thresholds, clamp,
+                                                clamp_order)
+    np.testing.assert_array_equal(_counts(scores)[i], slow_counts)
+  adjusted = gt.channel_adjust(attribution, clamp=clamp, clamp_order=clamp_order)
+  unclamped = gt.channel_adjust(attribution)
+  if clamp_order == "code" and peak < clamp:
+    np.testing.assert_array_equal(adjusted, unclamped)
+  else:  # some values are clipped: the adjusted map differs
+    assert np.abs(np.asarray(adjusted) - np.asarray(unclamped)).max() > 1e-3
+  jitted = jax.jit(functools.partial(gt.five_band_scores, thresholds="clamped",
+                                     clamp_order=clamp_order))(attribution, heatmap)
+  np.testing.assert_array_equal(_counts(jitted), _counts(scores))
 
 
 # ----------------------------------------------------------------------------

@@ -108,11 +108,16 @@ def test_check_options_fills_defaults_and_names_the_bad_option():
   assert families == ("iou",)
   assert options["iou"] == {"n_std": 0.2, "n_std_star": 1.0, "abs": True}
   assert options["pixel_removal"] == dict(registry.FAMILIES["pixel_removal"].defaults)
+  assert options["five_band"] == {"clamp": "code"}
   assert registry.delta_k(families, options) == 0
   assert registry.delta_k(("pixel_removal",), options) == 5
   cases = [
       ((("pixel_removal",), {"pixel_removal": {"steps": 3}}), r"unknown pixel_removal options"),
-      ((("iou",), {"five_band": {"clamp": 1}}), r"unknown five_band options \['clamp'\]"),
+      ((("iou",), {"five_band": {"clip": 1}}), r"unknown five_band options \['clip'\]"),
+      ((("five_band",), {"five_band": {"clamp": "raw"}}),
+       "metric_options.five_band.clamp: unknown clamp order 'raw'; valid: 'code', 'paper'"),
+      ((("five_band",), {"five_band": {"clamp": 0.1}}),
+       "metric_options.five_band.clamp: unknown clamp order 0.1"),
       ((("iou",), {"psnr": {}}), r"metric_options for unknown metrics \['psnr'\]"),
       ((("pixel_removal",), {"pixel_removal": {"fraction": 0}}),
        r"metric_options.pixel_removal.fraction: must be a fraction in \(0, 1\]"),
@@ -204,6 +209,15 @@ def test_family_scores_under_jit_match_the_metric_functions():
       np.testing.assert_allclose(five_band.columns[column + suffix], values, rtol=1e-6)
     np.testing.assert_allclose(five_band.roc[setting][0], scores.recall.sum(0), rtol=1e-6)
     np.testing.assert_allclose(five_band.roc[setting][1], scores.fpr.sum(0), rtol=1e-6)
+  # clamp="paper": the clamped setting normalises before clipping; the soft one is unchanged.
+  paper = registry.family("five_band").score(inputs, {"clamp": "paper"})
+  for setting, suffix in registry.FIVE_BAND_SETTINGS.items():
+    scores = ground_truth.five_band_scores(attributions, heatmap, thresholds=setting,
+                                           clamp_order="paper")
+    for column, values in ground_truth.five_band_summary(scores).items():
+      np.testing.assert_allclose(paper.columns[column + suffix], values, rtol=1e-6)
+    if setting == "soft":
+      np.testing.assert_allclose(paper.columns["Amu"], five_band.columns["Amu"], rtol=1e-6)
   iou = registry.family("iou").score(inputs, options["iou"])
   np.testing.assert_allclose(iou.columns["iou"], ground_truth.iou(maps, mask, n_std=0.3))
   np.testing.assert_allclose(iou.columns["iou_star"],

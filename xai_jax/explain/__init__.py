@@ -24,13 +24,13 @@ import functools
 import inspect
 from typing import Any, Callable, Mapping, Sequence
 
-from xai_jax.explain import cam, common, integrated, noise, perturbation
+from xai_jax.explain import cam, common, deep_maps, full_gradient, integrated, noise, perturbation
 # The modules, bound before their same-named functions below shadow them.
 from xai_jax.explain import layer_shap as _layer_shap_module, lrp as _lrp_module
 from xai_jax.explain.baselines import edge, random_map
 from xai_jax.explain.cam import gradcam, guided_gradcam
 from xai_jax.explain.common import predicted_class
-from xai_jax.explain.deep_maps import deepmaps, layer_attributions
+from xai_jax.explain.deep_maps import deepmaps, deepmaps_layers, layer_attributions
 from xai_jax.explain.deeplift_rules import deeplift, deeplift_multipliers, deeplift_shap
 from xai_jax.explain.full_gradient import fullgrad, fullgrad_completeness, simple_fullgrad
 from xai_jax.explain.gradients import gradient, input_x_gradient
@@ -141,6 +141,10 @@ def _check_values(name: str, options: Mapping[str, Any]) -> None:
       perturbation.check_static_options(name, options)
     if name in ("lrp", "layer_shap"):
       _STATIC_CHECKS[name](options)
+    if name == "deepmaps":
+      deep_maps.check_layer_set(options.get("layers"), options.get("first_layer"))
+    if name in ("fullgrad", "simple_fullgrad") and "normalization" in options:
+      full_gradient.check_normalization(options["normalization"])
     if name == "guided_gradcam" and options.get("upsample", "nearest") not in cam.UPSAMPLE:
       raise ValueError(f"unknown upsample {options['upsample']!r}; valid: "
                        f"{', '.join(cam.UPSAMPLE)}")
@@ -251,11 +255,11 @@ def check_options(name: str, options: Mapping[str, Any] | None = None, *,
 
 __all__ = [
     "METHODS", "check_options", "explain", "takes_key", "deconvolution", "deeplift",
-    "deeplift_multipliers", "deeplift_shap", "deepmaps", "edge", "feature_ablation", "fullgrad",
-    "fullgrad_completeness", "gradcam", "gradient", "gradient_shap", "guided_backprop",
-    "guided_gradcam", "input_x_gradient", "integrated_gradients", "kernel_shap",
-    "layer_attributions", "layer_expected_gradients", "layer_shap", "lime", "lrp",
-    "normalize_min_max", "occlusion", "predicted_class", "random_map", "resize",
-    "resize_bilinear", "resize_nearest", "segment", "shapley_sampling", "simple_fullgrad",
-    "smoothgrad", "to_map",
+    "deeplift_multipliers", "deeplift_shap", "deepmaps", "deepmaps_layers", "edge",
+    "feature_ablation", "fullgrad", "fullgrad_completeness", "gradcam", "gradient",
+    "gradient_shap", "guided_backprop", "guided_gradcam", "input_x_gradient",
+    "integrated_gradients", "kernel_shap", "layer_attributions", "layer_expected_gradients",
+    "layer_shap", "lime", "lrp", "normalize_min_max", "occlusion", "predicted_class", "random_map",
+    "resize", "resize_bilinear", "resize_nearest", "segment", "shapley_sampling",
+    "simple_fullgrad", "smoothgrad", "to_map",
 ]

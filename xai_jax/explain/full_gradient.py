@@ -18,6 +18,13 @@ where `post(a) = (|a| - min) / (max + 1e-6)` per sample over all of C x H x W
 (not per channel) and `upsample` is bilinear with `align_corners=True`. Dense
 (2-D) sites count toward completeness only. No final normalisation.
 SimpleFullGrad uses the raw bias-site gradients instead of `bias_grad * bias`.
+
+`normalization="feature_map"` is FullGrad as Grabska-Barwinska et al. (2021,
+"DeepMaps") write it in their Eq. 4: `s = Psi(a) + sum_l sum_phi Psi(a^{b,l}_phi)`
+with `a = sum_C x * dx` (their Eq. 1, one map) and `Psi` their Eq. 5, bilinear
+upscale (`align_corners=True`) of the per-map min-max normalised `|.|`, applied
+to every feature map (channel) of every bias site separately instead of to the
+site's whole C x H x W tensor; their appendix D compares the two orders.
 """
 
 from __future__ import annotations
@@ -30,12 +37,16 @@ import jax
 import jax.numpy as jnp
 
 from xai_jax import xla
-from xai_jax.explain import common, postprocess
+from xai_jax.explain import common, deep_maps, postprocess
 from xai_jax.models import taps
 
 Array = jax.Array
 
 _POST_EPS = 1e-6
+
+NORMALIZATIONS = ("reference", "feature_map")
+"""How each term is normalised: "reference" (idiap's `_postProcess` over the whole
+C x H x W tensor of a site) or "feature_map" (DeepMaps Eq. 4: Psi of every feature map)."""
 
 
 def post_process(a: Array) -> Array:
@@ -72,6 +83,24 @@ def fullgrad_terms(model: nn.Module, variables: Any, x: Array,
   return picked, x * out.input_grad, terms, dict(out.bias_grads)
 
 
+def check_normalization(normalization: Any) -> str:
+  """Returns `normalization` if it is one of `NORMALIZATIONS`; raises ValueError otherwise."""
+  if not isinstance(normalization, str) or normalization not in NORMALIZATIONS:
+    raise ValueError(f"unknown normalization {normalization!r}; valid: "
+                     f"{', '.join(NORMALIZATIONS)}")
+  return normalization
+
+
+def _saliency_per_feature_map(input_term: Array, bias_maps: dict[str, Array]) -> Array:
+  """DeepMaps Eq. 4: Psi of the channel-summed input term plus Psi of every bias feature map."""
+  size = input_term.shape[1:3]
+  cam = deep_maps.psi(jnp.sum(input_term, axis=-1), size, align_corners=True)
+  for term in bias_maps.values():
+    if term.ndim == 4:  # a dense site has no map (Psi of a 1x1 map would be 0 anyway)
+      cam = cam + deep_maps.psi_per_channel_sum(term, size, align_corners=True)
+  return cam
+
+
 def _saliency(input_term: Array, bias_maps: dict[str, Array]) -> Array:
   size = input_term.shape[1:3]
   cam = jnp.sum(post_process(input_term), axis=-1)
@@ -86,38 +115,46 @@ def _saliency(input_term: Array, bias_maps: dict[str, Array]) -> Array:
   return cam
 
 
-@functools.partial(xla.jit, static_argnames=("model", "simple"))
-def _fullgrad(model, variables, x, target, *, simple):
+@functools.partial(xla.jit, static_argnames=("model", "simple", "normalization"))
+def _fullgrad(model, variables, x, target, *, simple, normalization="reference"):
   _, input_term, terms, grads = fullgrad_terms(model, variables, x, target)
-  return _saliency(input_term, grads if simple else terms)
+  saliency = _saliency if normalization == "reference" else _saliency_per_feature_map
+  return saliency(input_term, grads if simple else terms)
 
 
 def fullgrad(model: nn.Module, variables: Any, x: Array,
-             target: Array | int | None) -> Array:
-  """FullGrad saliency map (idiap reference), `float32[N, H, W]`.
+             target: Array | int | None, *, normalization: str = "reference") -> Array:
+  """FullGrad saliency map, `float32[N, H, W]`.
 
   Args:
     model: an `xai_jax.models` contract model.
     variables: its variables.
     x: `float32[N, H, W, C]`.
     target: `int[N]`, an int, or None for the predicted class.
+    normalization: "reference" (idiap's code: each term normalised over its
+      whole C x H x W tensor, then summed over channels) or "feature_map"
+      (DeepMaps Eq. 4: Psi of the channel-summed input term and of every
+      feature map of every bias site); see the module docstring.
 
   Returns:
-    `float32[N, H, W]`, unnormalised (a sum of maps in [0, 1), one per site
-    plus the input term); all NaN for an image whose traced target is out of
-    range (see `xai_jax.explain.common`).
+    `float32[N, H, W]`, unnormalised (a sum of maps in [0, 1], one per site
+    ("reference") or per feature map ("feature_map"), plus the input term);
+    all NaN for an image whose traced target is out of range (see
+    `xai_jax.explain.common`).
 
   Raises:
-    ValueError: for a non-contract model, bad `x` / `target`, or variables /
-      channels that do not fit the model.
+    ValueError: for a non-contract model, bad `x` / `target`, variables /
+      channels that do not fit the model, or an unknown `normalization`.
   """
   taps.check_contract(model, "fullgrad")
+  normalization = check_normalization(normalization)
   x, target, valid = common.prepare(model, variables, x, target)
-  return common.nan_where_invalid(_fullgrad(model, variables, x, target, simple=False), valid)
+  return common.nan_where_invalid(
+      _fullgrad(model, variables, x, target, simple=False, normalization=normalization), valid)
 
 
 def simple_fullgrad(model: nn.Module, variables: Any, x: Array,
-                    target: Array | int | None) -> Array:
+                    target: Array | int | None, *, normalization: str = "reference") -> Array:
   """SimpleFullGrad (idiap `SimpleFullGrad`): raw bias-site gradients instead of bias terms.
 
   Args:
@@ -125,18 +162,21 @@ def simple_fullgrad(model: nn.Module, variables: Any, x: Array,
     variables: its variables.
     x: `float32[N, H, W, C]`.
     target: `int[N]`, an int, or None for the predicted class.
+    normalization: "reference" or "feature_map", as for `fullgrad`.
 
   Returns:
     `float32[N, H, W]`; all NaN for an image whose traced target is out of
     range.
 
   Raises:
-    ValueError: for a non-contract model, bad `x` / `target`, or variables /
-      channels that do not fit the model.
+    ValueError: for a non-contract model, bad `x` / `target`, variables /
+      channels that do not fit the model, or an unknown `normalization`.
   """
   taps.check_contract(model, "simple_fullgrad")
+  normalization = check_normalization(normalization)
   x, target, valid = common.prepare(model, variables, x, target)
-  return common.nan_where_invalid(_fullgrad(model, variables, x, target, simple=True), valid)
+  return common.nan_where_invalid(
+      _fullgrad(model, variables, x, target, simple=True, normalization=normalization), valid)
 
 
 @functools.partial(xla.jit, static_argnames=("model",))

@@ -10,7 +10,9 @@ Two protocols:
 
   1. `channel_adjust`: optional clip of the *raw* attribution to
      `[-clamp, clamp]`, signed channel sum `S`, then `S / max|S|` per sample; an
-     all-zero attribution stays zero.
+     all-zero attribution stays zero. `clamp_order="paper"` follows the paper's
+     text instead: `h / max|h|` first, then the clip, the sum and `S / max|S|`
+     (`CLAMP_ORDERS`).
   2. `five_band`: stratification into {-2, -1, 0, 1, 2} with thresholds
      `(g1, g2, g3, g4)`: `v <= g1 -> -2`, `g1 < v <= g2 -> -1`,
      `g2 < v <= g3 -> 0`, `g3 < v <= g4 -> 1`, `v > g4 -> 2`. The ground truth is
@@ -62,7 +64,8 @@ class ThresholdPreset(NamedTuple):
     g0: the first threshold set `(g1, g2, g3, g4)`.
     delta: the step towards 0 per threshold index.
     m: the number of threshold sets.
-    clamp: the clip applied to the raw attribution (None: no clip).
+    clamp: the clip before the channel sum (None: no clip); where it acts is
+      `channel_adjust`'s `clamp_order`.
   """
   g0: tuple[float, float, float, float]
   delta: float
@@ -76,6 +79,13 @@ PRESETS: Mapping[str, ThresholdPreset] = {
     # XAI_SETTING_0002, files .clamp.xai / .clamp.csv: ends at (-0.5, -0.1, 0.1, 0.5).
     "clamped": ThresholdPreset((-0.9, -0.5, 0.5, 0.9), 0.01, 41, 0.1),
 }
+
+CLAMP_ORDERS = ("code", "paper")
+"""Where the clamp acts in `channel_adjust`. "code" (the default): on the raw attribution, as
+the original code does (`h -> C(h) -> s_c(h) -> h / max|h|`), so an explainer whose raw
+attributions stay within the clamp is never clamped. "paper": after a first normalisation,
+as the paper's text (Sec. III) writes it (`h -> h / max|h| -> C(h) -> s_c(h) -> h / max|h|`),
+so the clamp acts on every explainer alike."""
 
 SUMMARY_COLUMNS = ("Amu", "Au", "Au1", "Rmu", "Ru", "Ru1", "Pmu", "Pu", "Pu1")
 """The per-sample score columns of the original CSV, in its order."""
@@ -108,6 +118,12 @@ def _check_clamp(clamp: float | None) -> float | None:
   return clamp
 
 
+def _check_clamp_order(clamp_order: Any) -> str:
+  if not isinstance(clamp_order, str) or clamp_order not in CLAMP_ORDERS:
+    raise ValueError(f"unknown clamp_order {clamp_order!r}; valid: {', '.join(CLAMP_ORDERS)}")
+  return clamp_order
+
+
 def _check_maps(saliency: Any, reference: Any, *, reference_name: str) -> tuple[jax.Array, jax.Array]:
   """Checks a saliency batch against a [N, H, W] reference (heatmap or mask)."""
   saliency = jnp.asarray(saliency)
@@ -136,47 +152,68 @@ def _check_maps(saliency: Any, reference: Any, *, reference_name: str) -> tuple[
 # Five-band scores (Tjoa & Guan).
 
 
-def channel_adjust(attributions: Any, *, clamp: float | None = None) -> jax.Array:
-  """The original's channel adjustment: optional clip, channel sum, `/ max|S|`.
+def channel_adjust(attributions: Any, *, clamp: float | None = None,
+                   clamp_order: str = "code") -> jax.Array:
+  """The channel adjustment: optional clip, channel sum, `/ max|S|`.
 
-  `sum_pixels_over_channels` of Tjoa & Guan's evaluation code: if
-  the attribution is all zero it stays zero; otherwise `S = sum_c attr` and the
-  map is `S / max|S|` per sample, so it lies in [-1, 1] with a peak of +-1. With
-  `clamp`, the *raw, unnormalised* attribution is first clipped to
-  `[-clamp, clamp]`; its effect therefore depends on the explainer's absolute
-  scale (the paper's "clamped" setting uses 0.1). (A `h / max|h|` before the clamp,
-  as a reading of the paper suggests, is not in the original code, which is
-  followed here: pre-normalising would make the clamp scale-free.)
+  `sum_pixels_over_channels` of Tjoa & Guan's evaluation code: if the attribution is all
+  zero it stays zero; otherwise `S = sum_c attr` and the map is `S / max|S|` per sample,
+  so it lies in [-1, 1] with a peak of +-1.
 
-  A non-zero attribution whose channel sum is zero everywhere (channels that
-  cancel) gives 0/0 = NaN in the original, which its banding puts in band 0 at
-  every pixel; here it gives zeros, which band identically.
+  With `clamp`, the attribution is clipped to `[-clamp, clamp]` before the sum, at one of
+  two places (`CLAMP_ORDERS`):
+
+  * "code" (default, the original code): the *raw, unnormalised* attribution is clipped,
+    `h -> C(h) -> s_c(h) -> h / max|h|`. The effect depends on the explainer's absolute
+    scale: an attribution whose raw maximum |value| is at most `clamp` is never clipped.
+  * "paper" (the paper's text, Sec. III "clamping"): the attribution is first divided by
+    its maximum |value| over all pixels and channels of the sample,
+    `h -> h / max|h| -> C(h) -> s_c(h) -> h / max|h|`, so the clamp acts on the same
+    scale for every explainer.
+
+  (Without `clamp`, both orders are the same: a pre-normalisation by a positive scalar
+  cancels in the final `/ max|S|`.)
+
+  A non-zero attribution whose channel sum is zero everywhere (channels that cancel) gives
+  0/0 = NaN in the original, which its banding puts in band 0 at every pixel; here it
+  gives zeros, which band identically.
 
   Args:
     attributions: `float[N, H, W, C]` or `float[N, H, W]` (already one channel).
-    clamp: clip the raw attribution to `[-clamp, clamp]` first; None: no clip.
+    clamp: clip to `[-clamp, clamp]` before the channel sum; None: no clip.
+    clamp_order: "code" or "paper", where the clip acts (see above).
 
   Returns:
     `float32[N, H, W]` in [-1, 1].
 
   Raises:
-    ValueError: for another rank, a non-positive clamp, or NaN/inf values.
+    ValueError: for another rank, a non-positive clamp, an unknown `clamp_order`, or
+      NaN/inf values.
   """
   x = jnp.asarray(attributions)
   if x.ndim not in (3, 4) or min(x.shape) < 1:
     raise ValueError(f"attributions must be [N, H, W, C] or [N, H, W] with non-empty axes; "
                      f"got shape {x.shape}")
   _check_finite("attributions", x)
-  return _channel_adjust(x.astype(jnp.float32), _check_clamp(clamp))
+  return _channel_adjust(x.astype(jnp.float32), _check_clamp(clamp),
+                         _check_clamp_order(clamp_order))
 
 
-def _channel_adjust(x: jax.Array, clamp: float | None) -> jax.Array:
+def _unit_peak(x: jax.Array) -> jax.Array:
+  """`x / max|x|` per sample over all non-batch axes; an all-zero sample stays zero."""
+  axes = tuple(range(1, x.ndim))
+  peak = jnp.max(jnp.abs(x), axis=axes, keepdims=True)
+  nonzero = peak > 0
+  return jnp.where(nonzero, x / jnp.where(nonzero, peak, 1.0), 0.0)
+
+
+def _channel_adjust(x: jax.Array, clamp: float | None, clamp_order: str = "code") -> jax.Array:
   if clamp is not None:
+    if clamp_order == "paper":
+      x = _unit_peak(x)
     x = jnp.clip(x, -clamp, clamp)
   summed = to_map(x, "sum") if x.ndim == 4 else x
-  peak = jnp.max(jnp.abs(summed), axis=(1, 2), keepdims=True)
-  nonzero = peak > 0
-  return jnp.where(nonzero, summed / jnp.where(nonzero, peak, 1.0), 0.0)
+  return _unit_peak(summed)
 
 
 def _check_thresholds(thresholds: Any) -> np.ndarray:
@@ -327,7 +364,7 @@ class FiveBandScores(NamedTuple):
 
 
 def five_band_scores(saliency: Any, heatmap: Any, *, thresholds: Any = "soft",
-                     clamp: float | None = None) -> FiveBandScores:
+                     clamp: float | None = None, clamp_order: str = "code") -> FiveBandScores:
   """Five-band accuracy, precision, recall and FPR per sample and threshold.
 
   Tjoa & Guan's ground-truth evaluation:
@@ -353,20 +390,23 @@ def five_band_scores(saliency: Any, heatmap: Any, *, thresholds: Any = "soft",
       the cells; other values are banded with the same rule, not rejected.
     thresholds: "soft", "clamped" or `float[M, 4]` (see `resolve_thresholds`);
       under an outer `jax.jit` pass a name or a concrete (closed-over) array.
-    clamp: clip of the raw attribution; default: the preset's (0.1 for
+    clamp: the clip before the channel sum; default: the preset's (0.1 for
       "clamped", none for "soft" and for arrays).
+    clamp_order: "code" (clip the raw attribution, the original code) or "paper"
+      (normalise by `max|h|` first, the paper's text); see `channel_adjust`.
 
   Returns:
     `FiveBandScores` of `[N, M]` arrays.
 
   Raises:
     ValueError: for mismatched or wrong shapes, NaN/inf values, bad thresholds,
-      an unknown preset, or a non-positive clamp.
+      an unknown preset, a non-positive clamp or an unknown `clamp_order`.
   """
   saliency, heatmap = _check_maps(saliency, heatmap, reference_name="heatmap")
   g, clamp = resolve_thresholds(thresholds, clamp)
   return _five_band_scores(saliency.astype(jnp.float32), heatmap.astype(jnp.float32),
-                           jnp.asarray(g, jnp.float32), clamp=clamp)
+                           jnp.asarray(g, jnp.float32), clamp=clamp,
+                           clamp_order=_check_clamp_order(clamp_order))
 
 
 def _band_counts(values: jax.Array, truth_bands: jax.Array, g: jax.Array) -> tuple[jax.Array, ...]:
@@ -406,10 +446,10 @@ def _band_counts(values: jax.Array, truth_bands: jax.Array, g: jax.Array) -> tup
   return tp + tn, tp, fp, tn, fn
 
 
-@functools.partial(xla.jit, static_argnames=("clamp",))
-def _five_band_scores(saliency, heatmap, g, *, clamp):
+@functools.partial(xla.jit, static_argnames=("clamp", "clamp_order"))
+def _five_band_scores(saliency, heatmap, g, *, clamp, clamp_order="code"):
   n = saliency.shape[0]
-  values = _channel_adjust(saliency, clamp).reshape(n, -1)
+  values = _channel_adjust(saliency, clamp, clamp_order).reshape(n, -1)
   truth_bands = _band(heatmap.reshape(n, -1), jnp.asarray(GROUND_TRUTH_THRESHOLDS, jnp.float32))
   correct, tp, fp, tn, fn = _band_counts(values, truth_bands, g)
   as_float = lambda c: c.astype(jnp.float32)

@@ -20,7 +20,10 @@ from here; nothing else keeps a list of metrics. Look-ups: `get(name)`, `directi
 Families and their columns:
 
 * "five_band" (Tjoa & Guan): `Amu Au Au1 Rmu Ru Ru1 Pmu Pu Pu1` with the soft thresholds
-  and the same with suffix `_clamp` with the clamped ones (`FIVE_BAND_SETTINGS`).
+  and the same with suffix `_clamp` with the clamped ones (`FIVE_BAND_SETTINGS`); option
+  `clamp`: "code" (default: the clamped setting clips the raw attribution, as the original
+  code) or "paper" (it normalises by the maximum |value| first, as the paper's text), see
+  `ground_truth.CLAMP_ORDERS`.
 * "iou" (Gattas): `iou` and `iou_star`.
 * "pixel_removal" (DeepMaps): `aopc afoc_morf afoc_lerf n_morf n_lerf flipped_morf
   flipped_lerf`, and with `delta_k > 0` the Eq. 9 variants `delta_<metric>` of
@@ -184,8 +187,14 @@ def _fail(family: str, option: str, message: str):
   raise ValueError(f"metric_options.{family}.{option}: {message}")
 
 
-def _check_nothing(options: Mapping[str, Any], image_size: tuple[int, int] | None) -> None:
-  del options, image_size
+def _check_five_band(options: Mapping[str, Any], image_size: tuple[int, int] | None) -> None:
+  del image_size
+  clamp = options["clamp"]
+  if not isinstance(clamp, str) or clamp not in ground_truth.CLAMP_ORDERS:
+    _fail("five_band", "clamp", f"unknown clamp order {clamp!r}; valid: "
+          f"{', '.join(map(repr, ground_truth.CLAMP_ORDERS))} (\"code\": clip the raw "
+          "attribution, as the original code; \"paper\": normalise by its maximum |value| "
+          "first, as the paper's text)")
 
 
 def _check_iou(options: Mapping[str, Any], image_size: tuple[int, int] | None) -> None:
@@ -254,12 +263,12 @@ def _check_fill(fill) -> None:
 
 def _score_five_band(inputs: ScoringInputs, options: Mapping[str, Any]) -> FamilyScores:
   """Five-band summary columns of both threshold settings on the raw attributions, and the
-  ROC sums (recall and FPR per threshold index) of the batch."""
-  del options
+  ROC sums (recall and FPR per threshold index) of the batch. The option `clamp` is where the
+  clamped setting clips (`ground_truth.CLAMP_ORDERS`); the soft setting has no clip."""
   columns, roc = {}, {}
   for setting, suffix in FIVE_BAND_SETTINGS.items():
     scores = ground_truth.five_band_scores(inputs.attributions, inputs.heatmap,
-                                           thresholds=setting)
+                                           thresholds=setting, clamp_order=options["clamp"])
     for column, values in ground_truth.five_band_summary(scores).items():
       columns[column + suffix] = values
     roc[setting] = (scores.recall.sum(0), scores.fpr.sum(0))
@@ -314,8 +323,8 @@ _FAMILIES: dict[str, Family] = {
         name="five_band",
         description="five-band accuracy, recall and precision against the ground-truth "
                     "heatmap over two threshold settings (Tjoa & Guan)",
-        ground_truth=("heatmap",), defaults=types.MappingProxyType({}),
-        check=_check_nothing, score=_score_five_band),
+        ground_truth=("heatmap",), defaults=types.MappingProxyType({"clamp": "code"}),
+        check=_check_five_band, score=_score_five_band),
     "iou": Family(
         name="iou",
         description="IOU and IOU* of the thresholded map with the object mask (Gattas)",

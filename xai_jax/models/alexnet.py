@@ -12,7 +12,9 @@ networks" (2014), as implemented by torchvision (`torchvision.models.alexnet`):
 
 Flax submodules are named like torchvision's (`features_0`, `classifier_1`),
 activations like the ReLU modules (`features_1`, ..., `classifier_5`), bias
-sites `<layer>/bias`. Grad-CAM layer: `features_11`.
+sites `<layer>/bias`. Grad-CAM layer: `features_11`. DeepMaps layers: every
+conv ReLU (`features_1`, `features_4`, `features_7`, `features_9`,
+`features_11` and the extra layers' ReLUs), as DeepMaps sums for VGG16.
 
 `head="tjoa"`: Tjoa & Guan's adjusted AlexNet (cells.md section 3): the same
 layers with LeakyReLU(0.01) instead of the two classifier ReLUs (same keys).
@@ -55,6 +57,12 @@ class AlexNet(nn.Module):
     if self.extra_layers:
       return f"extra_{self.extra_layers - 1}_relu"
     return "features_11"
+
+  @property
+  def deepmaps_layers(self) -> tuple[str, ...]:
+    """DeepMaps' layers: every conv ReLU, as for VGG (5, plus the extra layers)."""
+    return ("features_1", "features_4", "features_7", "features_9", "features_11") + tuple(
+        f"extra_{i}_relu" for i in range(self.extra_layers))
 
   def _act(self, x, name, *, leaky=False):
     x = self.ops.leaky_relu(x, 0.01) if leaky else self.ops.relu(x)

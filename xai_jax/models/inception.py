@@ -47,6 +47,9 @@ e.g. `Mixed_5b/branch5x5_2/relu`, `Conv2d_4a_3x3/relu`) and every Mixed
 block's output, the channel concatenation of its branches (`Mixed_5b/output`).
 Bias sites: every batch norm (`.../bn/bias`, effective biases) and `fc/bias`.
 Grad-CAM layer: `Mixed_7c/output` (Captum's `LayerGradCam(model, model.Mixed_7c)`).
+DeepMaps layers (`deepmaps_layers`, 16): the five stem BasicConv2d ReLUs and the eleven
+Mixed block outputs, the analogue of DeepMaps' ResNet-50 set (stem and the outputs where
+parallel branches join; Grabska-Barwinska et al. 2021, appendix F).
 
 Initialisation follows torchvision's `init_weights=True`: conv and linear
 weights truncated normal with std 0.1 (0.01 for `AuxLogits.conv1`, 0.001 for
@@ -326,6 +329,14 @@ class Inception3(nn.Module):
   dropout: float = 0.5
 
   gradcam_layer = "Mixed_7c/output"
+  # DeepMaps' layers, by analogy with their ResNet-50 set (stem + the points where parallel
+  # routes join): the five stem conv ReLUs (a plain chain, every layer as for VGG16) and the
+  # eleven Mixed block outputs.
+  deepmaps_layers = (
+      "Conv2d_1a_3x3/relu", "Conv2d_2a_3x3/relu", "Conv2d_2b_3x3/relu", "Conv2d_3b_1x1/relu",
+      "Conv2d_4a_3x3/relu", "Mixed_5b/output", "Mixed_5c/output", "Mixed_5d/output",
+      "Mixed_6a/output", "Mixed_6b/output", "Mixed_6c/output", "Mixed_6d/output",
+      "Mixed_6e/output", "Mixed_7a/output", "Mixed_7b/output", "Mixed_7c/output")
 
   @nn.compact
   def __call__(self, x, *, train: bool = False):

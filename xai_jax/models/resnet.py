@@ -10,7 +10,10 @@ Flax submodules are named like torchvision's (`conv1`, `bn1`, `layer1_0` with
 uses a separate ReLU per call site (as Tjoa & Guan rebuilt them for DeepLift);
 activations: stem `relu`, inside blocks `relu1`, `relu2` [, `relu3`], the last
 one being the block output (e.g. `layer4_1/relu2` for ResNet-18, the Grad-CAM
-layer). Bias sites are the batch norms (`layer1_0/bn1/bias`, ...) and
+layer). DeepMaps layers (`deepmaps_layers`): the stem `relu` and every block
+output, "every time the parallel routes of computation come together again"
+(Grabska-Barwinska et al. 2021, appendix F): 17 for ResNet-50 and ResNet-34,
+9 for ResNet-18. Bias sites are the batch norms (`layer1_0/bn1/bias`, ...) and
 `fc/bias`: ResNet-18 has 21 of them, as FullGrad counts.
 
 `head="tjoa"`: Tjoa & Guan's adjusted ResNet34 head (cells.md section 3): after
@@ -106,6 +109,14 @@ class ResNet(nn.Module):
     kind, stages = CONFIGS[self.depth]
     last = "relu2" if kind == "basic" else "relu3"
     return f"layer4_{stages[-1] - 1}/{last}"
+
+  @property
+  def deepmaps_layers(self) -> tuple[str, ...]:
+    """DeepMaps' layers: the stem ReLU and every block output (ResNet-50: 1 + 16 = 17)."""
+    kind, stages = CONFIGS[self.depth]
+    last = "relu2" if kind == "basic" else "relu3"
+    return ("relu",) + tuple(f"layer{s + 1}_{b}/{last}" for s, n_blocks in enumerate(stages)
+                             for b in range(n_blocks))
 
   @nn.compact
   def __call__(self, x, *, train: bool = False):

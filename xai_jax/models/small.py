@@ -27,9 +27,11 @@ more than 95% training accuracy (`PAPER_RANDOM_LABEL_TRAIN_ACCURACY`); its test 
 is chance. See `xai_jax.data.mnist` for the training recipe.
 
 Taps (see `taps`): CNN activations "relu1", "relu2", "relu3", bias sites
-"conv1/bias", "conv2/bias", "fc1/bias", "fc2/bias"; Grad-CAM layer "relu2".
+"conv1/bias", "conv2/bias", "fc1/bias", "fc2/bias"; Grad-CAM layer "relu2"; DeepMaps
+layers "relu1", "relu2" (the conv ReLUs, as DeepMaps sums for VGG16).
 MLP activations "relu1".."relu3", bias sites "fc1/bias".."fc4/bias"; no Grad-CAM
-layer (no spatial activation: Grad-CAM, guided Grad-CAM and layer SHAP do not apply).
+layer and no DeepMaps layer (no spatial activation: Grad-CAM, guided Grad-CAM and layer
+SHAP do not apply, DeepMaps has only the input map).
 """
 
 from typing import Any
@@ -65,6 +67,7 @@ class CNN(nn.Module):
   widths: tuple[int, int] = (32, 64)
   hidden: int = 1024
   gradcam_layer = "relu2"
+  deepmaps_layers = ("relu1", "relu2")
 
   @nn.compact
   def __call__(self, x, *, train: bool = False):
@@ -100,6 +103,7 @@ class MLP(nn.Module):
   ops: taps.Ops = taps.DEFAULT_OPS
   hidden: tuple[int, ...] = (2500, 1500, 500)
   gradcam_layer = None
+  deepmaps_layers = ()
 
   @nn.compact
   def __call__(self, x, *, train: bool = False):
@@ -128,7 +132,7 @@ class SmallVGG(nn.Module):
 
   Taps: activations "relu{b}_{i}" (block b, layer i, 1-based) and "relu_fc";
   bias sites "conv{b}_{i}/bias", "bn{b}_{i}/bias", "fc1/bias", "fc2/bias";
-  Grad-CAM layer: the last conv ReLU.
+  Grad-CAM layer: the last conv ReLU; DeepMaps layers: every conv ReLU.
 
   Attributes:
     num_classes: number of logits.
@@ -146,6 +150,11 @@ class SmallVGG(nn.Module):
   @property
   def gradcam_layer(self) -> str:
     return f"relu{len(self.widths)}_2"
+
+  @property
+  def deepmaps_layers(self) -> tuple[str, ...]:
+    """Every conv ReLU, as DeepMaps sums for VGG16."""
+    return tuple(f"relu{b}_{i}" for b in range(1, len(self.widths) + 1) for i in (1, 2))
 
   @nn.compact
   def __call__(self, x, *, train: bool = False):

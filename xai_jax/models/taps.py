@@ -50,7 +50,12 @@ bias site `"features_28/bias"` (conv `features.28`) or ResNet
 torchvision's module names (with "." -> "_"); bias sites are `<layer>/bias`.
 Every model also has `gradcam_layer: str`, the default Grad-CAM activation
 (the last conv block output: VGG/AlexNet's last conv ReLU before the last
-max-pool, ResNet's last block output); see `default_gradcam_layer`.
+max-pool, ResNet's last block output); see `default_gradcam_layer`. Every model
+also has `deepmaps_layers: tuple[str, ...]`, the spatial activations DeepMaps
+sums by default, in forward order (Grabska-Barwinska et al. 2021: every conv
+ReLU of VGG16; the stem ReLU and the 16 block outputs of ResNet-50); empty for
+a network without spatial activations (the MLP). See
+`xai_jax.explain.deepmaps_layers`.
 
 Nothing is sown or probed during `model.init` (the variables then contain only
 `"params"` and, for batch-norm models, `"batch_stats"`), and without the probe

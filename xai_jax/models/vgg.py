@@ -13,7 +13,9 @@ Flax submodules are named like torchvision's (`features_0`, `features_1` (BN),
 `classifier_0`), activations like the ReLU modules (VGG16: `features_1`, ...,
 `features_29`, `classifier_1`, `classifier_4`), bias sites `<layer>/bias`.
 Grad-CAM layer: the last conv ReLU before the last max-pool (VGG16
-`features_29`, i.e. Selvaraju's relu5_3).
+`features_29`, i.e. Selvaraju's relu5_3). DeepMaps layers (`deepmaps_layers`):
+every conv ReLU, `features_1` ... `features_29` for VGG16, the 13 hidden layers
+Grabska-Barwinska et al. (2021) sum (their Fig. 2 and Fig. 12, layers 1-13).
 
 `head="tjoa"`: Tjoa & Guan's adjusted VGG (cells.md section 3): features,
 7x7 pool, 0 dropout, 1 linear 4096, 2 LeakyReLU(0.01), 3 dropout,
@@ -81,6 +83,12 @@ class VGG(nn.Module):
     relus = [i for kind, i, _ in feature_layout(self.depth, self.batch_norm)
              if kind == "relu"]
     return f"features_{relus[-1]}"
+
+  @property
+  def deepmaps_layers(self) -> tuple[str, ...]:
+    """DeepMaps' layers: every conv ReLU (VGG16: the 13 of their Fig. 2 and Fig. 12)."""
+    return tuple(f"features_{i}" for kind, i, _ in feature_layout(self.depth, self.batch_norm)
+                 if kind == "relu")
 
   @nn.compact
   def __call__(self, x, *, train: bool = False):

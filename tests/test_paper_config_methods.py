@@ -1,0 +1,102 @@
+"""Every `paper*` config runs each method with the options its paper gives.
+
+* pixel_removal (Grabska-Barwinska et al. 2021, "DeepMaps"): GRADIENTS is
+  `sum_phi |df/dx_phi|` (Sec. 2.1), gradient x input the signed Eq. 1, Grad-CAM with its ReLU
+  (Selvaraju et al.), FullGrad as Eq. 4 (Psi per feature map), DeepMaps over the paper's
+  layers (13 conv ReLUs of VGG16, stem + 16 block outputs of ResNet-50).
+* cells (Tjoa & Guan): Captum's Saliency (|gradient|), Guided Grad-CAM at the first conv
+  layer, GradientShap with 5 samples and no noise, everything else signed; the clamped
+  setting clips the raw attribution (their code).
+* localization (Gattas 2020): signed attributions; the absolute value is taken by IOU.
+* sanity_checks (Adebayo et al. 2018): signed attributions; the figures' "absolute value" vs
+  "diverging" is the similarity measure (Fig. 3 top / bottom, Fig. 11 / 12), not the method.
+
+The options are compared with literal tables written from the papers, and the gradient's
+absolute value is checked on a model.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from configs import cells as cells_config
+from configs import localization as localization_config
+from configs import pixel_removal as pixel_removal_config
+from configs import sanity_checks as sanity_config
+from xai_jax import explain, models, runner
+from xai_jax.models import taps
+
+DEEPMAPS_PANEL = {
+    "random": {},
+    "gradient": {"abs": True},
+    "input_x_gradient": {},
+    "gradcam": {"relu": True, "upsample": "bilinear"},
+    "fullgrad": {"normalization": "feature_map"},
+    "deepmaps": {"layers": "paper"},
+}
+
+
+def _methods(config_methods):
+  return {name: dict(options) for name, options in config_methods.items()}
+
+
+def test_pixel_removal_paper_variants_follow_deepmaps():
+  for variant, layers in (("paper", 13), ("paper_resnet50", 17)):
+    config = pixel_removal_config.get_config(variant)
+    assert _methods(config.methods) == DEEPMAPS_PANEL, variant
+    model = models.get(config.model.name, num_classes=config.model.num_classes)
+    assert len(explain.deepmaps_layers(model)) == layers, variant
+  # The quick variant runs the same panel.
+  assert _methods(pixel_removal_config.get_config("quick").methods) == DEEPMAPS_PANEL
+
+
+def test_the_deepmaps_gradient_is_the_channel_sum_of_absolute_values():
+  model = models.get("cnn", num_classes=3, widths=(2, 3), hidden=4)
+  variables = models.init(model, jax.random.key(0), (1, 8, 8, 3))
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 8, 8, 3)), jnp.float32)
+  name, options = runner.check_methods({"gradient": DEEPMAPS_PANEL["gradient"]})["gradient"]
+  attributions = np.asarray(explain.explain(name, model, variables, x, 1, **options))
+  signed = np.asarray(explain.gradient(model, variables, x, 1))
+  assert (signed < 0).any()  # the signed gradient has negative, important pixels
+  np.testing.assert_allclose(attributions.sum(-1), np.abs(signed).sum(-1), rtol=1e-6)
+
+
+def test_cells_paper_variants_follow_tjoa_and_guan():
+  first_layers = {"paper_alexnet": "features_1", "paper_vgg": "features_1",
+                  "paper_resnet34": "relu"}
+  for variant, layer in first_layers.items():
+    config = cells_config.get_config(variant)
+    methods = _methods(config.methods)
+    assert methods["saliency"] == {"method_name": "gradient", "abs": True}
+    assert methods["guided_gradcam"] == {"layer": layer}
+    assert methods["gradient_shap"] == {"baselines": "zeros", "samples": 5, "stdev": 0.0}
+    for name in ("input_x_gradient", "deeplift", "guided_backprop", "deconvolution"):
+      assert methods[name] == {}, (variant, name)
+    assert not any("abs" in options for name, options in methods.items() if name != "saliency")
+    assert dict(config.metric_options.five_band) == {"clamp": "code"}
+    # The layer is the first activation of the paper's model (right after its first conv).
+    model = models.get(config.model.name, num_classes=10, **config.model.options)
+    shape = (1, config.data.size, config.data.size, 3)
+    variables = jax.eval_shape(lambda m=model, s=shape: models.init(m, jax.random.key(0), s))
+    names = taps.activation_names(model, variables, jax.ShapeDtypeStruct(shape, jnp.float32))
+    assert names[0] == layer, variant
+
+
+def test_localization_paper_variant_follows_gattas():
+  config = localization_config.get_config("paper")
+  methods = _methods(config.methods)
+  assert not any("abs" in options for options in methods.values())
+  assert {"deeplift", "gradient_shap", "gradcam", "guided_gradcam"} <= set(methods)
+  assert config.iou.abs is True and config.iou.n_std == 0.5 and config.iou.n_std_star == 1.0
+
+
+def test_sanity_paper_variant_follows_adebayo():
+  config = sanity_config.get_config("paper")
+  methods = _methods(config.method_options)
+  assert tuple(config.methods) == ("gradient", "smoothgrad", "vargrad", "integrated_gradients",
+                                   "guided_backprop", "gradcam", "guided_gradcam",
+                                   "input_x_gradient")
+  assert not any("abs" in options for options in methods.values())
+  assert methods["smoothgrad"]["method"] == methods["vargrad"]["method"] == "gradient"
+  # Fig. 3 top and Fig. 11 (absolute), Fig. 3 bottom and Fig. 12 (diverging), Fig. 4.
+  assert set(config.measures) == {"spearman_abs", "spearman_signed", "ssim", "hog"}
