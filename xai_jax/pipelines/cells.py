@@ -279,13 +279,10 @@ def _methods(config) -> dict[str, dict]:
 
 def _metric_options(config) -> dict[str, dict]:
   """The config's `metric_options`; a pixel-removal `step` or `step_fraction` of 0 is unset
-  (None: a ConfigDict field cannot be overridden from the command line once it is None)."""
+  (`training_data.unset_zero_grid`)."""
   options = {k: dict(v) for k, v in config.metric_options.items()}
-  removal = options.get("pixel_removal")
-  if removal is not None:
-    for grid in ("step", "step_fraction"):
-      if grid in removal and not isinstance(removal[grid], bool) and removal[grid] == 0:
-        removal[grid] = None
+  if "pixel_removal" in options:
+    options["pixel_removal"] = training_data.unset_zero_grid(options["pixel_removal"])
   return options
 
 
@@ -346,10 +343,8 @@ def run(config: ml_collections.ConfigDict, workdir, *, progress: bool = True) ->
     metric_options = training_data.resolve_dataset_mean(
         metric_options,
         lambda: training_data.TrainingShards(sources["train"], config.data.shard_size))
-    fill = metric_options["pixel_removal"]["fill"]
-    removal_note = (f"Pixel-removal fill: {config.metric_options.pixel_removal.fill}"
-                    + (f" = {', '.join(f'{v:.4f}' for v in fill)}" if isinstance(fill, tuple)
-                       else "") + ". ")
+    removal_note = "Pixel-removal fill: " + training_data.describe_fill(
+        config.metric_options.pixel_removal.fill, metric_options["pixel_removal"]["fill"]) + ". "
     print(removal_note, flush=True)
   results = {}
   removal_models = tuple(config.evaluate.pixel_removal_models) or tuple(config.evaluate.models)

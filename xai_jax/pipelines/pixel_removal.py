@@ -106,9 +106,7 @@ def removal_options(config) -> dict[str, Any]:
   if values is not None and len(set(values)) == 1:
     values = values[0]  # one number for every channel (e.g. the normalised ImageNet mean 0)
   options["fill"] = fill if values is None else values
-  for grid in ("step", "step_fraction"):
-    options[grid] = options.get(grid) or None
-  return options
+  return training_data.unset_zero_grid(options)
 
 
 def resolved_removal_options(config) -> dict[str, Any]:
@@ -202,13 +200,10 @@ def run(config: ml_collections.ConfigDict, workdir, *, progress: bool = True) ->
           figures[f"Win rates on {metric} (DeepMaps Fig. 7)"] = reports.win_rate_figure(
               samples, folder / f"win_rates_{metric}.png", metric=metric)
   options = metric_options["pixel_removal"]
-  fill = options["fill"]
-  if isinstance(fill, tuple):
-    fill = ", ".join(f"{v:.4f}" for v in fill)
   grid = (f"{options['step']} pixels" if options["step"] else
           f"{(options['step_fraction'] or metric_removal.DEFAULT_STEP_FRACTION):g} of the pixels")
   notes = (f"Model: {described}; {samples['index'].nunique()} images. Removal: fill "
-           f"{config.pixel_removal.fill} ({fill}), step {grid}, AOPC/AFOC at "
+           f"{training_data.describe_fill(config.pixel_removal.fill, options['fill'])}, step {grid}, AOPC/AFOC at "
            f"{options['fraction']:g} of "
            f"the pixels, score {options['score']}, delta against {options['delta_k']} other "
            f"images' maps. Win rates (share of images won, ties 1/2) of every metric are in "

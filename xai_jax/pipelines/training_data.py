@@ -9,7 +9,10 @@ replacement labels (the permuted labels of Adebayo et al.'s data randomisation t
 `channel_mean` is the per-channel mean over such shards, and `resolve_dataset_mean` puts the
 training split's mean into the pixel-removal options in place of the fill "dataset_mean": the
 papers' removal fill ("the mean RGB values over the training set", DeepMaps App. B), computed
-once, so that no image's scores depend on the shard it is evaluated in.
+once, so that no image's scores depend on the shard it is evaluated in. `unset_zero_grid` and
+`describe_fill` are the other two pixel-removal conventions every pipeline shares: a grid
+`step` / `step_fraction` of 0 in a config means unset, and the fill is reported by name and
+value.
 """
 
 from __future__ import annotations
@@ -124,3 +127,32 @@ def resolve_dataset_mean(metric_options: Mapping[str, Mapping[str, Any]],
   if removal is not None and removal.get("fill") == pixel_removal.DATASET_MEAN:
     removal["fill"] = channel_mean(shards())
   return resolved
+
+
+def unset_zero_grid(removal: Mapping[str, Any]) -> dict[str, Any]:
+  """A copy of pixel-removal options whose `step` / `step_fraction` of 0 is None (unset).
+
+  A ConfigDict field cannot be overridden from the command line once it holds None, so the
+  configs write 0 for "unset". Anything else, a bool included, is left for the metric
+  registry to check (it refuses bools with a message naming the field).
+  """
+  resolved = dict(removal)
+  for grid in ("step", "step_fraction"):
+    value = resolved.get(grid)
+    if value is not None and not isinstance(value, (bool, np.bool_)) and value == 0:
+      resolved[grid] = None
+  return resolved
+
+
+def describe_fill(name: str, fill: Any) -> str:
+  """The removal fill for reports: its config name, then its numbers when it resolved to any.
+
+  Example: `describe_fill("dataset_mean", (0.5, 0.25, 0.125))` is
+  `"dataset_mean = 0.5000, 0.2500, 0.1250"`; `describe_fill("batch_mean", "batch_mean")` is
+  `"batch_mean"`.
+  """
+  if isinstance(fill, (tuple, list)):
+    return f"{name} = {', '.join(f'{float(v):.4f}' for v in fill)}"
+  if isinstance(fill, (int, float, np.number)) and not isinstance(fill, bool):
+    return f"{name} = {float(fill):.4f}"
+  return str(name)
