@@ -26,27 +26,38 @@ Variants (`--config=configs/cells.py:<variant>`):
 * `tiny` (the tests): 32x32, a few training steps, 16 test images, 3 methods; seconds.
 
 * `paper_alexnet`, `paper_vgg`, `paper_resnet34`: Tjoa & Guan's setting (their Table I and
-  seed code, as `xai_jax.train.paper_settings` records it): AlexNet (`alexnet_plus`, head "tjoa") and VGG16 (head "tjoa") at 224x224,
-  ResNet34 at 512x512; Adam with L2 weight decay 1e-5, learning rate 1e-4 (AlexNet, VGG) or
-  1e-3 (ResNet), batch 16 / 16 / 4, continuous-mode epochs 16 / 4 / 2 on the 6400 training
-  images, then 5 branches in regular-evaluation mode for 16 / 4 / 4 epochs (evaluate every 4 steps on one of the
-  8 validation shards, patience n_l 48 / 48 / 24, refresh fraction r_f 0.3 / 0.3 / 0.4,
-  target 0.96); all 1600 test images; their method panel with Captum's defaults
-  (`PAPER_METHODS`: Saliency is |gradient|, Guided Grad-CAM at the first conv layer;
-  DeepLiftShap is missing); five-band with the soft (M = 56) and clamped (M = 41)
-  thresholds, the clamped setting clipping the raw attribution as their code does
+  seed code, as `xai_jax.train.paper_settings` records it): AlexNet and VGG16 (both with
+  their head "tjoa") at 224x224, ResNet34 at 512x512; Adam with L2 weight decay 1e-5,
+  learning rate 1e-4 (AlexNet, VGG) or 1e-3 (ResNet), batch 16 / 16 / 4, continuous-mode
+  epochs 16 / 4 / 2 on the 6400 training images, then 5 branches in regular-evaluation mode
+  for 16 / 4 / 4 epochs (evaluate every 4 steps on one of the 8 validation shards, patience
+  n_l 48 / 48 / 24, refresh fraction r_f 0.3 / 0.3 / 0.4, target 0.96); all 1600 test
+  images; their eight methods with Captum's defaults (`PAPER_METHODS`: Saliency is
+  |gradient|, Guided Grad-CAM at the first conv layer, GradientShap and DeepLiftShap on four
+  N(0, 0.001^2) baseline images per sample) plus the random and edge reference maps;
+  five-band with the soft (M = 56) and clamped (M = 41) thresholds, the clamped setting
+  clipping the raw attribution as their code does
   (`--config.metric_options.five_band.clamp=paper` normalises first, as their text says).
-  The TFDS dataset is built first (`data.source = "tfds"`).
+  The TFDS dataset is built first (`data.source = "tfds"`). They fine-tuned torchvision's
+  ImageNet weights; give the same start with `--config.model.init=DIR`, a folder written by
+  `python -m experiments.port_weights --arch=vgg16 --out=DIR` (alexnet, vgg16, resnet34):
+  every layer of the ImageNet model that fits is taken, the 10-class layer is fresh, and
+  every layer is trained. Without it (the default here, where no weights can be downloaded)
+  the models train from scratch, which their schedule was not made for: expect lower
+  accuracy.
 
+      python -m experiments.port_weights --arch=vgg16 --out=weights/vgg16 \
+          --state_dict=vgg16-397923af.pth
       python -m experiments.cells --workdir=workdir/cells_vgg \
-          --config=configs/cells.py:paper_vgg
+          --config=configs/cells.py:paper_vgg --config.model.init=weights/vgg16
 
   Hours on one GPU (VGG: about 1 h of training and 1-2 h of evaluation on an H100; not
   measured here: no GPU was available to the session that wrote this). Expected (their
-  Fig. 3-4 and Table II): test accuracy >= 0.96 for the models that reach the target;
-  Saliency and DeepLift among the highest recall, GradCAM-type maps low five-band precision
-  at 224 because their 14x14 (7x7 for ResNet) maps are coarse, and the clamped setting
-  raising every method's accuracy and ROC area.
+  Table I and Fig. 3-4): mean test accuracy of the five branches 0.951 (ResNet34), 0.980
+  (AlexNet), 0.986 (VGG) (`report.md` gives this mean, Table I's <Acc.>); Saliency on AlexNet
+  with the highest recall in Fig. 3 A; GradCAM-type maps (Guided Grad-CAM here) low five-band
+  precision; the clamped setting (Fig. 3 C, `figures/recall_precision_points.png` draws A, B
+  and C) changing precision and recall most for AlexNet and VGG, not necessarily upward.
 
 Every field can be overridden from the command line, e.g.
 `--config.evaluate.num_examples=50 --config.dtype=bfloat16`. The config is checked before
@@ -84,12 +95,10 @@ QUICK_METHODS = {
     "edge": {},
 }
 
-# Tjoa & Guan's panel (their Sec. II-C: Saliency, Input*Gradient, DeepLift, GuidedBackprop,
-# GuidedGradCam, Deconvolution, GradientShap, DeepLiftShap, each with Captum's defaults and the
-# predicted class as target), plus the baselines. Integrated gradients (which they excluded as
-# too slow on ResNet) and Grad-CAM are xai_jax additions, not in their figures. DeepLiftShap is
-# not here yet: its baselines (four images of N(0, 0.001^2) noise per sample) have no name
-# in the runner's baselines ("zeros", "uniform:K").
+# Tjoa & Guan's panel (their Sec. II-C and analysis code: Saliency, Input*Gradient, DeepLift,
+# GuidedBackprop, GuidedGradCam, Deconvolution, GradientShap, DeepLiftShap, each with Captum's
+# defaults and the predicted class as target), plus the two model-independent reference maps
+# (random, edge), which are xai_jax additions and not in their figures.
 PAPER_METHODS = {
     # Captum's Saliency takes the absolute value by default (abs=True).
     "saliency": {"method_name": "gradient", "abs": True},
@@ -100,11 +109,10 @@ PAPER_METHODS = {
     # layer is set per model in `get_config` (`PAPER_GUIDED_GRADCAM_LAYERS`).
     "guided_gradcam": {},
     "deconvolution": {},
-    # GradientShap: n_samples=5, stdevs=0 (Captum's defaults); their baselines are 4 images of
-    # N(0, 0.001^2) noise, which zero baselines approximate to within 0.001 per pixel.
-    "gradient_shap": {"baselines": "zeros", "samples": 5, "stdev": 0.0},
-    "integrated_gradients": {"steps": 50},
-    "gradcam": {},
+    # Their baselines: 4 images of N(0, 0.001^2) noise, drawn afresh for every sample
+    # (`shap_n_baseline=4`); GradientShap with Captum's n_samples=5, stdevs=0.
+    "gradient_shap": {"baselines": "normal:4:0.001", "samples": 5, "stdev": 0.0},
+    "deeplift_shap": {"baselines": "normal:4:0.001"},
     "random": {},
     "edge": {},
 }
@@ -121,7 +129,7 @@ PAPER_GUIDED_GRADCAM_LAYERS = {
 
 PAPER_MODELS = {
     # variant: (model name, image size, model options)
-    "paper_alexnet": ("alexnet_plus", 224, {"head": "tjoa"}),
+    "paper_alexnet": ("alexnet", 224, {"head": "tjoa"}),
     "paper_vgg": ("vgg16", 224, {"head": "tjoa"}),
     "paper_resnet34": ("resnet34", 512, {"head": "tjoa"}),
 }
@@ -139,8 +147,11 @@ def _base() -> ml_collections.ConfigDict:
       source="generator",  # "generator" (no disk) or "tfds" (build xai_cells, then read it)
       tfds_dir="",  # TFDS data_dir for source="tfds" (default WORKDIR/tfds)
       size=96, num_train=4000, num_validation=400, num_test=100, shard_size=200))
+  # init: "" trains from scratch; a folder of `experiments.port_weights` (ImageNet weights of
+  # model.name's architecture) starts from its weights with a fresh 10-class head, every
+  # layer trained (Tjoa & Guan's fine-tuning).
   config.model = ml_collections.ConfigDict(dict(name="small_vgg",
-                                                options={"widths": (8, 16, 32, 32)}))
+                                                options={"widths": (8, 16, 32, 32)}, init=""))
   config.train = ml_collections.ConfigDict(dict(
       batch_size=32,
       learning_rate=3e-3,

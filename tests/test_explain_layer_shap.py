@@ -32,6 +32,7 @@ import pytest
 from xai_jax import explain, models
 from xai_jax.explain import postprocess
 from xai_jax.models import layers, taps
+import narrow_nets  # noqa: E402
 
 K, H, W, C, M = 3, 6, 6, 2, 4
 
@@ -216,12 +217,13 @@ def shap_vgg():
   shap = pytest.importorskip("shap")
   from xai_jax.models import port  # pylint: disable=import-outside-toplevel
   torch.manual_seed(0)
-  net = torchvision.models.vgg11(weights=None, num_classes=K).eval()
+  net = narrow_nets.narrow_vgg(torchvision.models.vgg11(weights=None, num_classes=K)).eval()
   with torch.no_grad():
     for module in net.modules():
       if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)):
         module.bias.uniform_(-0.1, 0.1)
-  variables = port.from_torchvision("vgg11", net.state_dict())  # float32 weights, exactly
+  variables = port.from_torchvision("vgg11", net.state_dict(),  # float32 weights, exactly
+                                    classifier_width=narrow_nets.WIDTH)
   with jax.enable_x64(True):
     variables = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), variables)
   net = net.double()
@@ -263,7 +265,8 @@ def _shap_values(torch, explainer, inputs, smoothing):
 def _ours(variables, x, target, draws, **options):
   indices, alphas, noise = draws
   with jax.enable_x64(True):
-    model = models.get("vgg11", num_classes=K, dtype=jnp.float64)
+    model = models.get("vgg11", num_classes=K, dtype=jnp.float64,
+                       classifier_width=narrow_nets.WIDTH)
     xj = jnp.asarray(x.permute(0, 2, 3, 1).numpy())
     return explain.layer_expected_gradients(
         model, variables, xj, target, layer=LAYER, samples=SAMPLES, alphas=alphas,

@@ -36,6 +36,8 @@ import pytest
 from xai_jax import explain, models
 from xai_jax.models import layers, taps
 
+import narrow_nets
+
 lrp_module = importlib.import_module("xai_jax.explain.lrp")
 
 K = 4
@@ -462,7 +464,8 @@ def captum_vgg():
   nets = {}
   for name in ("vgg11", "vgg11_bn"):
     torch.manual_seed(0)
-    net = getattr(torchvision.models, name)(weights=None, num_classes=10).eval()
+    net = narrow_nets.narrow_vgg(
+        getattr(torchvision.models, name)(weights=None, num_classes=10)).eval()
     with torch.no_grad():
       for module in net.modules():
         if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)):
@@ -473,7 +476,8 @@ def captum_vgg():
           module.running_mean.uniform_(-0.2, 0.2)
           module.running_var.uniform_(0.5, 1.5)
     x = torch.rand(2, 3, 32, 32)
-    variables = port.from_torchvision(name, net.state_dict())
+    variables = port.from_torchvision(name, net.state_dict(),
+                                      classifier_width=narrow_nets.WIDTH)
     with jax.enable_x64(True):
       variables = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), variables)
     net, x = net.double(), x.double()
@@ -528,7 +532,8 @@ def test_captum_lrp_parity(captum_vgg, name, case):
   rule, options = _captum_cases(torch)[case]
   want = _captum_lrp(torch, net, x, target, rule)
   with jax.enable_x64(True):
-    model = models.get(name, num_classes=10, dtype=jnp.float64)
+    model = models.get(name, num_classes=10, dtype=jnp.float64,
+                       classifier_width=narrow_nets.WIDTH)
     xj = jnp.asarray(x.permute(0, 2, 3, 1).numpy())
     got = explain.lrp(model, variables, xj, jnp.asarray(target.numpy()), **options)
   assert _rel(got, want) < 1e-10, (name, case)
@@ -549,7 +554,8 @@ def test_captum_lrp_parity_per_layer_rules(captum_vgg):
   layer_rules = {"features_0": "zplus", "features_3": "gamma", "features_6": "gamma",
                  "classifier_0": "alpha1_beta0"}
   with jax.enable_x64(True):
-    model = models.get("vgg11", num_classes=10, dtype=jnp.float64)
+    model = models.get("vgg11", num_classes=10, dtype=jnp.float64,
+                       classifier_width=narrow_nets.WIDTH)
     xj = jnp.asarray(x.permute(0, 2, 3, 1).numpy())
     got = explain.lrp(model, variables, xj, jnp.asarray(target.numpy()),
                       layer_rules=layer_rules)

@@ -4,9 +4,10 @@
   `sum_phi |df/dx_phi|` (Sec. 2.1), gradient x input the signed Eq. 1, Grad-CAM with its ReLU
   (Selvaraju et al.), FullGrad as Eq. 4 (Psi per feature map), DeepMaps over the paper's
   layers (13 conv ReLUs of VGG16, stem + 16 block outputs of ResNet-50).
-* cells (Tjoa & Guan): Captum's Saliency (|gradient|), Guided Grad-CAM at the first conv
-  layer, GradientShap with 5 samples and no noise, everything else signed; the clamped
-  setting clips the raw attribution (their code).
+* cells (Tjoa & Guan): their eight methods: Captum's Saliency (|gradient|), Guided Grad-CAM
+  at the first conv layer, GradientShap (5 samples, no noise) and DeepLiftShap on four
+  N(0, 0.001^2) baselines per sample, everything else signed; the clamped setting clips the
+  raw attribution (their code); plain AlexNet (no extra layer).
 * localization (Gattas 2020): signed attributions; the absolute value is taken by IOU.
 * sanity_checks (Adebayo et al. 2018): signed attributions; the figures' "absolute value" vs
   "diverging" is the similarity measure (Fig. 3 top / bottom, Fig. 11 / 12), not the method.
@@ -33,6 +34,24 @@ DEEPMAPS_PANEL = {
     "gradcam": {"relu": True, "upsample": "bilinear"},
     "fullgrad": {"normalization": "feature_map"},
     "deepmaps": {"layers": "paper"},
+}
+
+
+# Tjoa & Guan's analysis code: Captum's Saliency (abs=True), InputXGradient, DeepLift (zero
+# baseline), GuidedBackprop, GuidedGradCam, Deconvolution, GradientShap (n_samples=5,
+# stdevs=0) and DeepLiftShap, both with 4 baselines of N(0, 0.001^2) noise per sample; plus
+# xai_jax's random and edge reference maps.
+TJOA_GUAN_PANEL = {
+    "saliency": {"method_name": "gradient", "abs": True},
+    "input_x_gradient": {},
+    "deeplift": {},
+    "guided_backprop": {},
+    "guided_gradcam": {},
+    "deconvolution": {},
+    "gradient_shap": {"baselines": "normal:4:0.001", "samples": 5, "stdev": 0.0},
+    "deeplift_shap": {"baselines": "normal:4:0.001"},
+    "random": {},
+    "edge": {},
 }
 
 
@@ -66,14 +85,12 @@ def test_cells_paper_variants_follow_tjoa_and_guan():
                   "paper_resnet34": "relu"}
   for variant, layer in first_layers.items():
     config = cells_config.get_config(variant)
-    methods = _methods(config.methods)
-    assert methods["saliency"] == {"method_name": "gradient", "abs": True}
-    assert methods["guided_gradcam"] == {"layer": layer}
-    assert methods["gradient_shap"] == {"baselines": "zeros", "samples": 5, "stdev": 0.0}
-    for name in ("input_x_gradient", "deeplift", "guided_backprop", "deconvolution"):
-      assert methods[name] == {}, (variant, name)
-    assert not any("abs" in options for name, options in methods.items() if name != "saliency")
+    # Exactly their eight methods (and the two reference maps), nothing added.
+    assert _methods(config.methods) == {**TJOA_GUAN_PANEL, "guided_gradcam": {"layer": layer}}
     assert dict(config.metric_options.five_band) == {"clamp": "code"}
+    assert config.model.name == {"paper_alexnet": "alexnet", "paper_vgg": "vgg16",
+                                 "paper_resnet34": "resnet34"}[variant]
+    assert dict(config.model.options) == {"head": "tjoa"}
     # The layer is the first activation of the paper's model (right after its first conv).
     model = models.get(config.model.name, num_classes=10, **config.model.options)
     shape = (1, config.data.size, config.data.size, 3)

@@ -314,6 +314,25 @@ def test_named_uniform_baselines_are_per_image_and_in_its_range():
   np.testing.assert_array_equal(zeros["baseline"], np.zeros((4, 4, 3)))
 
 
+def test_named_normal_baselines_are_the_per_image_noise_draws():
+  # "normal:K:STD" (Tjoa & Guan's four N(0, 0.001^2) images): image i's set is exactly
+  # STD * normal(fold_in(keys[i], 7), (K, H, W, C)), whatever the image's values.
+  x = jnp.stack([jnp.full((4, 4, 3), 0.5), jnp.full((4, 4, 3), 9.0)])
+  keys = runner.image_keys(jax.random.key(0), "m", np.array([4, 9]))
+  options = runner._explain_options("deeplift_shap", {"baselines": "normal:4:0.001"}, x, keys)  # pylint: disable=protected-access
+  sets = np.asarray(options["baselines"])
+  assert sets.shape == (2, 4, 4, 4, 3)
+  for i in range(2):
+    expected = 0.001 * jax.random.normal(jax.random.fold_in(keys[i], 7), (4, 4, 4, 3))
+    np.testing.assert_array_equal(sets[i], np.asarray(expected))
+  assert 0.0005 < sets.std() < 0.002 and abs(sets.mean()) < 0.0005
+  for bad in ("normal:4", "normal:0:0.001", "normal:4:0", "normal:4:-1", "normal:4:nan",
+              "normal:4:x", "uniform:4:0.1"):
+    with pytest.raises(ValueError, match=r"methods.m: unknown baselines .*'normal:K:STD'"):
+      runner.check_methods({"m": {"method_name": "gradient_shap", "baselines": bad}})
+  runner.check_methods({"m": {"method_name": "gradient_shap", "baselines": "normal:4:0.001"}})
+
+
 @pytest.mark.slow
 def test_every_per_image_result_is_the_same_for_any_shard_size(setup, tmp_path):
   # Per-image keys and partners drawn from the whole evaluated set: every column of every

@@ -22,6 +22,7 @@ places it, and jitted functions then run data-parallel under GSPMD.
 import dataclasses
 import functools
 import json
+import math
 import pathlib
 import time
 import zlib
@@ -320,7 +321,7 @@ def check_methods(methods: Mapping[str, Mapping[str, Any]]) -> dict[str, tuple[s
   What `evaluate` runs first; experiments call it while validating their config, before any
   data generation or training. Besides `explain.check_options`, the runner's own option
   values are checked: `method_name` (the registry name when it differs from the display
-  name) and named baselines ("zeros", "uniform:K"). A `key` is not required from methods
+  name) and named baselines ("zeros", "uniform:K", "normal:K:STD"). A `key` is not required from methods
   that take one (`explain.takes_key`): `evaluate` fills it in.
 
   Returns:
@@ -343,7 +344,7 @@ def check_methods(methods: Mapping[str, Mapping[str, Any]]) -> dict[str, tuple[s
     try:
       for field in ("baseline", "baselines"):
         if isinstance(options.get(field), str):
-          _baseline_count(options[field], field)
+          _baseline_spec(options[field], field)
       explain.check_options(name, options,
                             supplied=("key",) if explain.takes_key(name) else ())
     except ValueError as error:
@@ -391,16 +392,26 @@ def check_shards(num_examples: int, shard_size: int, *, delta_k: int = 0,
         + (" (0: no delta)" if num_examples == 1 else ""))
 
 
-def _baseline_count(spec: str, field: str) -> int:
-  """Checks a named baseline: "zeros" (0), or "uniform:K" (K >= 1) for `baselines`."""
+def _baseline_spec(spec: str, field: str) -> tuple[str, int, float]:
+  """Checks a named baseline; returns `(kind, K, scale)`: "zeros" (0 images), or for
+  `baselines` "uniform:K" (K >= 1) or "normal:K:STD" (K >= 1, STD > 0 finite)."""
   if spec == "zeros":
-    return 0
-  if spec.startswith("uniform:") and field == "baselines":
-    count = spec.split(":", 1)[1]
+    return "zeros", 0, 0.0
+  kind, _, rest = spec.partition(":")
+  if field == "baselines" and kind in ("uniform", "normal"):
+    count, _, scale = rest.partition(":")
     if count.isdigit() and int(count) >= 1:
-      return int(count)
+      if kind == "uniform" and not scale:
+        return kind, int(count), 0.0
+      try:
+        std = float(scale)
+      except ValueError:
+        std = math.nan
+      if kind == "normal" and 0.0 < std < math.inf:
+        return kind, int(count), std
   raise ValueError(f"unknown {field} {spec!r}; valid: 'zeros'"
-                   + (", 'uniform:K' with K >= 1" if field == "baselines" else ""))
+                   + (", 'uniform:K' or 'normal:K:STD' with K >= 1 and STD > 0"
+                      if field == "baselines" else ""))
 
 
 def method_key(key: jax.Array, display: str) -> jax.Array:
@@ -440,14 +451,19 @@ def _explain_options(name: str, options: dict, x: jax.Array, keys: jax.Array) ->
 
 
 def _named_baseline(spec: str, field: str, x: jax.Array, keys: jax.Array) -> jax.Array:
-  """"zeros" (black image) or "uniform:K": for each image i, K images uniform in
-  `[min x_i, max x_i]` drawn from `fold_in(keys[i], 7)`, `[N, K, H, W, C]` (one reference set
-  per image, so that an image's set does not depend on its batch)."""
+  """A named baseline (`_baseline_spec`): "zeros" (black image); "uniform:K", for each image i
+  K images uniform in `[min x_i, max x_i]`; or "normal:K:STD", for each image K images of
+  N(0, STD^2) noise (Tjoa & Guan's GradientShap / DeepLiftShap baselines, "normal:4:0.001").
+  The sets are `[N, K, H, W, C]`, drawn from `fold_in(keys[i], 7)`: one per image, so that an
+  image's set does not depend on its batch."""
   shape = x.shape[1:]
-  if spec == "zeros":
+  kind, count, std = _baseline_spec(spec, field)
+  if kind == "zeros":
     zeros = jnp.zeros(shape, x.dtype)
     return zeros if field == "baseline" else zeros[None]
-  count = _baseline_count(spec, field)
+  if kind == "normal":
+    draw = lambda k: std * jax.random.normal(jax.random.fold_in(k, 7), (count, *shape), x.dtype)
+    return jax.vmap(draw)(keys)
   flat = x.reshape(x.shape[0], -1)
   draw = lambda k, low, high: jax.random.uniform(jax.random.fold_in(k, 7), (count, *shape),
                                                  x.dtype, low, high)
@@ -524,8 +540,9 @@ def evaluate(workdir, *, source, model, variables, methods: Mapping[str, Mapping
     methods: `{display name: options}`; options are passed to the method (`explain.METHODS`),
       plus `method_name` when the display name is not a registry name. `key` is filled in for
       the methods that take one (`explain.takes_key`: SmoothGrad, GradientShap, random maps,
-      the sampling methods), one key per image (`image_keys`); `baseline(s)` may be "zeros"
-      or "uniform:K" (K images uniform in each image's value range, one set per image).
+      the sampling methods), one key per image (`image_keys`); `baseline(s)` may be "zeros",
+      "uniform:K" (K images uniform in each image's value range, one set per image) or
+      "normal:K:STD" (K images of N(0, STD^2) noise per image).
     metrics: metric family names, keys of `registry.FAMILIES`.
     metric_options: `{family: {option: value}}`, e.g. `{"pixel_removal": {fraction, step,
       fill, chunk, delta_k, score}, "iou": {n_std, n_std_star, abs}}`; defaults

@@ -287,6 +287,46 @@ def from_torchvision(name: str, state_dict: Mapping[str, Any], *,
   return traverse_util.unflatten_dict(arrays)
 
 
+def transplant(source: Mapping[str, Any], fresh: Mapping[str, Any]
+               ) -> tuple[dict, tuple[str, ...], tuple[str, ...]]:
+  """Flax variables of one model carried into another: the start of Tjoa & Guan's fine-tuning.
+
+  Every variable of `fresh` ("params" and "batch_stats") whose path exists in `source` with
+  the same shape is taken from `source`; the others (a new head: another number of classes,
+  Tjoa & Guan's 1x1-conv ResNet head) keep their fresh values. Variables of `source` that
+  `fresh` has no place for are dropped. E.g. ImageNet VGG16 (`load` of an
+  `experiments.port_weights` folder) into `models.get("vgg16", num_classes=10, head="tjoa")`.
+
+  Args:
+    source: `{"params": ..., "batch_stats": ...}` of the trained model.
+    fresh: the same of the target model (e.g. `models.init(...)`).
+
+  Returns:
+    `(variables, taken, kept_fresh)`: the target's variables (float32 `jax.Array`s), and the
+    "/"-joined paths taken from `source` and kept from `fresh`.
+
+  Raises:
+    ValueError: nothing of `source` fits `fresh` (weights of another architecture).
+  """
+  def flat(tree):
+    return traverse_util.flatten_dict(
+        {k: dict(v) for k, v in dict(tree).items() if k in ("params", "batch_stats")})
+  source_flat, fresh_flat = flat(source), flat(fresh)
+  merged, taken, kept = {}, [], []
+  for path, value in fresh_flat.items():
+    if path in source_flat and np.shape(source_flat[path]) == np.shape(value):
+      merged[path] = jnp.asarray(source_flat[path], jnp.float32)
+      taken.append("/".join(path))
+    else:
+      merged[path] = jnp.asarray(value, jnp.float32)
+      kept.append("/".join(path))
+  if not taken:
+    raise ValueError(
+        "no variable of the source weights fits the target model (another architecture?); "
+        f"target variables: {', '.join(sorted(kept)[:6])}...")
+  return traverse_util.unflatten_dict(merged), tuple(taken), tuple(kept)
+
+
 CHECKPOINT_SUBDIR = "variables"
 METADATA_FILE = "model.json"
 

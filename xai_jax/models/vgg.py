@@ -7,7 +7,8 @@ max-pools numbered as in torch; then adaptive average pooling to 7x7 with
 torch's bin boundaries (so any input >= 32x32 matches torch, bins overlapping
 or repeating below 224), flatten in NCHW order (25088) and the classifier
 0 linear 4096, 1 ReLU, 2 dropout, 3 linear 4096, 4 ReLU, 5 dropout,
-6 linear num_classes.
+6 linear num_classes (`classifier_width` changes the 4096: the parity tests use a narrow
+classifier, which spares them a 25088 x 4096 float64 matrix per call).
 
 Flax submodules are named like torchvision's (`features_0`, `features_1` (BN),
 `classifier_0`), activations like the ReLU modules (VGG16: `features_1`, ...,
@@ -70,6 +71,8 @@ class VGG(nn.Module):
     dtype: computation dtype.
     ops: nonlinearities (see `taps.Ops`).
     head: "torchvision" or "tjoa" (see module docstring).
+    classifier_width: width of the hidden linear layers (4096 in torchvision; a torch
+      model whose `classifier` linears have another width ports with the same value).
   """
   depth: int = 16
   batch_norm: bool = False
@@ -77,6 +80,7 @@ class VGG(nn.Module):
   dtype: Any = jnp.float32
   ops: taps.Ops = taps.DEFAULT_OPS
   head: str = "torchvision"
+  classifier_width: int = 4096
 
   @property
   def gradcam_layer(self) -> str:
@@ -97,6 +101,10 @@ class VGG(nn.Module):
       raise ValueError(f"unknown VGG depth {self.depth}; valid: {tuple(CONFIGS)}")
     if self.head not in HEADS:
       raise ValueError(f"unknown head {self.head!r}; valid: {HEADS}")
+    if isinstance(self.classifier_width, bool) or not (
+        isinstance(self.classifier_width, int) and self.classifier_width >= 1):
+      raise ValueError(f"classifier_width must be a positive int; got {self.classifier_width!r}")
+    width = self.classifier_width
     for kind, i, channels in feature_layout(self.depth, self.batch_norm):
       name = f"features_{i}"
       if kind == "conv":
@@ -111,15 +119,15 @@ class VGG(nn.Module):
     x = layers.flatten_nchw(x)
     drop = lambda x: nn.Dropout(0.5, deterministic=not train)(x)
     if self.head == "tjoa":
-      x = layers.Dense(4096, dtype=self.dtype, name="classifier_1")(drop(x))
+      x = layers.Dense(width, dtype=self.dtype, name="classifier_1")(drop(x))
       x = taps.activation(self, "classifier_2", self.ops.leaky_relu(x, 0.01))
       x = layers.Dense(self.num_classes, dtype=self.dtype,
                        name="classifier_4")(drop(x))
       x = self.ops.leaky_relu(x, 0.01)
       return x.astype(layers.output_dtype(self.dtype))
-    x = layers.Dense(4096, dtype=self.dtype, name="classifier_0")(x)
+    x = layers.Dense(width, dtype=self.dtype, name="classifier_0")(x)
     x = drop(taps.activation(self, "classifier_1", self.ops.relu(x)))
-    x = layers.Dense(4096, dtype=self.dtype, name="classifier_3")(x)
+    x = layers.Dense(width, dtype=self.dtype, name="classifier_3")(x)
     x = drop(taps.activation(self, "classifier_4", self.ops.relu(x)))
     x = layers.Dense(self.num_classes, dtype=self.dtype, name="classifier_6")(x)
     return x.astype(layers.output_dtype(self.dtype))

@@ -58,6 +58,7 @@ from xai_jax.data import cells
 from xai_jax.data import tfds_cells
 from xai_jax.metrics import registry
 from xai_jax.metrics import stats
+from xai_jax.models import port
 from xai_jax.pipelines import training_data
 from xai_jax.pipelines import workdir as workdir_layout
 
@@ -130,6 +131,11 @@ def train_models(config, workdir: pathlib.Path, sources, model, *, progress: boo
   init_key, base_key, branch_key = jax.random.split(jax.random.fold_in(key, 1), 3)
   state = train.init_train_state(model, tx=base_tx, key=init_key,
                                  input_shape=(1, data.size, data.size, 3))
+  if config.model.init:  # Tjoa & Guan: fine-tune ImageNet weights, every layer trained
+    variables, _ = initial_variables(config.model.init, state.variables)
+    state = state.replace(params=variables["params"],
+                          batch_stats=variables.get("batch_stats", {}),
+                          opt_state=base_tx.init(variables["params"]))
   base = train.train_continuous(
       model, state, train_shards.get, num_shards=train_shards.num_shards, tx=base_tx,
       epochs=t.base_epochs, batch_size=t.batch_size, key=base_key,
@@ -152,6 +158,50 @@ def train_models(config, workdir: pathlib.Path, sources, model, *, progress: boo
     for i, result in enumerate(branches):
       trained[f"branch_{i}"] = result.best if result.best is not None else result.state.variables
   return trained
+
+
+def mean_branch_accuracy(accuracy: pd.DataFrame) -> float | None:
+  """The test accuracy averaged over the branch models (`branch_*` rows), Tjoa & Guan Table
+  I's <Acc.>; None without branches."""
+  branches = accuracy[accuracy["model"].astype(str).str.startswith("branch_")]
+  return float(branches["accuracy"].mean()) if len(branches) else None
+
+
+def initial_variables(init: str, fresh: dict) -> tuple[dict, str]:
+  """The start of Tjoa & Guan's fine-tuning: `fresh` (the cells model's initial variables)
+  with every variable the ported ImageNet weights in folder `init` (`experiments.port_weights`)
+  have at the same path and shape (`port.transplant`): the features, and the ImageNet head's
+  layers the cells head keeps; the rest (the 10-class layer) stays fresh.
+
+  Returns:
+    `(variables, description)`, the description naming the layers kept fresh.
+  """
+  _, ported = port.load(init)
+  variables, taken, kept = port.transplant(ported, fresh)
+  return variables, (f"{len(taken)} of {len(taken) + len(kept)} variables from {init}; "
+                     f"fresh: {', '.join(kept) or 'none'}")
+
+
+def check_init(config) -> None:
+  """Checks `model.init` (a folder of `experiments.port_weights`, or "" to train from scratch)
+  without reading the weights: its `model.json` is readable and names `model.name`'s
+  architecture.
+
+  Raises:
+    ValueError: naming `model.init`.
+  """
+  init = config.model.init
+  if not init:
+    return
+  try:
+    meta = port.read_metadata(init)
+  except (OSError, ValueError, files.DamagedFileError) as error:
+    raise ValueError(f"model.init: {init!r} is not a folder of ported weights "
+                     f"(experiments.port_weights --arch={config.model.name} --out=DIR): "
+                     f"{error}") from None
+  if meta["arch"] != config.model.name:
+    raise ValueError(f"model.init: {init!r} holds {meta['arch']!r} weights; model.name is "
+                     f"{config.model.name!r} (port the weights of that architecture)")
 
 
 def accuracy_table(model, trained: dict[str, dict], source, *, batch_size: int) -> pd.DataFrame:
@@ -247,6 +297,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.model.name not in models.NAMES:
     raise ValueError(f"unknown model.name {config.model.name!r}; valid: "
                      f"{', '.join(models.NAMES)}")
+  check_init(config)
   if t.schedule not in ("cosine", "constant"):
     raise ValueError(f"unknown train.schedule {t.schedule!r}; valid: 'cosine', 'constant'")
   trained = ("base", *(f"branch_{i}" for i in range(t.num_branches)))
@@ -309,9 +360,10 @@ def run(config: ml_collections.ConfigDict, workdir, *, progress: bool = True) ->
     progress: show progress bars.
 
   Returns:
-    `{"accuracy", "samples", "roc", "curves", "summary": DataFrame, "report": path of
-    report.md, "figures": {caption: path}, "model": the float32 Flax module, "variables":
-    {model name: trained variables}}`; the tables are those written to the evaluation folder
+    `{"accuracy", "samples", "roc", "curves", "summary": DataFrame, "branch_accuracy": the
+    branches' mean test accuracy (Tjoa & Guan Table I; None without branches), "report":
+    path of report.md, "figures": {caption: path}, "model": the float32 Flax module,
+    "variables": {model name: trained variables}}`; the tables are those written to the evaluation folder
     (`check_workdir`).
 
   Raises:
@@ -331,6 +383,10 @@ def run(config: ml_collections.ConfigDict, workdir, *, progress: bool = True) ->
   accuracy = accuracy_table(model, trained, sources["test"], batch_size=config.evaluate.shard_size)
   files.write_table(accuracy, out / "accuracy.csv")
   print(f"test accuracy:\n{accuracy.to_string(index=False)}", flush=True)
+  branch_accuracy = mean_branch_accuracy(accuracy)
+  accuracy_note = ("" if branch_accuracy is None else
+                   f"Mean test accuracy of the {config.train.num_branches} branches (Tjoa & "
+                   f"Guan Table I, <Acc.>): {branch_accuracy:.3f}. ")
 
   eval_model = models.get(config.model.name, num_classes=NUM_CLASSES,
                           dtype=jnp.dtype(config.dtype), **options)
@@ -373,7 +429,7 @@ def run(config: ml_collections.ConfigDict, workdir, *, progress: bool = True) ->
     figures = make_figures(results, samples, roc, curves, out / "figures")
   first = alpha[alpha["model"] == alpha["model"].iloc[0]] if len(alpha) else alpha
   notes = (f"Evaluation dtype {config.dtype}; {len(samples)} (image, model, method) rows. "
-           f"{removal_note}"
+           f"{accuracy_note}{removal_note}"
            "Krippendorff's alpha of the per-image method rankings (1 = every image ranks the "
            "methods alike): " + ", ".join(f"{r.metric} {r.alpha:.2f}"
                                            for r in first.itertuples()) +
@@ -383,9 +439,9 @@ def run(config: ml_collections.ConfigDict, workdir, *, progress: bool = True) ->
                                      f"{config.data.size}x{config.data.size})",
                                      summary=summary, accuracy=accuracy, figures=figures,
                                      config=json.loads(config.to_json()), notes=notes)
-  return {"accuracy": accuracy, "samples": samples, "roc": roc, "curves": curves,
-          "summary": summary, "report": report_path, "figures": figures, "model": model,
-          "variables": trained}
+  return {"accuracy": accuracy, "branch_accuracy": branch_accuracy, "samples": samples,
+          "roc": roc, "curves": curves, "summary": summary, "report": report_path,
+          "figures": figures, "model": model, "variables": trained}
 
 
 def make_figures(results, samples, roc, curves, folder: pathlib.Path) -> dict[str, pathlib.Path]:
@@ -400,8 +456,11 @@ def make_figures(results, samples, roc, curves, folder: pathlib.Path) -> dict[st
                                        class_names=cells.CLASS_NAMES))
   first = next(iter(results))
   if "Rmu" in samples.columns:
-    figures[f"Recall vs precision ({first}; Tjoa & Guan Fig. 3)"] = (
+    figures[f"Recall vs precision per sample ({first}; Tjoa & Guan Fig. 3 A)"] = (
         reports.precision_recall_scatter(samples, folder / "recall_precision.png", model=first))
+    figures["Recall vs precision per method and model: average, best and best clamped "
+            "(Tjoa & Guan Fig. 3 A/B/C)"] = reports.recall_precision_points_figure(
+                samples, folder / "recall_precision_points.png")
   if not roc.empty:
     figures[f"ROC over the soft thresholds ({first}; Tjoa & Guan Fig. 4)"] = (
         reports.roc_figure(roc, folder / "roc.png", model=first))

@@ -9,6 +9,8 @@ figure state and no display), dropped after saving (`save_figure`).
 
 * `precision_recall_scatter`: per-sample recall vs precision, one panel per
   method, the mean marked with its standard deviations (Tjoa & Guan, Fig. 3).
+* `recall_precision_points_figure`: one point per (model, method) in the three panels of
+  Tjoa & Guan's Fig. 3 (average, best, best clamped).
 * `roc_figure`: mean recall against mean FPR over the five-band thresholds,
   AUC in the legend (Tjoa & Guan, Fig. 4).
 * `perturbation_curves_figure`: MoRF / LeRF curves (Samek et al. 2016).
@@ -140,6 +142,46 @@ def precision_recall_scatter(samples: pd.DataFrame, path: PathLike, *, model: st
   where = f"model {model}" if model is not None else ", ".join(map(str, models))
   fig.suptitle(f"Five-band recall vs precision per sample ({setting}; {where}); top right is "
                "better", fontsize=9)
+  return save_figure(fig, path)
+
+
+def recall_precision_points_figure(samples: pd.DataFrame, path: PathLike) -> pathlib.Path:
+  """Tjoa & Guan Fig. 3 A/B/C: one point per (model, method), side by side per panel.
+
+  Each point is a method's recall and precision averaged over the samples, for one trained
+  model (their five branches give five points per method), with bars of one population
+  standard deviation (`tables.recall_precision_points`). A: average over the soft thresholds;
+  B: best threshold; C: best threshold after clamping. Colour = method, marker = model.
+
+  Returns:
+    The path written.
+
+  Raises:
+    ValueError: as `tables.recall_precision_points`.
+  """
+  points = tables.recall_precision_points(samples)
+  panels = tables.unique_in_order(points["panel"])
+  methods = tables.unique_in_order(points["method"])
+  models = tables.unique_in_order(points["model"])
+  colours = dict(zip(methods, _colors(len(methods))))
+  markers = dict(zip(models, "os^Dv<>pPX*h" * (len(models) // 12 + 1)))
+  fig, axes = _panel_grid(len(panels), max_columns=3, size=4.0)
+  for axis, panel in zip(axes, panels):
+    for row in points[points["panel"] == panel].itertuples():
+      axis.errorbar(row.recall, row.precision, xerr=row.recall_std, yerr=row.precision_std,
+                    fmt=markers[row.model], color=colours[row.method], markersize=5,
+                    elinewidth=0.5, capsize=1.5, alpha=0.85)
+    axis.set_xlim(-0.02, 1.02)
+    axis.set_ylim(-0.02, 1.02)
+    axis.set_title(panel, fontsize=9)
+    axis.set_xlabel("recall", fontsize=8)
+    axis.set_ylabel("precision", fontsize=8)
+  handles = [axes[0].plot([], [], "o", color=colours[m], label=m.replace("_", " "))[0]
+             for m in methods]
+  handles += [axes[0].plot([], [], markers[m], color="grey", label=str(m))[0] for m in models]
+  fig.legend(handles=handles, fontsize=7, loc="outside right upper")
+  fig.suptitle("Five-band recall vs precision per method and model (means over the samples, "
+               "bars one std); top right is better", fontsize=9)
   return save_figure(fig, path)
 
 

@@ -187,6 +187,47 @@ def pairwise_win_rates(samples: pd.DataFrame, *, metrics: Sequence[str]) -> pd.D
 # Summary and markdown.
 
 
+# Tjoa & Guan Fig. 3's panels: (label, recall column, precision column).
+RECALL_PRECISION_PANELS = (
+    ("A: average over the thresholds", "Rmu", "Pmu"),
+    ("B: best threshold", "Ru", "Pu"),
+    ("C: best threshold, clamped", "Ru_clamp", "Pu_clamp"),
+)
+
+
+def recall_precision_points(samples: pd.DataFrame) -> pd.DataFrame:
+  """Tjoa & Guan Fig. 3's points: per (panel, model, method), recall and precision averaged
+  over the samples, with their population standard deviations (ddof 0, as their analysis).
+
+  Panel A uses the mean over the soft thresholds (`Rmu`, `Pmu`), B the best threshold (`Ru`,
+  `Pu`), C the best threshold of the clamped setting (`Ru_clamp`, `Pu_clamp`); a panel whose
+  columns the table lacks is left out, and samples with NaN scores are dropped per panel.
+
+  Returns:
+    `panel, model, method, recall, precision, recall_std, precision_std, samples`, models and
+    methods in order of first appearance.
+
+  Raises:
+    ValueError: not a samples table with `model`, `method`, `Rmu` and `Pmu`.
+  """
+  frame = check_frame(samples, "samples", ["model", "method", "Rmu", "Pmu"])
+  rows = []
+  for panel, recall, precision in RECALL_PRECISION_PANELS:
+    if recall not in frame.columns or precision not in frame.columns:
+      continue
+    for model in unique_in_order(frame["model"]):
+      for method in unique_in_order(frame["method"]):
+        scores = frame.loc[(frame["model"] == model) & (frame["method"] == method),
+                           [recall, precision]].dropna().to_numpy(np.float64)
+        if len(scores):
+          rows.append({"panel": panel, "model": model, "method": method,
+                       "recall": scores[:, 0].mean(), "precision": scores[:, 1].mean(),
+                       "recall_std": scores[:, 0].std(), "precision_std": scores[:, 1].std(),
+                       "samples": len(scores)})
+  return pd.DataFrame(rows, columns=["panel", "model", "method", "recall", "precision",
+                                     "recall_std", "precision_std", "samples"])
+
+
 def summary_table(samples: pd.DataFrame, *, metrics: Sequence[str] | None = None,
                   accuracy: pd.DataFrame | None = None, split: str = "test") -> pd.DataFrame:
   """Mean of every metric per (model, method), with the model's accuracy.
