@@ -66,17 +66,12 @@ def _nhwc(t):
   return t.detach().permute(0, 2, 3, 1).numpy()
 
 
-def _narrow(name):
-  """Model options of `name` in these tests: VGGs get `narrow_nets.WIDTH` classifier units."""
-  return {"classifier_width": narrow_nets.WIDTH} if name.startswith("vgg") else {}
-
-
 @functools.lru_cache(maxsize=None)
 def _setup(name):
   """(torch model, flax model, flax variables, x torch, x jax, target), all float64."""
   torch.manual_seed(0)
   net = getattr(torchvision.models, name)(weights=None, num_classes=CLASSES)
-  net = (narrow_nets.narrow_vgg(net) if name.startswith("vgg") else net).eval()
+  net = narrow_nets.narrow(name, net).eval()
   with torch.no_grad():
     for module in net.modules():
       if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)) and module.bias is not None:
@@ -87,11 +82,11 @@ def _setup(name):
         module.running_mean.uniform_(-0.2, 0.2)
         module.running_var.uniform_(0.5, 1.5)
   x = torch.randn(BATCH, 3, SIZES[name], SIZES[name])
-  variables = port.from_torchvision(name, net.state_dict(), **_narrow(name))
+  variables = port.from_torchvision(name, net.state_dict(), **narrow_nets.options(name))
   net, x = net.double(), x.double()
   with jax.enable_x64(True):
     variables = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), variables)
-    model = models.get(name, num_classes=CLASSES, dtype=jnp.float64, **_narrow(name))
+    model = models.get(name, num_classes=CLASSES, dtype=jnp.float64, **narrow_nets.options(name))
     with torch.no_grad():
       logits = net(x)
     target = logits.argmin(1)  # a target other than the arg-max

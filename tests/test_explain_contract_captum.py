@@ -98,20 +98,15 @@ def _split_relus(model):
   return model
 
 
-def _narrow(name):
-  """Model options of `name` in these tests: VGGs get `narrow_nets.WIDTH` classifier units."""
-  return {"classifier_width": narrow_nets.WIDTH} if name.startswith("vgg") else {}
-
-
 @functools.lru_cache(maxsize=None)
 def _setup(name):
   """(torch model float32, Flax variables float32, x NCHW float32) for one architecture."""
   torch.manual_seed(0)
   tm = getattr(torchvision.models, name)(num_classes=NUM_CLASSES)
-  tm = _randomize(narrow_nets.narrow_vgg(tm) if name.startswith("vgg") else tm, seed=1)
+  tm = _randomize(narrow_nets.narrow(name, tm), seed=1)
   if name.startswith("resnet"):
     _split_relus(tm)
-  variables = port.from_torchvision(name, tm.state_dict(), **_narrow(name))
+  variables = port.from_torchvision(name, tm.state_dict(), **narrow_nets.options(name))
   g = torch.Generator().manual_seed(3)
   x = torch.randn(2, 3, SIZES[name], SIZES[name], generator=g)
   return tm, variables, x
@@ -149,7 +144,8 @@ def test_deeplift_captum_compat_matches_captum(name):
   ref, ref_delta = captum_attr.DeepLift(tm64).attribute(
       x64, b64, target=torch.tensor(TARGET), return_convergence_delta=True)
   with jax.enable_x64(True):
-    model = models.get(name, num_classes=NUM_CLASSES, dtype=jnp.float64, **_narrow(name))
+    model = models.get(name, num_classes=NUM_CLASSES, dtype=jnp.float64,
+                       **narrow_nets.options(name))
     ours, delta = dl.deeplift(model, v64, jnp.asarray(_nhwc(x64)), jnp.asarray(TARGET),
                               baseline=jnp.asarray(_nhwc(b64)), captum_compat=True,
                               return_delta=True)
@@ -220,7 +216,8 @@ def test_deeplift_shap_matches_captum():
   ref, ref_delta = captum_attr.DeepLiftShap(tm64).attribute(
       x64, refs, target=torch.tensor(TARGET[:1]), return_convergence_delta=True)
   with jax.enable_x64(True):
-    model = models.get("vgg11", num_classes=NUM_CLASSES, dtype=jnp.float64, **_narrow("vgg11"))
+    model = models.get("vgg11", num_classes=NUM_CLASSES, dtype=jnp.float64,
+                       **narrow_nets.options("vgg11"))
     ours, delta = dl.deeplift_shap(model, v64, jnp.asarray(_nhwc(x64)),
                                    jnp.asarray(TARGET[:1]), baselines=jnp.asarray(_nhwc(refs)),
                                    captum_compat=True, return_delta=True)
@@ -243,7 +240,7 @@ def _case64(name):
   """
   _, _, x = _setup(name)
   tm64, v64 = _setup64(name)
-  model = models.get(name, num_classes=NUM_CLASSES, dtype=jnp.float64, **_narrow(name))
+  model = models.get(name, num_classes=NUM_CLASSES, dtype=jnp.float64, **narrow_nets.options(name))
   return tm64, model, v64, x.double()
 
 

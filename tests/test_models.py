@@ -77,6 +77,16 @@ def test_names_and_unknown_name():
     models.get("vgg16", head="keras")
   with pytest.raises(ValueError, match="extra_layers"):
     models.get("alexnet_plus", extra_layers=-1)
+  for name in ("vgg11", "alexnet"):
+    for bad in (0, True, 2.5):
+      with pytest.raises(ValueError, match="classifier_width must be a positive int"):
+        jax.eval_shape(lambda n=name, w=bad: models.init(
+            models.get(n, num_classes=3, classifier_width=w), jax.random.key(0), (1, 64, 64, 3)))
+    narrow = jax.eval_shape(lambda n=name: models.init(
+        models.get(n, num_classes=3, classifier_width=8), jax.random.key(0), (1, 64, 64, 3)))
+    kernels = [v.shape for p, v in jax.tree_util.tree_leaves_with_path(narrow["params"])
+               if "classifier" in jax.tree_util.keystr(p) and "kernel" in jax.tree_util.keystr(p)]
+    assert [k[-1] for k in kernels] == [8, 8, 3], (name, kernels)
 
 
 @pytest.mark.parametrize("name,size", [

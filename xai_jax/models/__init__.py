@@ -79,7 +79,7 @@ def get(name: str, *, num_classes: int = 1000, dtype: Any = jnp.float32,
     dtype: computation dtype (parameters stay float32; logits are float32).
     **kwargs: model options: `head` ("torchvision" | "tjoa") for the
       AlexNet/VGG/ResNet families, `extra_layers` for `alexnet_plus`
-      (default 1), `classifier_width` for the VGGs (4096), `ops` (a `taps.Ops`), `hidden`
+      (default 1), `classifier_width` for AlexNet and the VGGs (4096), `ops` (a `taps.Ops`), `hidden`
       for `mlp` and `small_vgg`,
       `widths` for `small_vgg`, `transform_input`, `aux_logits` and `dropout`
       for `inception_v3` (see `xai_jax.models.inception`).

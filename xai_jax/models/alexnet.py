@@ -45,12 +45,15 @@ class AlexNet(nn.Module):
     ops: nonlinearities (see `taps.Ops`).
     head: "torchvision" (ReLU classifier) or "tjoa" (LeakyReLU(0.01)).
     extra_layers: number of extra conv3x3 layers (see module docstring).
+    classifier_width: width of the hidden linear layers (4096 in torchvision; a torch
+      model whose `classifier` linears have another width ports with the same value).
   """
   num_classes: int = 1000
   dtype: Any = jnp.float32
   ops: taps.Ops = taps.DEFAULT_OPS
   head: str = "torchvision"
   extra_layers: int = 0
+  classifier_width: int = 4096
 
   @property
   def gradcam_layer(self) -> str:
@@ -73,6 +76,9 @@ class AlexNet(nn.Module):
     """x: float32[N, H, W, 3] -> logits float32[N, num_classes]."""
     if self.head not in HEADS:
       raise ValueError(f"unknown head {self.head!r}; valid: {HEADS}")
+    if isinstance(self.classifier_width, bool) or not (
+        isinstance(self.classifier_width, int) and self.classifier_width >= 1):
+      raise ValueError(f"classifier_width must be a positive int; got {self.classifier_width!r}")
     conv = lambda f, k, s, p, name: layers.Conv(
         f, k, stride=s, padding=p, dtype=self.dtype, name=name)
     pool = lambda x: self.ops.max_pool(x, window=3, stride=2, padding=0)
@@ -90,9 +96,9 @@ class AlexNet(nn.Module):
     x = layers.flatten_nchw(x)
     leaky = self.head == "tjoa"
     drop = lambda x: nn.Dropout(0.5, deterministic=not train)(x)
-    x = layers.Dense(4096, dtype=self.dtype, name="classifier_1")(drop(x))
+    x = layers.Dense(self.classifier_width, dtype=self.dtype, name="classifier_1")(drop(x))
     x = self._act(x, "classifier_2", leaky=leaky)
-    x = layers.Dense(4096, dtype=self.dtype, name="classifier_4")(drop(x))
+    x = layers.Dense(self.classifier_width, dtype=self.dtype, name="classifier_4")(drop(x))
     x = self._act(x, "classifier_5", leaky=leaky)
     x = layers.Dense(self.num_classes, dtype=self.dtype, name="classifier_6")(x)
     return x.astype(layers.output_dtype(self.dtype))
