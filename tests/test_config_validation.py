@@ -156,6 +156,15 @@ def test_bad_configs_of_the_other_experiments_are_refused_before_any_file(tmp_pa
   config = pixel_removal_config.get_config("tiny")
   config.pixel_removal.step = 51  # and step_fraction 0.05
   cases.append((pixel_removal, config, r"step \(pixels\) or step_fraction, not both"))
+  for field, value, message in (
+      ("alpha_images", 1, r"statistics.alpha_images must be an int >= 2 \(images per draw\), "
+                          r"or 0 for every image; got 1"),
+      ("alpha_draws", 0, r"statistics.alpha_draws must be a positive int; got 0"),
+      ("alpha_level", "nominal", r"statistics.alpha_level must be one of interval, ordinal; "
+                                 r"got 'nominal'")):
+    config = pixel_removal_config.get_config("tiny")
+    config.statistics[field] = value
+    cases.append((pixel_removal, config, message))
   config = pixel_removal_config.get_config("tiny")
   config.data.num_examples = 2  # delta_k = 2: each image has only one other
   cases.append((pixel_removal, config, r"data.num_examples / evaluate.shard_size: pixel_removal "

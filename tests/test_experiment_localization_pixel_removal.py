@@ -14,17 +14,21 @@ import fractions
 import itertools
 import json
 import math
+import warnings
 
 import jax
 import jax.numpy as jnp
+import krippendorff
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.stats
 
 from configs import localization as localization_config
 from configs import pixel_removal as pixel_removal_config
 from xai_jax import explain
 from xai_jax import models
+from xai_jax import reports
 from xai_jax.data import cell_source
 from xai_jax.data import sources
 from xai_jax.metrics import pixel_removal as metric_removal
@@ -153,8 +157,11 @@ def test_pixel_removal_closed_form(tmp_path, monkeypatch, oracles):
   config.methods = {"oracle_weights": {}, "oracle_reversed": {}}
   config.pixel_removal.update(fraction=0.25, step=1, step_fraction=0.0, fill="0", delta_k=1)
   config.evaluate.update(shard_size=3)
+  config.statistics.update(alpha_level="ordinal", alpha_images=0)
   config.figures = False
-  out = pixel_removal.run(config, tmp_path, progress=False)
+  with warnings.catch_warnings():  # three equal images: every Spearman correlation is NaN
+    warnings.simplefilter("ignore", scipy.stats.ConstantInputWarning)
+    out = pixel_removal.run(config, tmp_path, progress=False)
 
   by = out["samples"].set_index("method")
   expected = {"oracle_weights": dict(aopc=30.0, afoc_morf=58 / 136, afoc_lerf=10 / 136,
@@ -175,6 +182,17 @@ def test_pixel_removal_closed_form(tmp_path, monkeypatch, oracles):
     delta = f"delta_{metric}"
     assert wins[(delta, "oracle_weights", "oracle_reversed")] + wins[
         (delta, "oracle_reversed", "oracle_weights")] == 1.0
+  # Statistics (DeepMaps appendix C): the weights' order wins on all 3 images, so the exact
+  # two-sided Wilcoxon p-value is 2 / 2^3 and every image ranks the methods alike (alpha 1,
+  # here at the config's ordinal level over all 3 images, once).
+  statistics = out["statistics"]
+  p_values = statistics.wilcoxon.set_index(["metric", "method", "opponent"])["p_value"]
+  alpha = statistics.alpha.set_index("metric")
+  for metric in pixel_removal.METRICS:
+    assert p_values[(metric, "oracle_weights", "oracle_reversed")] == pytest.approx(0.25)
+    assert alpha.loc[metric, "alpha"] == pytest.approx(1.0)
+    assert tuple(alpha.loc[metric, ["level", "images", "draws"]]) == ("ordinal", 3, 1)
+  assert statistics.spearman["rho"].isna().all()
   curves = out["curves"]
   morf = curves[(curves.method == "oracle_weights") & (curves.order == "morf")]
   np.testing.assert_allclose(morf["score"].to_numpy()[:4], [136, 120, 105, 91])
@@ -182,6 +200,97 @@ def test_pixel_removal_closed_form(tmp_path, monkeypatch, oracles):
   for name in ("config.json", "samples.csv", "curves.csv", "summary.csv", "summary.md",
                "win_rates.csv", "accuracy.csv", "report.md"):
     assert (tmp_path / name).is_file(), name
+
+
+def test_pixel_removal_statistics_match_scipy_and_krippendorff(tmp_path, monkeypatch, oracles):
+  """DeepMaps appendix C from the command (`stats/`, Fig. 9-11), recomputed from samples.csv:
+  Wilcoxon by `scipy.stats.wilcoxon`, alpha by `krippendorff.alpha` on the draws replayed with
+  the run's key (the config's interval level, and the ordinal one), Spearman by
+  `scipy.stats.spearmanr`; a rerun writes the same bytes; the figures are in the report."""
+  rng = np.random.default_rng(0)
+  image = rng.uniform(0.5, 1.5, size=(8, SIDE, SIDE, 3)).astype(np.float32)  # f_0 ~ 136
+  source = ArraySource(image=image, label=np.zeros(8, np.int32))
+  variables = {"w": jnp.arange(1, SIDE * SIDE + 1, dtype=jnp.float32).reshape(SIDE, SIDE),
+               "b": jnp.float32(100.0)}
+  _use(monkeypatch, source, variables)
+  # "random" (left out of alpha's "No Random" set): the noise of channel 2, and oracle_map
+  # that of channel 1, so the methods' ranks vary from image to image. (A map read from the
+  # input compiles in a fraction of the random explainer's time.)
+  monkeypatch.setitem(explain.METHODS, "random", _channel(2))
+  config = _unlocked(pixel_removal_config.get_config("tiny"))
+  config.methods = {"oracle_weights": {}, "oracle_map": {}, "random": {}}
+  config.pixel_removal.update(fraction=0.25, step=1, step_fraction=0.0, fill="0", delta_k=2)
+  config.evaluate.update(shard_size=4)
+  config.statistics.update(alpha_images=6, alpha_draws=7, alpha_level="interval")
+  out = pixel_removal.run(config, tmp_path, progress=False)
+
+  samples = pd.read_csv(tmp_path / "samples.csv")
+  methods = list(config.methods)
+  scored = (*pixel_removal.METRICS, *pixel_removal.DELTA_METRICS)
+  table = samples.pivot(index="index", columns="method")
+  wilcoxon = pd.read_csv(tmp_path / "stats" / "wilcoxon.csv")
+  assert len(wilcoxon) == len(scored) * len(methods) * (len(methods) - 1)
+  for row in wilcoxon.itertuples():
+    a, b = table[row.metric][row.method], table[row.metric][row.opponent]
+    expected = 1.0 if (a == b).all() else scipy.stats.wilcoxon(a, b).pvalue
+    assert row.p_value == pytest.approx(expected, rel=1e-7), row
+
+  key = jax.random.fold_in(jax.random.key(config.seed), 2000)
+  seed = np.asarray(jax.random.key_data(key)).ravel().tolist()
+
+  def check_alpha(alpha, level):
+    assert set(alpha["methods"]) == {"all", "without_random"}
+    checked = 0
+    for row in alpha.itertuples():
+      chosen = methods if row.methods == "all" else methods[:-1]
+      values = table[row.metric][chosen].to_numpy()
+      higher = registry.direction(row.metric)
+      ranks = np.stack([scipy.stats.rankdata(-v if higher else v) for v in values])
+      draw = np.random.default_rng(seed)
+      alphas = []
+      for _ in range(7):
+        subset = ranks[draw.choice(8, size=6, replace=False)]
+        alphas.append(krippendorff.alpha(reliability_data=subset, level_of_measurement=level)
+                      if np.unique(subset).size > 1 else np.nan)
+      assert (row.level, row.images, row.draws, row.available) == (level, 6, 7, 8)
+      if np.isnan(alphas).any():
+        assert np.isnan(row.alpha), row
+        continue
+      checked += 1
+      assert row.alpha == pytest.approx(np.mean(alphas), rel=1e-7), row
+      assert row.std == pytest.approx(np.std(alphas, ddof=1), rel=1e-6, abs=1e-12), row
+      assert (row.low, row.high) == pytest.approx(tuple(np.quantile(alphas, [0.025, 0.975])),
+                                                  rel=1e-7)
+    assert checked >= len(alpha) // 2
+    return alpha
+
+  interval = check_alpha(pd.read_csv(tmp_path / "stats" / "krippendorff_alpha.csv"), "interval")
+  spearman = pd.read_csv(tmp_path / "stats" / "spearman.csv")
+  for row in spearman[spearman["method"] == "oracle_map"].itertuples():
+    rows = samples[samples["method"] == row.method]
+    sign = lambda m: 1.0 if registry.direction(m) else -1.0  # larger is better, as DeepMaps
+    if rows[row.metric].nunique() > 1 and rows[row.versus].nunique() > 1:
+      expected = scipy.stats.spearmanr(sign(row.metric) * rows[row.metric],
+                                       sign(row.versus) * rows[row.versus]).statistic
+      assert row.rho == pytest.approx(expected, rel=1e-7, abs=1e-12), row  # CSV: 8 digits
+    else:
+      assert np.isnan(row.rho)
+  report = out["report"].read_text()
+  for name in ("wilcoxon", "alpha", "spearman"):
+    assert (tmp_path / "figures" / f"{name}.png").is_file()
+    assert f"figures/{name}.png" in report
+  assert "DeepMaps Fig. 10 / 17" in report and "interval level" in report
+  # A rerun recomputes the statistics from the samples: the same bytes.
+  before = {p.name: p.read_bytes() for p in (tmp_path / "stats").iterdir()}
+  config.figures = False  # (not an evaluation field: the same folder)
+  pixel_removal.run(config, tmp_path, progress=False)
+  assert {p.name: p.read_bytes() for p in (tmp_path / "stats").iterdir()} == before
+  # The ordinal level on the same samples and draws (`reports.alpha_table`, which the command
+  # calls; `test_pixel_removal_closed_form` runs the command at the ordinal level).
+  ordinal = reports.alpha_table(samples, metrics=scored, key=key, images=6, draws=7,
+                                level="ordinal")
+  check_alpha(ordinal, "ordinal")
+  assert not np.allclose(ordinal["alpha"], interval["alpha"], equal_nan=True)
 
 
 def _numpy_iou(maps, masks, n_std, weighted):

@@ -559,13 +559,13 @@ def test_write_report_errors(tmp_path, samples):
 
 # Public in their modules so that `plots` and `gallery` share them, but not for users.
 SHARED_HELPERS = {"check_frame", "select_model", "unique_in_order", "metric_direction",
-                  "save_figure"}
+                  "save_figure", "complete_scores", "panel_grid"}
 
 
 def test_reports_reexports_every_public_function_of_its_modules():
   defined = {}
-  for module in (reports.gallery, reports.plots, reports.sanity, reports.tables,
-                 reports.training, reports.writer):
+  for module in (reports.gallery, reports.plots, reports.sanity, reports.statistics,
+                 reports.tables, reports.training, reports.writer):
     for name, value in vars(module).items():
       if (callable(value) and getattr(value, "__module__", None) == module.__name__
           and not name.startswith("_") and not isinstance(value, type)):

@@ -3,6 +3,7 @@
 import warnings
 
 import jax
+import krippendorff
 import numpy as np
 import pytest
 import scipy.stats
@@ -177,3 +178,21 @@ def test_bad_input_raises_clear_errors():
     stats.krippendorff_alpha_rankings(scores, key=0, n_images=5, interval="bootstrap")
   with pytest.raises(ValueError, match="key must be"):
     stats.krippendorff_alpha_rankings(scores, key="seed", n_images=5)
+
+
+def test_krippendorff_alpha_rankings_levels_against_the_package():
+  # DeepMaps used the interval level (the default of the package they cite); the ordinal one
+  # stays the default here. Every image in one draw: alpha of the whole rank table.
+  rng = np.random.default_rng(9)
+  scores = np.array([0.0, 0.4, 0.8, 1.2])[None, :] + rng.normal(size=(30, 4))
+  ranks = scipy.stats.rankdata(-scores, axis=1)
+  for level in ("interval", "ordinal"):
+    out = stats.krippendorff_alpha_rankings(scores, key=1, n_images=30, n_repeats=1,
+                                            level_of_measurement=level)
+    expected = krippendorff.alpha(reliability_data=ranks, level_of_measurement=level)
+    assert out["mean"] == pytest.approx(expected, rel=1e-12) and out["std"] == 0.0
+  default = stats.krippendorff_alpha_rankings(scores, key=1, n_images=30, n_repeats=1)
+  assert default["mean"] == pytest.approx(
+      krippendorff.alpha(reliability_data=ranks, level_of_measurement="ordinal"), rel=1e-12)
+  with pytest.raises(ValueError, match="unknown level_of_measurement 'rank'"):
+    stats.krippendorff_alpha_rankings(scores, key=1, n_images=5, level_of_measurement="rank")

@@ -321,8 +321,8 @@ def check_methods(methods: Mapping[str, Mapping[str, Any]]) -> dict[str, tuple[s
   What `evaluate` runs first; experiments call it while validating their config, before any
   data generation or training. Besides `explain.check_options`, the runner's own option
   values are checked: `method_name` (the registry name when it differs from the display
-  name) and named baselines ("zeros", "uniform:K", "normal:K:STD"). A `key` is not required from methods
-  that take one (`explain.takes_key`): `evaluate` fills it in.
+  name) and named baselines ("zeros", "uniform:K", "normal:K:STD"). A `key` is not required
+  from methods that take one (`explain.takes_key`): `evaluate` fills it in.
 
   Returns:
     `{display name: (registry name, options without method_name)}`.

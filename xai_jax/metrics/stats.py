@@ -10,8 +10,15 @@ Classifiers" (DeepMaps), compare methods on a metric with
 * **Krippendorff's alpha** (inter-rater reliability, following Tomsett et al.
   2020) of the per-image rankings of the methods, averaged over 50 resamples of
   500 images with a 95% interval (Fig. 10),
-* a **Spearman correlation matrix** between metrics over all (image, method)
-  values (internal consistency, Fig. 11).
+* a **Spearman correlation matrix** between metrics over the images, for one
+  method at a time (internal consistency, Fig. 11: Random and DeepMaps).
+
+DeepMaps computed alpha with Grill's Krippendorff-alpha package ("Krippendorff-alpha
+python package", 2017), whose `krippendorff_alpha(data, metric=interval_metric)` defaults
+to the interval metric and has no ordinal one; the paper names no level of measurement, so
+unless its code passed another metric it used the interval level (the text does not say).
+`krippendorff_alpha_rankings` offers both (its default stays "ordinal", the level ranks are
+measured at; pass "interval" to follow the paper).
 
 All functions run on the host with NumPy/SciPy; inputs are tables
 `scores: float[n_images, n_methods]` of one metric, e.g. columns of the runner's
@@ -27,7 +34,8 @@ naming the metric, as `scipy.stats.spearmanr` does.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Sequence
+import warnings
 
 import jax
 import krippendorff
@@ -195,14 +203,20 @@ def _rng(key: Any) -> np.random.Generator:
 
 def krippendorff_alpha_rankings(scores: Any, *, key: Any, n_images: int | None = 500,
                                 n_repeats: int = 50, higher_is_better: bool = True,
-                                confidence: float = 0.95, interval: str = "percentile"
-                                ) -> dict[str, Any]:
+                                confidence: float = 0.95, interval: str = "percentile",
+                                level_of_measurement: str = "ordinal") -> dict[str, Any]:
   """Consistency of the method rankings a metric induces (DeepMaps appendix C.2).
 
   Each image is a "rater" that ranks the methods (the "units") by the metric
-  (`rankings`: 1 = best, ties averaged); Krippendorff's ordinal alpha of the
+  (`rankings`: 1 = best, ties averaged); Krippendorff's alpha of the
   `[n_images, n_methods]` rank table is 1 when every image ranks the methods
-  the same way and about 0 when rankings are unrelated. As in the paper, alpha
+  the same way and about 0 when rankings are unrelated. DeepMaps used the
+  interval level (the default, and only rank-capable metric, of Grill's package
+  that they cite); the ordinal level (the default here) weighs a disagreement
+  by how many ranks lie between the two values. On rankings without ties both
+  levels give the same alpha (every rank occurs equally often, so the ordinal
+  distance is proportional to the squared difference); ties set them apart. As in
+  the paper, alpha
   is computed on `n_images` images drawn without replacement, `n_repeats`
   times, and summarised by the mean and a `confidence` interval. The paper only
   says "95% confidence intervals evaluated over the 50 random draws":
@@ -219,13 +233,16 @@ def krippendorff_alpha_rankings(scores: Any, *, key: Any, n_images: int | None =
     higher_is_better: direction of the metric (alpha itself does not depend on it).
     confidence: interval coverage in (0, 1).
     interval: "percentile" or "normal".
+    level_of_measurement: "ordinal" (default) or "interval" (DeepMaps), or "nominal" /
+      "ratio" (`ordinal_alpha`).
 
   Returns:
-    A dict with `mean`, `low`, `high` (floats) and `alphas` (`float64[n_repeats]`).
+    A dict with `mean`, `std` (over the repeats, ddof 1; 0 for one repeat), `low`, `high`
+    (floats) and `alphas` (`float64[n_repeats]`).
 
   Raises:
     ValueError: for bad scores (fewer than 2 methods, NaN), `n_images` larger than
-      the number of images or < 2, `n_repeats` < 1, an unknown interval, or scores
+      the number of images or < 2, `n_repeats` < 1, an unknown interval or level, or scores
       that tie every method on every image (or on every image of one resample):
       the rankings then have no variation and alpha is undefined (`ordinal_alpha`).
   """
@@ -241,6 +258,9 @@ def krippendorff_alpha_rankings(scores: Any, *, key: Any, n_images: int | None =
     raise ValueError(f"n_repeats must be a positive integer; got {n_repeats!r}")
   if interval not in INTERVALS:
     raise ValueError(f"unknown interval {interval!r}; valid: {', '.join(INTERVALS)}")
+  if level_of_measurement not in LEVELS:
+    raise ValueError(f"unknown level_of_measurement {level_of_measurement!r}; valid: "
+                     f"{', '.join(LEVELS)}")
   if not 0 < confidence < 1:
     raise ValueError(f"confidence must be in (0, 1); got {confidence}")
   ranks = rankings(table, higher_is_better=higher_is_better)
@@ -257,13 +277,62 @@ def krippendorff_alpha_rankings(scores: Any, *, key: Any, n_images: int | None =
       raise ValueError(
           f"Krippendorff's alpha is undefined for resample {repeat}: its {n_images} images "
           "tie all methods (the metric ties on most images); use a larger n_images")
-    alphas.append(ordinal_alpha(sample))
+    alphas.append(ordinal_alpha(sample, level_of_measurement=level_of_measurement))
   alphas = np.array(alphas)
   mean = float(alphas.mean())
+  std = float(alphas.std(ddof=1)) if n_repeats > 1 else 0.0
   tail = (1 - confidence) / 2
   if interval == "percentile":
     low, high = np.quantile(alphas, [tail, 1 - tail])
   else:
-    half = scipy.stats.norm.ppf(1 - tail) * (alphas.std(ddof=1) if n_repeats > 1 else 0.0) / np.sqrt(n_repeats)
+    half = scipy.stats.norm.ppf(1 - tail) * std / np.sqrt(n_repeats)
     low, high = mean - half, mean + half
-  return {"mean": mean, "low": float(low), "high": float(high), "alphas": alphas}
+  return {"mean": mean, "std": std, "low": float(low), "high": float(high), "alphas": alphas}
+
+
+def spearman_matrix(values: Any, *, names: Sequence[str] | None = None) -> np.ndarray:
+  """Spearman's rank correlation between every pair of columns (DeepMaps Fig. 11).
+
+  `rho[a, b]` is the Pearson correlation of the average ranks of columns `a` and `b`
+  (`scipy.stats.spearmanr`). DeepMaps correlates the metrics (columns) over the images
+  (rows) of one saliency method, each metric oriented so that larger is better ("internal
+  consistency reliability", after Tomsett et al. 2020). A constant column has no ranks to
+  correlate: its row and column are NaN (diagonal included), with a
+  `scipy.stats.ConstantInputWarning` naming it, as `scipy.stats.spearmanr` does.
+
+  Args:
+    values: `float[n_rows, n_columns]`, e.g. `[n_images, n_metrics]`; infinite values rank
+      as the largest or smallest.
+    names: the columns' names for the warning; default `column <i>`.
+
+  Returns:
+    `float64[n_columns, n_columns]`, symmetric, in [-1, 1], 1 on the diagonal.
+
+  Raises:
+    ValueError: a table that is not 2-D with at least 2 rows and 1 column, NaN values, or
+      `names` of another length.
+  """
+  table = _as_float_array(values, "values")
+  if table.ndim != 2 or table.shape[0] < 2 or table.shape[1] < 1:
+    raise ValueError(f"values must be [n_rows, n_columns] with n_rows >= 2; got shape "
+                     f"{table.shape}")
+  if np.isnan(table).any():
+    raise ValueError(f"values contain NaN values ({int(np.isnan(table).sum())} of {table.size})")
+  if names is None:
+    names = [f"column {i}" for i in range(table.shape[1])]
+  elif len(names) != table.shape[1]:
+    raise ValueError(f"names has {len(names)} entries for {table.shape[1]} columns")
+  ranks = scipy.stats.rankdata(table, method="average", axis=0)
+  centred = ranks - ranks.mean(axis=0)
+  norms = np.sqrt(np.sum(centred ** 2, axis=0))
+  constant = norms == 0
+  if constant.any():
+    warnings.warn(scipy.stats.ConstantInputWarning(
+        f"Spearman correlation is undefined for constant columns "
+        f"{[names[i] for i in np.flatnonzero(constant)]}: NaN"), stacklevel=2)
+  safe = np.where(constant, 1.0, norms)
+  rho = np.clip((centred.T @ centred) / np.outer(safe, safe), -1.0, 1.0)
+  np.fill_diagonal(rho, 1.0)
+  rho[constant, :] = np.nan
+  rho[:, constant] = np.nan
+  return rho

@@ -20,7 +20,8 @@ arXiv:2009.02899; with the pixel-removal metrics and statistics across methods o
 5. Tables: `samples.csv` (one row per test image x model x method), `roc.csv`, `curves.csv`,
    `summary.csv` / `summary.md` (one row per model x method, one column per metric), and
    statistics across methods under `stats/` (win rates, Wilcoxon p-values, Krippendorff's
-   alpha of the method rankings across metrics).
+   ordinal alpha of the method rankings over all test images, Spearman correlations between
+   the metrics per method; `reports.method_statistics`).
 6. Figures under `figures/` and `report.md` linking everything.
 
 The config is validated first (`validate`: methods and their options, metrics and their
@@ -48,7 +49,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 import pandas as pd
 
@@ -57,7 +57,6 @@ from xai_jax.data import cell_source
 from xai_jax.data import cells
 from xai_jax.data import tfds_cells
 from xai_jax.metrics import registry
-from xai_jax.metrics import stats
 from xai_jax.models import port
 from xai_jax.pipelines import training_data
 from xai_jax.pipelines import workdir as workdir_layout
@@ -219,49 +218,25 @@ def accuracy_table(model, trained: dict[str, dict], source, *, batch_size: int) 
 # Statistics across methods.
 
 
-def method_statistics(samples: pd.DataFrame, out_dir: pathlib.Path) -> pd.DataFrame:
-  """Win rates and Wilcoxon p-values per (model, metric); Krippendorff's alpha per metric.
+def method_statistics(samples: pd.DataFrame, out_dir: pathlib.Path, *, key) -> pd.DataFrame:
+  """Win rates, Wilcoxon p-values, Krippendorff's alpha and Spearman correlations per model.
 
   Writes `out_dir/win_rates.csv` (model, metric, method, opponent, win_rate, images: the
   fraction of the images where `method` beats `opponent`, ties half, in [0, 1];
-  `reports.pairwise_win_rates`), `out_dir/wilcoxon.csv` (model, metric, method, opponent,
-  two-sided p-value of the paired signed-rank test) and `out_dir/krippendorff_alpha.csv`
-  (model, metric, alpha): how consistently the images rank the methods under each metric
-  (DeepMaps appendix C.2; here over all test images instead of 50 draws of 500).
+  `reports.pairwise_win_rates`) and, through `reports.method_statistics` (DeepMaps appendix
+  C), `out_dir/wilcoxon.csv`, `out_dir/krippendorff_alpha.csv` and `out_dir/spearman.csv`
+  over `STAT_METRICS`. Alpha here is the ordinal alpha of the rankings over all test images,
+  once (`alpha_images=0`), not the paper's mean over 50 draws of 500 images (which
+  `pipelines.pixel_removal` computes).
 
   Returns:
-    The alpha table.
+    The alpha table (`reports.statistics.ALPHA_COLUMNS`).
   """
-  wilcoxon_rows, alpha_rows = [], []
   metrics = [m for m in STAT_METRICS if m in samples.columns]
-  wins = reports.pairwise_win_rates(samples, metrics=metrics)
-  for model_name, group in samples.groupby("model", sort=False):
-    methods = list(dict.fromkeys(group["method"]))
-    if len(methods) < 2:
-      continue
-    for metric in metrics:
-      scores = group.pivot(index="index", columns="method", values=metric)[methods].to_numpy(
-          np.float64)
-      if np.isnan(scores).any():  # not computed for this model (e.g. pixel removal)
-        continue
-      p_values = stats.wilcoxon_matrix(scores)
-      for i, a in enumerate(methods):
-        for j, b in enumerate(methods):
-          if i != j:
-            wilcoxon_rows.append({"model": model_name, "metric": metric, "method": a,
-                                  "opponent": b, "p_value": p_values[i, j]})
-      ranks = stats.rankings(scores, higher_is_better=registry.score_direction(metric))
-      # Alpha is undefined when every image gives every method the same rank (one value).
-      if len(scores) >= 2 and np.unique(ranks).size > 1:
-        alpha = stats.ordinal_alpha(ranks)
-      else:
-        alpha = float("nan")
-      alpha_rows.append({"model": model_name, "metric": metric, "alpha": alpha})
-  files.write_table(wins, out_dir / "win_rates.csv")
-  files.write_table(pd.DataFrame(wilcoxon_rows), out_dir / "wilcoxon.csv")
-  alpha = pd.DataFrame(alpha_rows, columns=["model", "metric", "alpha"])
-  files.write_table(alpha, out_dir / "krippendorff_alpha.csv")
-  return alpha
+  files.write_table(reports.pairwise_win_rates(samples, metrics=metrics),
+                    out_dir / "win_rates.csv")
+  return reports.method_statistics(samples, out_dir, metrics=metrics, key=key, alpha_images=0,
+                                   alpha_draws=1, alpha_level="ordinal").alpha
 
 
 # --------------------------------------------------------------------------------------------
@@ -422,11 +397,13 @@ def run(config: ml_collections.ConfigDict, workdir, *, progress: bool = True) ->
   summary = reports.summary_table(
       samples, accuracy=accuracy, metrics=[m for m in SHORT_SUMMARY if m in samples.columns])
   (out / "summary.md").write_text(reports.to_markdown(summary) + "\n")
-  alpha = method_statistics(samples, out / "stats")
+  alpha = method_statistics(samples, out / "stats",
+                            key=jax.random.fold_in(jax.random.key(config.seed), 2000))
 
   figures = {}
   if config.figures:
     figures = make_figures(results, samples, roc, curves, out / "figures")
+  alpha = alpha[alpha["methods"] == "all"]
   first = alpha[alpha["model"] == alpha["model"].iloc[0]] if len(alpha) else alpha
   notes = (f"Evaluation dtype {config.dtype}; {len(samples)} (image, model, method) rows. "
            f"{accuracy_note}{removal_note}"

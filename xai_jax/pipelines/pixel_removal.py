@@ -29,9 +29,18 @@ dataset (`data.source="tfds"`, e.g. `imagenet2012`), or an image folder; models 
 `summary.md` (means per method, with the model's accuracy on the evaluated images in
 `accuracy.csv`); `win_rates.csv` (for every metric, the share of images on which the method
 beats the opponent, ties one half, in [0, 1]; DeepMaps Fig. 7 plots it minus 50%;
-`reports.pairwise_win_rates`);
-`figures/perturbation_curves.png`, `figures/flip_rate.png`, `figures/win_rates_<metric>.png`;
-`report.md`.
+`reports.pairwise_win_rates`); DeepMaps' appendix-C statistics in `stats/`
+(`reports.method_statistics`, over every metric): `wilcoxon.csv` (two-sided Wilcoxon
+signed-rank p-value of every pair of methods per metric, Fig. 9), `krippendorff_alpha.csv`
+(alpha of the per-image method rankings, all methods and without the random map, the mean,
+standard deviation and 95% interval over `statistics.alpha_draws` draws of
+`statistics.alpha_images` images at level `statistics.alpha_level`, Fig. 10) and
+`spearman.csv` (Spearman correlation between the metrics over the images, per method,
+Fig. 11); `figures/perturbation_curves.png`, `figures/flip_rate.png`,
+`figures/win_rates_<metric>.png`, and `figures/wilcoxon.png`, `figures/alpha.png`,
+`figures/spearman.png` (DeepMaps Fig. 9-11 / 16-18, over `STATISTICS_FIGURE_METRICS`);
+`report.md`. The statistics are recomputed from the samples table on every run,
+deterministically given `seed` (the alpha draws use a key folded from it).
 
 The config (`configs/pixel_removal.py`) is checked first (`validate`): methods and their
 options, the removal options (`step` must not exceed `fraction` of the `data.size` x
@@ -52,6 +61,7 @@ import time
 from typing import Any
 
 from absl import logging
+import jax
 import ml_collections
 import pandas as pd
 
@@ -69,6 +79,13 @@ METRICS = ("aopc", "afoc_morf", "afoc_lerf", "n_morf", "n_lerf")
 DELTA_METRICS = tuple(registry.delta_column(name) for name in metric_removal.DELTA_METRICS)
 # Win-rate figures drawn for these (the CSV has every metric).
 FIGURE_METRICS = ("aopc", "afoc_lerf", "n_morf", "n_lerf", "delta_n_morf", "delta_afoc_morf")
+# The metrics of DeepMaps' statistics figures (Fig. 9-11): AFOC and n, MoRF and LeRF, each
+# with its delta ("we only present results for AFOC and not for AOPC", appendix C.2); the
+# CSV files under stats/ have every metric.
+STATISTICS_FIGURE_METRICS = ("n_morf", "delta_n_morf", "n_lerf", "delta_n_lerf", "afoc_morf",
+                             "delta_afoc_morf", "afoc_lerf", "delta_afoc_lerf")
+# The stream of the run's key that draws the images of Krippendorff's alpha.
+_STATISTICS_STREAM = 2000
 
 
 def removal_options(config) -> dict[str, Any]:
@@ -132,13 +149,21 @@ def validate(config) -> None:
 
   Raises:
     ValueError: naming the bad field: a bad `pixel_removal` option (fill, step against
-      `fraction` of the pixels, chunk, delta_k, score), or as
-      `image_experiment.validate_image_experiment` (methods, data, model, shards too small for
-      the delta).
+      `fraction` of the pixels, chunk, delta_k, score), a bad `statistics` option
+      (`reports.check_alpha_options`: alpha_images, alpha_draws, alpha_level), or
+      as `image_experiment.validate_image_experiment` (methods, data, model, shards too small
+      for the delta).
   """
   image_experiment.validate_image_experiment(
       config, metrics=("pixel_removal",),
       metric_options={"pixel_removal": removal_options(config)})
+  settings = config.statistics
+  try:
+    reports.check_alpha_options(alpha_images=settings.alpha_images,
+                                alpha_draws=settings.alpha_draws,
+                                alpha_level=settings.alpha_level)
+  except ValueError as error:
+    raise ValueError(f"statistics.{error}") from None
 
 
 def run(config: ml_collections.ConfigDict, workdir, *, progress: bool = True) -> dict[str, Any]:
@@ -150,7 +175,8 @@ def run(config: ml_collections.ConfigDict, workdir, *, progress: bool = True) ->
     progress: show progress bars.
 
   Returns:
-    `{"samples", "curves", "summary", "win_rates", "accuracy": DataFrame, "report": path of
+    `{"samples", "curves", "summary", "win_rates", "accuracy": DataFrame, "statistics":
+    `reports.statistics.MethodStatistics` (wilcoxon, alpha, spearman), "report": path of
     report.md, "figures": {caption: path}}`. Outputs go to `WORKDIR`, or to
     `WORKDIR/eval_<hash>` for a config whose evaluation fields differ from those `WORKDIR`
     holds.
@@ -185,6 +211,12 @@ def run(config: ml_collections.ConfigDict, workdir, *, progress: bool = True) ->
   (out / "summary.md").write_text(reports.to_markdown(summary))
   wins = win_rates(samples)
   files.write_table(wins, out / "win_rates.csv")
+  settings = config.statistics
+  statistics = reports.method_statistics(
+      samples, out / "stats", metrics=(*METRICS, *DELTA_METRICS),
+      key=jax.random.fold_in(jax.random.key(config.seed), _STATISTICS_STREAM),
+      alpha_images=settings.alpha_images, alpha_draws=settings.alpha_draws,
+      alpha_level=settings.alpha_level)
 
   figures = {}
   if config.figures:
@@ -199,6 +231,8 @@ def run(config: ml_collections.ConfigDict, workdir, *, progress: bool = True) ->
         if metric in samples.columns:
           figures[f"Win rates on {metric} (DeepMaps Fig. 7)"] = reports.win_rate_figure(
               samples, folder / f"win_rates_{metric}.png", metric=metric)
+    figures.update(reports.statistics_figures(statistics, folder,
+                                              metrics=STATISTICS_FIGURE_METRICS))
   options = metric_options["pixel_removal"]
   grid = (f"{options['step']} pixels" if options["step"] else
           f"{(options['step_fraction'] or metric_removal.DEFAULT_STEP_FRACTION):g} of the pixels")
@@ -207,11 +241,29 @@ def run(config: ml_collections.ConfigDict, workdir, *, progress: bool = True) ->
            f"{options['fraction']:g} of "
            f"the pixels, score {options['score']}, delta against {options['delta_k']} other "
            f"images' maps. Win rates (share of images won, ties 1/2) of every metric are in "
-           f"`win_rates.csv`. Wall "
+           f"`win_rates.csv`. {_describe_statistics(statistics.alpha)} Wall "
            f"time of this invocation {time.perf_counter() - started:.0f} s.")
   report_path = reports.write_report(
       out, title=f"Pixel removal, the DeepMaps protocol ({config.model_name})",
       summary=summary, accuracy=accuracy, figures=figures, config=json.loads(config.to_json()),
       notes=notes)
   return {"samples": samples, "curves": curves, "summary": summary, "win_rates": wins,
-          "accuracy": accuracy, "report": report_path, "figures": figures}
+          "accuracy": accuracy, "statistics": statistics, "report": report_path,
+          "figures": figures}
+
+
+def _describe_statistics(alpha: pd.DataFrame) -> str:
+  """The report's sentence on `stats/`: the draws and level of alpha and its values over
+  all methods."""
+  text = ("DeepMaps' appendix-C statistics of every metric are in `stats/`: Wilcoxon "
+          "signed-rank p-values (`wilcoxon.csv`), Spearman correlations between the metrics "
+          "per method (`spearman.csv`) and Krippendorff's alpha of the per-image method "
+          "rankings (`krippendorff_alpha.csv`")
+  rows = alpha[alpha["methods"] == "all"]
+  if rows.empty:
+    return text + ")."
+  draws = sorted({(int(r.images), int(r.draws), int(r.available)) for r in rows.itertuples()})
+  how = "; ".join(f"mean over {d} draws of {i} of the {a} images" if d > 1 else
+                  f"all {a} images, once" for i, d, a in draws)
+  values = ", ".join(f"{r.metric} {r.alpha:.2f}" for r in rows.itertuples())
+  return (text + f", {rows['level'].iloc[0]} level, {how}; all methods: {values}).")

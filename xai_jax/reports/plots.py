@@ -77,7 +77,8 @@ def _colors(count: int) -> list[Any]:
 # Ground-truth scores (Tjoa & Guan, Fig. 3 and 4).
 
 
-def _panel_grid(count: int, *, max_columns: int = 4, size: float = 3.0):
+def panel_grid(count: int, *, max_columns: int = 4, size: float = 3.0):
+  """A figure of `count` panels, at most `max_columns` a row; returns `(fig, axes[count])`."""
   columns = min(max_columns, count)
   rows = math.ceil(count / columns)
   fig = Figure(figsize=(size * columns + 0.4, size * rows + 0.5), layout="constrained")
@@ -119,7 +120,7 @@ def precision_recall_scatter(samples: pd.DataFrame, path: PathLike, *, model: st
   methods = tables.unique_in_order(frame["method"])
   models = tables.unique_in_order(frame["model"])
   colours = dict(zip(models, _colors(len(models))))
-  fig, axes = _panel_grid(len(methods))
+  fig, axes = panel_grid(len(methods))
   for axis, method in zip(axes, methods):
     rows = frame[frame["method"] == method]
     for name in models:
@@ -165,7 +166,7 @@ def recall_precision_points_figure(samples: pd.DataFrame, path: PathLike) -> pat
   models = tables.unique_in_order(points["model"])
   colours = dict(zip(methods, _colors(len(methods))))
   markers = dict(zip(models, "os^Dv<>pPX*h" * (len(models) // 12 + 1)))
-  fig, axes = _panel_grid(len(panels), max_columns=3, size=4.0)
+  fig, axes = panel_grid(len(panels), max_columns=3, size=4.0)
   for axis, panel in zip(axes, panels):
     for row in points[points["panel"] == panel].itertuples():
       axis.errorbar(row.recall, row.precision, xerr=row.recall_std, yerr=row.precision_std,
@@ -244,7 +245,7 @@ def roc_figure(roc: pd.DataFrame, path: PathLike, *, model: str | None = None) -
   if frame.duplicated(["model", "method", "setting", "threshold"]).any():
     raise ValueError("roc table has duplicate (model, method, setting, threshold) rows")
   several_models = len(styles) > 1
-  fig, axes = _panel_grid(len(settings), size=4.2)
+  fig, axes = panel_grid(len(settings), size=4.2)
   for axis, setting in zip(axes, settings):
     for name, method, line in lines[setting]:
       recall = line["recall"].to_numpy(np.float64)
@@ -299,7 +300,7 @@ def perturbation_curves_figure(curves: pd.DataFrame, path: PathLike, *, model: s
   frame = tables.select_model(frame, model, "curves")
   orders, lines, styles, colours = _panel_lines(frame, panel="order", valid=ORDERS,
                                                 table="curves", order_by="fraction")
-  fig, axes = _panel_grid(len(orders), size=4.2)
+  fig, axes = panel_grid(len(orders), size=4.2)
   for axis, order in zip(axes, orders):
     for name, method, line in lines[order]:
       label = method if len(styles) == 1 else f"{name}: {method}"

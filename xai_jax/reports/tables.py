@@ -9,8 +9,8 @@ The functions are pure: they read DataFrames and return a DataFrame or a string.
 * `win_rate_table`: pairwise win rates of the methods on one metric (DeepMaps, Fig. 7);
   `pairwise_win_rates`: the same for several metrics and models as one long table.
 * `to_markdown`: a GitHub markdown table without `tabulate`.
-* `check_frame`, `select_model`, `unique_in_order`, `metric_direction`: the checks and
-  selections `xai_jax.reports.plots` shares.
+* `check_frame`, `select_model`, `unique_in_order`, `metric_direction`, `complete_scores`:
+  the checks and selections `xai_jax.reports.plots` and `xai_jax.reports.statistics` share.
 
 Win rates follow one convention everywhere (`stats.win_rate_matrix`): the column
 `win_rate` is the fraction of images on which the method beats the opponent, ties
@@ -85,8 +85,9 @@ def metric_direction(metric: str, higher_is_better: bool | None) -> bool:
   return bool(higher_is_better)
 
 
-def _complete_scores(frame: pd.DataFrame, metric: str, methods: Sequence[str]) -> pd.DataFrame:
-  """`[(model, index), methods]` values of `metric`, images lacking a method's value dropped."""
+def complete_scores(frame: pd.DataFrame, metric: str, methods: Sequence[str]) -> pd.DataFrame:
+  """`[(model, index), methods]` values of `metric`, images lacking a method's value dropped
+  (the images every statistic across methods compares: win rates, Wilcoxon, alpha)."""
   table = frame.pivot(index=["model", "index"], columns="method", values=metric)
   return table[list(methods)].astype(np.float64).dropna()
 
@@ -125,7 +126,7 @@ def win_rate_table(samples: pd.DataFrame, *, metric: str, higher_is_better: bool
   methods = unique_in_order(frame["method"])
   if len(methods) < 2:
     raise ValueError(f"win rates need at least 2 methods; got {methods}")
-  table = _complete_scores(frame, metric, methods)
+  table = complete_scores(frame, metric, methods)
   if table.empty:
     raise ValueError(f"no image has a {metric!r} value for every method {methods}")
   wins = stats.win_rate_matrix(table.to_numpy(), higher_is_better=higher_is_better)
@@ -169,7 +170,7 @@ def pairwise_win_rates(samples: pd.DataFrame, *, metrics: Sequence[str]) -> pd.D
     for metric, higher in directions.items():
       if metric not in group.columns:
         continue
-      table = _complete_scores(group, metric, methods)
+      table = complete_scores(group, metric, methods)
       if table.empty:
         continue
       wins = stats.win_rate_matrix(table.to_numpy(), higher_is_better=higher)
