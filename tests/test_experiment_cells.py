@@ -32,7 +32,8 @@ def test_every_output_is_written(finished):
     assert (workdir / name).is_file(), name
   figures = sorted(p.name for p in (workdir / "figures").glob("*.png"))
   assert figures == ["gallery_base.png", "gallery_branch_0.png", "perturbation_curves.png",
-                     "recall_precision.png", "roc.png", "win_rates_Amu.png",
+                     "recall_precision.png", "recall_precision_points.png", "roc.png",
+                     "win_rates_Amu.png",
                      "win_rates_aopc.png"]
   report = (workdir / "report.md").read_text()
   for figure in figures:
