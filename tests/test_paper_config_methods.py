@@ -117,3 +117,26 @@ def test_sanity_paper_variant_follows_adebayo():
   assert methods["smoothgrad"]["method"] == methods["vargrad"]["method"] == "gradient"
   # Fig. 3 top and Fig. 11 (absolute), Fig. 3 bottom and Fig. 12 (diverging), Fig. 4.
   assert set(config.measures) == {"spearman_abs", "spearman_signed", "ssim", "hog"}
+
+
+def test_sanity_inception_and_mnist_variants_follow_adebayo():
+  paper = _methods(sanity_config.get_config("paper").method_options)
+  inception = sanity_config.get_config("paper_inception")
+  assert _methods(inception.method_options) == paper
+  assert inception.model.name == "inception_v3" and inception.data.size == 299
+  assert inception.data.normalize == "inception" and tuple(inception.randomization.layers) == ()
+  assert set(inception.measures) == {"spearman_abs", "spearman_signed", "ssim", "hog"}
+  without_cam = {k: v for k, v in paper.items() if k not in ("gradcam", "guided_gradcam")}
+  for variant, (dataset, model) in {
+      "paper_mnist": ("mnist", "cnn"), "paper_mnist_mlp": ("mnist", "mlp"),
+      "paper_fashion_mnist": ("fashion_mnist", "cnn"),
+      "paper_fashion_mnist_mlp": ("fashion_mnist", "mlp")}.items():
+    config = sanity_config.get_config(variant)
+    # The CNN gets the ImageNet panel; the MLP has no spatial layer for Grad-CAM.
+    assert _methods(config.method_options) == (paper if model == "cnn" else without_cam)
+    assert (config.data.tfds_name, config.model.name) == (dataset, model), variant
+    # Spearman only: the paper computes SSIM and HOG on ImageNet alone.
+    assert tuple(config.measures) == ("spearman_abs", "spearman_signed")
+    assert config.data_randomization.enabled and config.data_randomization.target_accuracy == 0.95
+    assert config.train.max_steps == 20_000 and config.train.weight_decay == (
+        1e-3 if model == "cnn" else 0.0)

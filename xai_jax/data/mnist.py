@@ -108,7 +108,7 @@ def _check_name(name: Any) -> str:
   return name
 
 
-def _check_split(split: Any) -> str:
+def check_split(split: Any) -> str:
   """A TFDS split expression over `SPLITS` ("test", "train[:1000]", "train[:50%]+test")."""
   if not isinstance(split, str) or not split.strip():
     raise ValueError(f"split must be a non-empty string such as 'train' or 'test[:1000]'; "
@@ -194,7 +194,7 @@ class MnistSource(sources.RandomAccessSource):
         the command that prepares it), or a bad `num_examples`.
     """
     self.name = _check_name(name)
-    self.split = _check_split(split)
+    self.split = check_split(split)
     self.data_dir = _data_dir(data_dir)
     self.class_names = CLASS_NAMES[name]
     try:
@@ -264,4 +264,4 @@ def source(name: str, split: str, *, data_dir: str | os.PathLike | None,
 
 
 __all__ = ["CLASS_NAMES", "DATASETS", "IMAGE_SHAPE", "MnistSource", "NUM_CLASSES",
-           "NUM_EXAMPLES", "PREPARE_COMMAND", "SPLITS", "source"]
+           "NUM_EXAMPLES", "PREPARE_COMMAND", "SPLITS", "check_split", "source"]
