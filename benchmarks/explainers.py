@@ -43,6 +43,7 @@ xai_jax only; a method that fails prints its error instead of a time.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import sys
@@ -456,6 +457,100 @@ def main(argv=None) -> None:
   if args.json:
     with open(args.json, "w") as f:
       json.dump(rows, f, indent=1)
+
+
+# ---------------------------------------------------------------------------
+# Reference timers for `xai_jax.pipelines.timing` (experiments/timing.py).
+# ---------------------------------------------------------------------------
+
+
+def _installed(module: str) -> bool:
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  return importlib.util.find_spec(module) is not None
+
+
+@functools.lru_cache(maxsize=4)
+def _torch_twin(name: str, size: int):
+  """`(net, Grad-CAM layer, device)`: the torch model of `build`, on CUDA when available."""
+  import torch  # pylint: disable=import-outside-toplevel
+  _, _, net, layer = build(name, size, with_torch=True)
+  device = "cuda" if torch.cuda.is_available() else "cpu"
+  return net.to(device), layer, device
+
+
+def _torch_inputs(name, size, x, target, background):
+  import torch  # pylint: disable=import-outside-toplevel
+  net, layer, device = _torch_twin(name, size)
+  nchw = lambda a: torch.from_numpy(np.ascontiguousarray(a.transpose(0, 3, 1, 2))).to(device)
+  return net, layer, nchw(x), torch.from_numpy(target.astype(np.int64)).to(device), (
+      nchw(background) if len(background) else None)
+
+
+def _registry_names(methods: dict) -> dict:
+  return {display: options.get("method_name", display) for display, options in methods.items()}
+
+
+def _captum_timers(name, size, x, target, background, methods):
+  """Captum's GradCam / GuidedGradCam / DeepLift (zero baseline) calls."""
+  net, layer, xt, tt, _ = _torch_inputs(name, size, x, target, background)
+  args = types.SimpleNamespace(steps=1, samples=1)
+  calls = {}
+  for display, method in _registry_names(methods).items():
+    if method in ("gradcam", "guided_gradcam", "deeplift"):
+      calls[display] = _captum_call(method, net, layer, xt, tt, None, args, len(x), 1)
+  return calls
+
+
+def _lime_timers(name, size, x, target, background, methods, batch_size=50):
+  """The `lime` package's LimeImageExplainer (its quickshift, `samples` perturbations, one
+  image at a time as the package works; `batch_size` perturbed images per forward pass)."""
+  import torch  # pylint: disable=import-outside-toplevel
+  from lime import lime_image  # pylint: disable=import-outside-toplevel
+  net, _, device = _torch_twin(name, size)
+
+  def classify(images):
+    with torch.no_grad():
+      batch = torch.from_numpy(np.ascontiguousarray(
+          images.transpose(0, 3, 1, 2), dtype=np.float32)).to(device)
+      return torch.softmax(net(batch), -1).cpu().numpy()
+
+  calls = {}
+  for display, method in _registry_names(methods).items():
+    if method == "lime":
+      samples = methods[display].get("samples", 1000)
+
+      def call(samples=samples):
+        explainer = lime_image.LimeImageExplainer(random_state=0)
+        return [explainer.explain_instance(
+            image.astype(np.float64), classify, labels=(int(t),), top_labels=None,
+            num_samples=samples, batch_size=min(batch_size, samples))
+                for image, t in zip(x, target)]
+      calls[display] = call
+  return calls
+
+
+def _shap_timers(name, size, x, target, background, methods):
+  """shap's GradientExplainer at the Grad-CAM layer (`_shap_layer_values`: shap's PyTorch
+  (model, layer) computation, without the guided-backprop product)."""
+  net, _, xt, _, bt = _torch_inputs(name, size, x, target, background)
+  calls = {}
+  for display, method in _registry_names(methods).items():
+    if method == "layer_shap" and bt is not None:
+      samples = methods[display].get("samples", 200)
+      calls[display] = lambda samples=samples: _shap_layer_values(net, xt, bt, samples)
+  return calls
+
+
+def reference_timers() -> dict:
+  """`{library: factory}` for `xai_jax.pipelines.timing.run(references=...)`: Captum, `lime`
+  and `shap`, each where installed (with torch and torchvision). A factory takes
+  `(model name, size, x float32[N, H, W, C], target int[N], background float32[M, H, W, C],
+  methods {display: options})` and returns `{display name: zero-argument call}` on the torch
+  model of `build` (same architecture, `CLASSES` outputs)."""
+  if not (_installed("torch") and _installed("torchvision")):
+    return {}
+  timers = {"captum": _captum_timers, "lime": _lime_timers, "shap": _shap_timers}
+  return {library: factory for library, factory in timers.items() if _installed(library)}
 
 
 if __name__ == "__main__":

@@ -40,12 +40,14 @@ def image_data(*, num_examples: int, size: int = 48) -> ml_collections.ConfigDic
   source: "cells" (the generator; mask = heatmap > 0), "image_folder" (JPEG/PNG files,
   optionally root/<class>/<image>, masks from the VOC XMLs in annotations_dir) or "tfds" (a
   prepared TFDS image dataset such as imagenet2012; masks from its bbox features).
+  reference_folder: training images of an image_folder source, for methods whose background
+  or baselines are "train:N" (layer SHAP); the cells and TFDS use their training split.
   """
   return ml_collections.ConfigDict(dict(
       source="cells", split="test", size=size, num_examples=num_examples,
       image_folder="", annotations_dir="", class_names=(), class_names_file="",
       tfds_name="", tfds_dir="", crop="resize", normalize="none", include_difficult=True,
-      keep_labels=(), per_class=0))
+      keep_labels=(), per_class=0, reference_folder=""))
 
 
 def model() -> ml_collections.ConfigDict:

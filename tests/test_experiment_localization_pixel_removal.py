@@ -7,7 +7,7 @@ Two kinds of checks:
   AOPC / AFOC / n_MoRF / n_LeRF / win rates are known exactly;
 * the "tiny" configs on the synthetic cells with a trained CNN: every output is written, and
   the IOU column equals an independent numpy implementation of Gattas' procedure applied to
-  the gradient maps recomputed here.
+  the maps recomputed here (DeepLIFT for localization, the gradient for pixel removal).
 """
 
 import fractions
@@ -331,20 +331,22 @@ def test_tiny_localization_on_cells_matches_numpy(tmp_path, trained_npz):
   config = _with_npz(localization_config.get_config("tiny"), trained_npz)
   out = localization.run(config, tmp_path, progress=False)
   samples = pd.read_csv(tmp_path / "samples.csv")
-  assert len(samples) == 8 * 2 and set(samples["method"]) == {"gradient", "random"}
+  # Gattas' panel (configs/localization.py TINY_METHODS) and the random map.
+  assert len(samples) == 8 * 5 and set(samples["method"]) == {
+      "guided_gradcam", "deeplift", "layer_shap", "lime", "random"}
   assert samples[["iou", "iou_star"]].notna().all().all()
   assert samples["iou"].between(0, 1).all() and samples["iou_star"].between(0, 1).all()
   assert json.loads((tmp_path / "config.json").read_text())["variant"] == "tiny"
   assert (tmp_path / "figures" / "gallery.png").is_file()
-  # Recompute the gradient maps and IOU / IOU* here.
+  # Recompute the DeepLIFT maps (black-image reference) and IOU / IOU* here.
   model, variables, _ = image_experiment.build_model(config, tmp_path, progress=False)
   batch = image_experiment.build_source(config).get_batch(np.arange(8))
   x = jnp.asarray(batch["image"])
   target = jnp.argmax(model.apply(variables, x), axis=-1)
-  maps = np.asarray(explain.to_map(explain.explain("gradient", model, variables, x, target),
-                                   "sum"), np.float64)
+  maps = np.asarray(explain.to_map(explain.deeplift(
+      model, variables, x, target, baseline=jnp.zeros(x.shape[1:])), "sum"), np.float64)
   masks = batch["heatmap"] > 0
-  rows = samples[samples["method"] == "gradient"].sort_values("index")
+  rows = samples[samples["method"] == "deeplift"].sort_values("index")
   np.testing.assert_allclose(rows["iou"], _numpy_iou(maps, masks, 0.5, False), atol=1e-5)
   np.testing.assert_allclose(rows["iou_star"], _numpy_iou(maps, masks, 1.0, True), atol=1e-5)
   # A rerun resumes (every shard exists) and gives the same table; another model is refused

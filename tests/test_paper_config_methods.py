@@ -8,7 +8,9 @@
   at the first conv layer, GradientShap (5 samples, no noise) and DeepLiftShap on four
   N(0, 0.001^2) baselines per sample, everything else signed; the clamped setting clips the
   raw attribution (their code); plain AlexNet (no extra layer).
-* localization (Gattas 2020): signed attributions; the absolute value is taken by IOU.
+* localization (Gattas 2020): his panel (`GATTAS_PANEL`) with signed attributions (the absolute
+  value is taken by IOU), IOU at 0.5 std and IOU* at 1 std (Appendix C: 1 and 2), split at
+  p > 0.9; the quick / tiny variants run the same panel with fewer samples.
 * sanity_checks (Adebayo et al. 2018): signed attributions; the figures' "absolute value" vs
   "diverging" is the similarity measure (Fig. 3 top / bottom, Fig. 11 / 12), not the method.
 
@@ -19,6 +21,7 @@ absolute value is checked on a model.
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from configs import cells as cells_config
 from configs import localization as localization_config
@@ -26,6 +29,7 @@ from configs import pixel_removal as pixel_removal_config
 from configs import sanity_checks as sanity_config
 from xai_jax import explain, models, runner
 from xai_jax.models import taps
+from xai_jax.pipelines import image_experiment
 
 DEEPMAPS_PANEL = {
     "random": {},
@@ -99,12 +103,60 @@ def test_cells_paper_variants_follow_tjoa_and_guan():
     assert names[0] == layer, variant
 
 
-def test_localization_paper_variant_follows_gattas():
+# Gattas' panel (thesis secs. 3.5-3.7): Guided Grad-CAM at the final conv layer (the model's
+# default Grad-CAM layer), DeepLIFT on the black image, SHAP = shap's GradientExplainer at that
+# layer (its default 200 samples) on training images, times guided backprop, LIME with the lime
+# package's defaults (quickshift, 1000 samples) painted onto the superpixels; plus the random
+# map as the floor.
+GATTAS_PANEL = {
+    "guided_gradcam": {},
+    "deeplift": {"baseline": "zeros"},
+    "layer_shap": {"guided": True, "background": "train:100", "samples": 200},
+    "lime": {"reference": "lime", "feature_mask": "quickshift", "samples": 1000},
+    "random": {},
+}
+
+
+def test_localization_paper_variants_follow_gattas():
+  expected = {"paper": ("vgg16", 224, 1000, 0.5, 1.0),
+              "paper_appendix_c": ("vgg16", 224, 300, 1.0, 2.0),  # his Appendix C thresholds
+              "paper_inception": ("inception_v3", 299, 1000, 0.5, 1.0)}
+  for variant, (name, size, count, n_std, n_std_star) in expected.items():
+    config = localization_config.get_config(variant)
+    assert _methods(config.methods) == GATTAS_PANEL, variant
+    assert (config.model.name, config.data.size, config.data.num_examples) == (name, size, count)
+    assert (config.iou.n_std, config.iou.n_std_star, config.iou.abs) == (n_std, n_std_star, True)
+    assert config.confidence_threshold == 0.9  # high confidence: p > 0.9
+    # The options are the registry's: every method accepts them.
+    runner.check_methods(_methods(config.methods))
+  # The Grad-CAM layer of the panel is each model's last conv block.
+  assert models.get("vgg16", num_classes=1000).gradcam_layer == "features_29"
+  assert models.get("inception_v3", num_classes=1000).gradcam_layer == "Mixed_7c/output"
+
+
+def test_localization_quick_and_tiny_run_the_same_panel_with_fewer_samples():
+  for variant, (samples, background, lime_samples) in (("quick", (32, "train:32", 100)),
+                                                       ("tiny", (4, "train:4", 8))):
+    config = localization_config.get_config(variant)
+    methods = _methods(config.methods)
+    assert methods == {**GATTAS_PANEL,
+                       "layer_shap": {"guided": True, "background": background,
+                                      "samples": samples},
+                       "lime": {**GATTAS_PANEL["lime"], "samples": lime_samples}}, variant
+    assert (config.iou.n_std, config.iou.n_std_star, config.confidence_threshold) == (
+        0.5, 1.0, 0.9)
+    assert config.data.source == "cells"
+
+
+def test_localization_paper_needs_training_images_for_the_shap_background():
+  # Checked when the sources are built, before the model is loaded or a file written.
   config = localization_config.get_config("paper")
-  methods = _methods(config.methods)
-  assert not any("abs" in options for options in methods.values())
-  assert {"deeplift", "gradient_shap", "gradcam", "guided_gradcam"} <= set(methods)
-  assert config.iou.abs is True and config.iou.n_std == 0.5 and config.iou.n_std_star == 1.0
+  config.data.image_folder = "/nonexistent/val"
+  with pytest.raises(ValueError, match=r"'train:N'.*--config.data.reference_folder=DIR"):
+    image_experiment.build_source(config)
+  config.data.reference_folder = "/nonexistent/train"
+  with pytest.raises(ValueError, match=r"image folder /nonexistent/val does not exist"):
+    image_experiment.build_source(config)
 
 
 def test_sanity_paper_variant_follows_adebayo():

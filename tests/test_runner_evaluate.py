@@ -287,10 +287,10 @@ def test_keys_are_filled_in_for_exactly_the_methods_that_take_one():
   x = jnp.zeros((2, 8, 8, 3))
   keys = runner.image_keys(jax.random.key(0), "m", np.arange(2))
   for name in explain.METHODS:
-    options = runner._explain_options(name, {}, x, keys)  # pylint: disable=protected-access
+    options = runner.explain_options(name, {}, x, keys)
     assert ("key" in options) == explain.takes_key(name), name
   given = jax.random.key(9)
-  assert runner._explain_options("smoothgrad", {"key": given}, x, keys)["key"] is given  # pylint: disable=protected-access
+  assert runner.explain_options("smoothgrad", {"key": given}, x, keys)["key"] is given
   assert {"smoothgrad", "gradient_shap", "random"} <= {
       n for n in explain.METHODS if explain.takes_key(n)}
   # A keyed method is accepted without a key (the runner supplies it).
@@ -303,14 +303,14 @@ def test_named_uniform_baselines_are_per_image_and_in_its_range():
   x = jnp.stack([jnp.full((4, 4, 3), 0.5).at[0, 0, 0].set(0.0),
                  jnp.full((4, 4, 3), 2.0).at[1, 1, 1].set(3.0)])
   keys = runner.image_keys(jax.random.key(0), "m", np.array([4, 9]))
-  options = runner._explain_options("gradient_shap", {"baselines": "uniform:3"}, x, keys)  # pylint: disable=protected-access
+  options = runner.explain_options("gradient_shap", {"baselines": "uniform:3"}, x, keys)
   sets = np.asarray(options["baselines"])
   assert sets.shape == (2, 3, 4, 4, 3)
   assert sets[0].min() >= 0.0 and sets[0].max() <= 0.5
   assert sets[1].min() >= 2.0 and sets[1].max() <= 3.0
-  alone = runner._explain_options("gradient_shap", {"baselines": "uniform:3"}, x[1:], keys[1:])  # pylint: disable=protected-access
+  alone = runner.explain_options("gradient_shap", {"baselines": "uniform:3"}, x[1:], keys[1:])
   np.testing.assert_array_equal(alone["baselines"][0], sets[1])
-  zeros = runner._explain_options("deeplift", {"baseline": "zeros"}, x, keys)  # pylint: disable=protected-access
+  zeros = runner.explain_options("deeplift", {"baseline": "zeros"}, x, keys)
   np.testing.assert_array_equal(zeros["baseline"], np.zeros((4, 4, 3)))
 
 
@@ -319,7 +319,7 @@ def test_named_normal_baselines_are_the_per_image_noise_draws():
   # STD * normal(fold_in(keys[i], 7), (K, H, W, C)), whatever the image's values.
   x = jnp.stack([jnp.full((4, 4, 3), 0.5), jnp.full((4, 4, 3), 9.0)])
   keys = runner.image_keys(jax.random.key(0), "m", np.array([4, 9]))
-  options = runner._explain_options("deeplift_shap", {"baselines": "normal:4:0.001"}, x, keys)  # pylint: disable=protected-access
+  options = runner.explain_options("deeplift_shap", {"baselines": "normal:4:0.001"}, x, keys)
   sets = np.asarray(options["baselines"])
   assert sets.shape == (2, 4, 4, 4, 3)
   for i in range(2):
@@ -331,6 +331,51 @@ def test_named_normal_baselines_are_the_per_image_noise_draws():
     with pytest.raises(ValueError, match=r"methods.m: unknown baselines .*'normal:K:STD'"):
       runner.check_methods({"m": {"method_name": "gradient_shap", "baselines": bad}})
   runner.check_methods({"m": {"method_name": "gradient_shap", "baselines": "normal:4:0.001"}})
+
+
+def test_named_training_references_are_the_first_n_training_images():
+  # "train:N": the first N rows of the training references, one set shared by every image
+  # (shap's background data), for `background` (layer SHAP) and `baselines`.
+  x = jnp.zeros((2, 4, 4, 3))
+  keys = runner.image_keys(jax.random.key(0), "m", np.arange(2))
+  references = jnp.asarray(np.random.default_rng(0).normal(size=(5, 4, 4, 3)), jnp.float32)
+  for name, field in (("layer_shap", "background"), ("gradient_shap", "baselines")):
+    options = runner.explain_options(name, {field: "train:3"}, x, keys, references)
+    np.testing.assert_array_equal(options[field], references[:3])
+    with pytest.raises(ValueError, match=r"needs at least 6 training reference images; got 5"):
+      runner.explain_options(name, {field: "train:6"}, x, keys, references)
+    with pytest.raises(ValueError, match=r"got none"):
+      runner.explain_options(name, {field: "train:1"}, x, keys)
+  assert runner.training_references_needed(
+      {"a": {"background": "train:4"}, "b": {"baselines": "train:7"}, "c": {}}) == 7
+  assert runner.training_references_needed({"a": {"baselines": "normal:4:0.001"}}) == 0
+  for bad in ("train:0", "train:", "train:x"):
+    with pytest.raises(ValueError, match=r"methods.m: unknown background .*'train:N'"):
+      runner.check_methods({"m": {"method_name": "layer_shap", "background": bad}})
+  with pytest.raises(ValueError, match=r"methods.m: unknown baseline 'train:3'"):
+    runner.check_methods({"m": {"method_name": "deeplift", "baseline": "train:3"}})
+
+
+def test_evaluate_gives_layer_shap_the_training_references(setup, tmp_path):
+  # Through `evaluate`, "train:3" is exactly the first 3 training images as the background:
+  # the IOU equals that of the map computed directly with that background and the same keys.
+  model, variables, source = setup
+  train = cell_source.source("train", size=SIZE, num_examples=4)
+  methods = {"shap": {"method_name": "layer_shap", "background": "train:3", "samples": 2,
+                      "guided": False}}
+  with pytest.raises(ValueError, match=r"needs references with at least 3 training images"):
+    _evaluate(tmp_path / "none", setup, methods=methods, metrics=("iou",), metric_options={})
+  tables = _evaluate(tmp_path, setup, methods=methods, metrics=("iou",), metric_options={},
+                     num_examples=3, shard_size=3, gallery_size=0, references=train)
+  x = jnp.asarray(source.get_batch(np.arange(3))["image"])
+  target = jnp.argmax(model.apply(variables, x), axis=-1)
+  background = jnp.asarray(train.get_batch(np.arange(3))["image"])
+  maps = explain.layer_shap(model, variables, x, target, background=background, samples=2,
+                            guided=False,
+                            key=runner.image_keys(jax.random.key(KEY_SEED), "shap", np.arange(3)))
+  mask = source.get_batch(np.arange(3))["heatmap"] > 0
+  expected = ground_truth.iou(np.asarray(maps), mask, n_std=0.5, abs=True)
+  np.testing.assert_allclose(tables.samples["iou"], np.asarray(expected), rtol=1e-5)
 
 
 @pytest.mark.slow

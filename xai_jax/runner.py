@@ -321,7 +321,8 @@ def check_methods(methods: Mapping[str, Mapping[str, Any]]) -> dict[str, tuple[s
   What `evaluate` runs first; experiments call it while validating their config, before any
   data generation or training. Besides `explain.check_options`, the runner's own option
   values are checked: `method_name` (the registry name when it differs from the display
-  name) and named baselines ("zeros", "uniform:K", "normal:K:STD"). A `key` is not required
+  name) and named baselines ("zeros", "uniform:K", "normal:K:STD", "train:N"; see
+  `_baseline_spec`). A `key` is not required
   from methods that take one (`explain.takes_key`): `evaluate` fills it in.
 
   Returns:
@@ -342,7 +343,7 @@ def check_methods(methods: Mapping[str, Mapping[str, Any]]) -> dict[str, tuple[s
                        f"{', '.join(sorted(explain.METHODS))}; a display name that differs "
                        "from the registry name needs the option method_name=<registry name>")
     try:
-      for field in ("baseline", "baselines"):
+      for field in NAMED_BASELINE_FIELDS:
         if isinstance(options.get(field), str):
           _baseline_spec(options[field], field)
       explain.check_options(name, options,
@@ -392,9 +393,15 @@ def check_shards(num_examples: int, shard_size: int, *, delta_k: int = 0,
         + (" (0: no delta)" if num_examples == 1 else ""))
 
 
+NAMED_BASELINE_FIELDS = ("baseline", "baselines", "background")
+"""The method options that may name their reference images (`_baseline_spec`)."""
+
+
 def _baseline_spec(spec: str, field: str) -> tuple[str, int, float]:
   """Checks a named baseline; returns `(kind, K, scale)`: "zeros" (0 images), or for
-  `baselines` "uniform:K" (K >= 1) or "normal:K:STD" (K >= 1, STD > 0 finite)."""
+  `baselines` "uniform:K" (K >= 1) or "normal:K:STD" (K >= 1, STD > 0 finite), or for
+  `baselines` and `background` "train:N" (N >= 1: the first N images of the training
+  references given to `evaluate`, e.g. layer SHAP's expected-gradients background)."""
   if spec == "zeros":
     return "zeros", 0, 0.0
   kind, _, rest = spec.partition(":")
@@ -409,9 +416,31 @@ def _baseline_spec(spec: str, field: str) -> tuple[str, int, float]:
         std = math.nan
       if kind == "normal" and 0.0 < std < math.inf:
         return kind, int(count), std
-  raise ValueError(f"unknown {field} {spec!r}; valid: 'zeros'"
-                   + (", 'uniform:K' or 'normal:K:STD' with K >= 1 and STD > 0"
-                      if field == "baselines" else ""))
+  if field in ("baselines", "background") and kind == "train":
+    if rest.isdigit() and int(rest) >= 1:
+      return kind, int(rest), 0.0
+  valid = {"baseline": "",
+           "baselines": ", 'uniform:K', 'normal:K:STD' or 'train:N' with K, N >= 1 and STD > 0",
+           "background": " or 'train:N' with N >= 1"}[field]
+  raise ValueError(f"unknown {field} {spec!r}; valid: 'zeros'{valid}")
+
+
+def training_references_needed(methods: Mapping[str, Mapping[str, Any]]) -> int:
+  """The largest N of the "train:N" named baselines of `methods` (0: none); `evaluate` needs
+  `references` with at least that many training images.
+
+  Raises:
+    ValueError: a malformed named baseline (`_baseline_spec`).
+  """
+  needed = 0
+  for options in methods.values():
+    for field in NAMED_BASELINE_FIELDS:
+      spec = (options or {}).get(field)
+      if isinstance(spec, str):
+        kind, count, _ = _baseline_spec(spec, field)
+        if kind == "train":
+          needed = max(needed, count)
+  return needed
 
 
 def method_key(key: jax.Array, display: str) -> jax.Array:
@@ -437,30 +466,45 @@ def partner_key(key: jax.Array) -> jax.Array:
   return jax.random.fold_in(key, 2**31 - 1)
 
 
-def _explain_options(name: str, options: dict, x: jax.Array, keys: jax.Array) -> dict:
+def explain_options(name: str, options: dict, x: jax.Array, keys: jax.Array,
+                     references: jax.Array | None = None) -> dict:
   """Fills the options a method cannot run without: its per-image keys `keys[N]` (one per
-  row of `x`, `image_keys`), and baselines given by name."""
+  row of `x`, `image_keys`), and baselines given by name (`references`: the training images
+  that "train:N" takes)."""
   options = dict(options)
   if explain.takes_key(name) and "key" not in options:
     options["key"] = keys
-  for field in ("baseline", "baselines"):
+  for field in NAMED_BASELINE_FIELDS:
     spec = options.get(field)
     if isinstance(spec, str):
-      options[field] = _named_baseline(spec, field, x, keys)
+      options[field] = _named_baseline(spec, field, x, keys, references)
   return options
 
 
-def _named_baseline(spec: str, field: str, x: jax.Array, keys: jax.Array) -> jax.Array:
+def _named_baseline(spec: str, field: str, x: jax.Array, keys: jax.Array,
+                    references: jax.Array | None = None) -> jax.Array:
   """A named baseline (`_baseline_spec`): "zeros" (black image); "uniform:K", for each image i
-  K images uniform in `[min x_i, max x_i]`; or "normal:K:STD", for each image K images of
-  N(0, STD^2) noise (Tjoa & Guan's GradientShap / DeepLiftShap baselines, "normal:4:0.001").
-  The sets are `[N, K, H, W, C]`, drawn from `fold_in(keys[i], 7)`: one per image, so that an
-  image's set does not depend on its batch."""
+  K images uniform in `[min x_i, max x_i]`; "normal:K:STD", for each image K images of
+  N(0, STD^2) noise (Tjoa & Guan's GradientShap / DeepLiftShap baselines, "normal:4:0.001");
+  or "train:N", the first N rows of `references` (`float[M >= N, H, W, C]`, training images),
+  one set `[N, H, W, C]` shared by every image (shap's background data: Gattas' layer SHAP).
+  The random sets are `[N, K, H, W, C]`, drawn from `fold_in(keys[i], 7)`: one per image, so
+  that an image's set does not depend on its batch.
+
+  Raises:
+    ValueError: "train:N" without `references`, or with fewer than N of them.
+  """
   shape = x.shape[1:]
   kind, count, std = _baseline_spec(spec, field)
   if kind == "zeros":
     zeros = jnp.zeros(shape, x.dtype)
     return zeros if field == "baseline" else zeros[None]
+  if kind == "train":
+    if references is None or references.shape[0] < count:
+      have = "none" if references is None else str(references.shape[0])
+      raise ValueError(f"{field} {spec!r} needs at least {count} training reference images; "
+                       f"got {have} (runner.evaluate's references)")
+    return jnp.asarray(references[:count], x.dtype)
   if kind == "normal":
     draw = lambda k: std * jax.random.normal(jax.random.fold_in(k, 7), (count, *shape), x.dtype)
     return jax.vmap(draw)(keys)
@@ -494,7 +538,7 @@ def evaluate(workdir, *, source, model, variables, methods: Mapping[str, Mapping
              metric_options: Mapping[str, Mapping[str, Any]] | None = None,
              shard_size: int = 64, num_examples: int | None = None, key: jax.Array,
              model_name: str = "model", mesh: Mesh | None = None, progress: bool = True,
-             gallery_size: int = 10) -> EvaluationTables:
+             gallery_size: int = 10, references=None) -> EvaluationTables:
   """Explains every sample of `source` with every method and scores every map, in shards.
 
   Per shard of `shard_size` samples (the last may be smaller): the batch is placed on all
@@ -542,7 +586,8 @@ def evaluate(workdir, *, source, model, variables, methods: Mapping[str, Mapping
       the methods that take one (`explain.takes_key`: SmoothGrad, GradientShap, random maps,
       the sampling methods), one key per image (`image_keys`); `baseline(s)` may be "zeros",
       "uniform:K" (K images uniform in each image's value range, one set per image) or
-      "normal:K:STD" (K images of N(0, STD^2) noise per image).
+      "normal:K:STD" (K images of N(0, STD^2) noise per image); `baselines` and `background`
+      (layer SHAP) may be "train:N", the first N images of `references`, one set for all.
     metrics: metric family names, keys of `registry.FAMILIES`.
     metric_options: `{family: {option: value}}`, e.g. `{"pixel_removal": {fraction, step,
       fill, chunk, delta_k, score}, "iou": {n_std, n_std_star, abs}}`; defaults
@@ -555,15 +600,26 @@ def evaluate(workdir, *, source, model, variables, methods: Mapping[str, Mapping
     mesh: from `batch_mesh` (default: all local devices).
     progress: tqdm bar with images/s and ETA.
     gallery_size: samples kept with their maps in `gallery.npz` (0: none).
+    references: random-access training images (`len`, `get_batch(indices)["image"]`), read
+      once (the first N) when a method names "train:N"; None otherwise.
 
   Returns:
     An `EvaluationTables`.
 
   Raises:
     ValueError: unknown methods or metrics, a metric whose ground truth the source lacks, no
-      more images than `delta_k`, NaN images.
+      more images than `delta_k`, NaN images, "train:N" without N `references`.
   """
   resolved = check_methods(methods)
+  needed = training_references_needed(methods)
+  reference_images = None
+  if needed:
+    if references is None or len(references) < needed:
+      raise ValueError(f"a method names 'train:{needed}': evaluate needs references with at "
+                       f"least {needed} training images; got "
+                       f"{'none' if references is None else len(references)}")
+    reference_images = jnp.asarray(np.asarray(
+        references.get_batch(np.arange(needed))["image"], np.float32))
   metrics, options = registry.check_options(metrics, metric_options)
   total = len(source) if num_examples is None else num_examples
   delta_k = registry.delta_k(metrics, options)
@@ -597,8 +653,8 @@ def evaluate(workdir, *, source, model, variables, methods: Mapping[str, Mapping
 
   def explain_batch(display: str, x, padded: np.ndarray, target) -> jax.Array:
     name, method_options = resolved[display]
-    return explain.explain(name, model, variables, x, target, **_explain_options(
-        name, method_options, x, image_keys(key, display, padded)))
+    return explain.explain(name, model, variables, x, target, **explain_options(
+        name, method_options, x, image_keys(key, display, padded), reference_images))
 
   def compute_shard(shard: int) -> dict[str, pd.DataFrame]:
     indices = np.arange(shard * shard_size, min(total, (shard + 1) * shard_size))

@@ -59,6 +59,15 @@ LIME_DEFAULTS = {
     "lime": {"samples": 1000, "kernel_width": 0.25, "alpha": 1.0},
     "captum": {"samples": 25, "kernel_width": 1.0, "alpha": 0.01},
 }
+# LIME ("lime" reference, per-image keys) rounds a concrete mask's feature count up to a
+# multiple of this, so that batches with other superpixel counts reuse the compiled sweep and
+# fit (the extra ids are absent from every image: left out of the fit, the result unchanged).
+LIME_FEATURE_BUCKET = 16
+
+
+def bucketed_features(features: int, bucket: int = LIME_FEATURE_BUCKET) -> int:
+  """`features` rounded up to a multiple of `bucket` (>= 1)."""
+  return -(-features // bucket) * bucket
 
 
 # ---------------------------------------------------------------------------
@@ -710,7 +719,11 @@ def lime(model: common.Model, variables: common.PyTree, x: jax.Array,
     kernel_width: None -> the reference's default.
     distance: "cosine" or "euclidean".
     alpha: penalty of the fit (>= 0); None -> the reference's default.
-    num_features: F; required for a traced mask.
+    num_features: F; required for a traced mask. Left None with `reference="lime"`, per-image
+      keys and no injected coalitions, a concrete mask's F is rounded up to a multiple of
+      `LIME_FEATURE_BUCKET` (`bucketed_features`): the padded ids are absent from every
+      image, so the result is the same, and batches whose superpixel counts fall in one
+      bucket share one compilation.
     key: `jax.random` key; required unless `coalitions` is given. One key per image,
       `key[N]` (`sampling.check_keys`), draws image i's coalitions from `key[i]` per
       feature id (`_feature_uniforms(key[i]) < 0.5`), so that its result depends neither on
@@ -740,6 +753,10 @@ def lime(model: common.Model, variables: common.PyTree, x: jax.Array,
   if feature_mask is None and reference == "lime":
     feature_mask = "quickshift"
   mask, features = feature_mask_of(feature_mask, x, num_features)
+  per_image = coalitions is None and key is not None and sampling.check_keys(key, n)[1]
+  if (reference == "lime" and per_image and num_features is None
+      and common.is_concrete(mask)):
+    features = bucketed_features(features)
   if baseline is None and reference == "lime":
     fill = _segment_means(x, mask, features)
   else:

@@ -12,6 +12,8 @@ function; the configs are the repository's `configs/<name>.py`.
 * `pixel_removal`: DeepMaps (Grabska-Barwinska et al. 2021): AOPC, AFOC, n_MoRF / n_LeRF and
   their delta variants, win rates.
 * `sanity_checks`: Adebayo et al. (NeurIPS 2018): model and data randomisation.
+* `timing`: Gattas (2020) Fig. 4.2: seconds per 100 explanations per method and model, with
+  Captum / lime / shap side by side when the caller passes them.
 * `cells_gallery`: the Fig. 2-like grid of the synthetic cells and their ground truth.
 * `port_weights`: torchvision weights to an orbax checkpoint (needs the optional torch extra).
 
@@ -26,6 +28,7 @@ from xai_jax.pipelines import localization
 from xai_jax.pipelines import pixel_removal
 from xai_jax.pipelines import port_weights
 from xai_jax.pipelines import sanity_checks
+from xai_jax.pipelines import timing
 
 __all__ = ["cells", "cells_gallery", "localization", "pixel_removal", "port_weights",
-           "sanity_checks"]
+           "sanity_checks", "timing"]

@@ -56,7 +56,8 @@ def build_source(config: ml_collections.ConfigDict):
   """The evaluated images: a random-access source (see `xai_jax.data.images`).
 
   Raises:
-    ValueError: an unknown `data.source` (listing the valid ones) or missing paths.
+    ValueError: an unknown `data.source` (listing the valid ones) or missing paths (an
+      image folder without `data.reference_folder` when a method names "train:N" too).
   """
   data = config.data
   num = data.num_examples or None
@@ -69,6 +70,8 @@ def build_source(config: ml_collections.ConfigDict):
   if data.source == "image_folder":
     if not data.image_folder:
       raise ValueError("data.source='image_folder' needs --config.data.image_folder=DIR")
+    if not data.reference_folder and runner.training_references_needed(method_options(config)):
+      raise ValueError(_NO_REFERENCE_FOLDER)
     return images.ImageFolderSource(
         data.image_folder, size=data.size, annotations_dir=data.annotations_dir or None,
         class_names=class_names, crop=data.crop, normalize=data.normalize,
@@ -83,6 +86,39 @@ def build_source(config: ml_collections.ConfigDict):
                                   keep_labels=tuple(data.keep_labels) or None,
                                   per_class=data.per_class or None, num_examples=num)
   raise ValueError(f"unknown data.source {data.source!r}; valid: {', '.join(DATA_SOURCES)}")
+
+
+_NO_REFERENCE_FOLDER = (
+    "data.source='image_folder' with a method that names 'train:N' (training images as its "
+    "background or baselines) needs --config.data.reference_folder=DIR (training images)")
+
+
+def reference_source(config: ml_collections.ConfigDict):
+  """The training images that a method's "train:N" option takes its first N from, or None when
+  no method names one (`runner.training_references_needed`).
+
+  The cells: the training split the model is trained on (`cells_training_shards`); a TFDS
+  dataset: its "train" split; an image folder: `data.reference_folder` (the same resize, crop
+  and normalisation as the evaluated images). As shap's `GradientExplainer` background in
+  Gattas' layer SHAP (thesis sec. 3.7), the references are training images, never the
+  evaluated ones.
+
+  Raises:
+    ValueError: an image folder source without `data.reference_folder`.
+  """
+  if not runner.training_references_needed(method_options(config)):
+    return None
+  data = config.data
+  if data.source == "cells":
+    return cells_training_shards(config).source
+  if data.source == "tfds":
+    return images.TfdsImageSource(data.tfds_name, "train", size=data.size,
+                                  data_dir=data.tfds_dir or None, crop=data.crop,
+                                  normalize=data.normalize)
+  if not data.reference_folder:
+    raise ValueError(_NO_REFERENCE_FOLDER)
+  return images.ImageFolderSource(data.reference_folder, size=data.size, crop=data.crop,
+                                  normalize=data.normalize)
 
 
 def load_npz(path: str | os.PathLike) -> dict:
@@ -265,4 +301,5 @@ def evaluate(config, workdir: pathlib.Path, source, model, variables, *, metrics
       methods=method_options(config), metrics=metrics, metric_options=metric_options,
       shard_size=config.evaluate.shard_size, num_examples=None,
       key=jax.random.fold_in(jax.random.key(config.seed), 1000), model_name=config.model_name,
-      progress=progress, gallery_size=config.evaluate.gallery_size)
+      progress=progress, gallery_size=config.evaluate.gallery_size,
+      references=reference_source(config))
