@@ -115,7 +115,10 @@ def test_data_randomisation_end_to_end_on_mock_data(tmp_path, variant):
     got = table[(table.stage == "random_labels") & (table.measure == measure)]
     expected = [scipy.stats.spearmanr(a, b).statistic
                 for a, b in zip(_visual(maps[0], absolute), _visual(maps[1], absolute))]
-    np.testing.assert_allclose(got.sort_values("image").value.to_numpy(), expected, atol=1e-5)
+    # float32 gradients from two differently compiled programs (the pipeline's batch, this
+    # test's) differ in the last bits, which can split or join rank ties among the many
+    # near-zero pixels; that moves rho by ~1e-5 here. Another image or model moves it by > 1e-2.
+    np.testing.assert_allclose(got.sort_values("image").value.to_numpy(), expected, atol=1e-3)
 
 
 def _set(config, field, value):
