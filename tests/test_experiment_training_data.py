@@ -95,7 +95,7 @@ def test_bad_arguments_are_refused():
 def test_the_sanity_checks_shards_normalise_as_configured():
   config = sanity_config.get_config("tiny")
   config.data.normalize = "imagenet"
-  shards = sanity_checks._cell_shards(config, "train", 20)  # pylint: disable=protected-access
+  shards = sanity_checks._training_shards(config, "train", 20)  # pylint: disable=protected-access
   raw = cell_source.source("train", size=config.data.size, num_examples=20).get_batch(np.arange(20))
   mean = np.array([0.485, 0.456, 0.406], np.float32)
   std = np.array([0.229, 0.224, 0.225], np.float32)

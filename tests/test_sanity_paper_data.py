@@ -19,7 +19,9 @@ import scipy.stats
 import tensorflow_datasets as tfds
 
 from configs import sanity_checks as sanity_config
+from xai_jax import models
 from xai_jax.metrics import sanity
+from xai_jax.models import port
 from xai_jax.pipelines import sanity_checks
 
 RECORDS = 64
@@ -175,3 +177,30 @@ def test_image_folder_images_are_scaled_to_minus_one_one(tmp_path):
   config.data.num_explain = 4
   with pytest.raises(ValueError, match="num_explain"):
     sanity_checks.explain_images(config)
+
+
+def test_inception_checkpoint_takes_minus_one_one_input_without_transform_input(tmp_path):
+  """`paper_inception`: torchvision's weights expect ImageNet-normalised pixels and re-scale
+  them with `transform_input` to 2 * pixel - 1; the pipeline feeds 2 * pixel - 1 directly
+  and turns `transform_input` off, so the logits equal the checkpoint's own on its input."""
+  model = models.get("inception_v3", num_classes=5, transform_input=True)
+  variables = model.init(jax.random.key(0), jnp.zeros((1, 75, 75, 3)))
+  port.save(str(tmp_path / "ckpt"), variables, arch="inception_v3", num_classes=5,
+            options={"transform_input": True})
+  pixels = jax.random.uniform(jax.random.key(1), (2, 75, 75, 3))
+  mean, std = sanity_checks.NORMALIZATIONS["imagenet"]
+  expected = model.apply(variables, (pixels - jnp.asarray(mean)) / jnp.asarray(std))
+
+  config = sanity_config.get_config("paper_inception")
+  config.model.checkpoint = str(tmp_path / "ckpt")
+  assert config.data.normalize == "inception"
+  loaded, restored = sanity_checks.load_checkpoint(config)
+  assert not loaded.transform_input
+  np.testing.assert_allclose(loaded.apply(restored, 2 * pixels - 1), expected,
+                             rtol=1e-4, atol=1e-5)
+  # With ImageNet normalisation the checkpoint keeps its transform_input, which on [-1, 1]
+  # input would re-scale a second time: other logits.
+  config.data.normalize = "imagenet"
+  kept, _ = sanity_checks.load_checkpoint(config)
+  assert kept.transform_input
+  assert not np.allclose(kept.apply(restored, 2 * pixels - 1), expected, rtol=1e-2)
