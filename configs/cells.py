@@ -12,16 +12,15 @@ Variants (`--config=configs/cells.py:<variant>`):
 
       python -m experiments.cells --workdir=workdir/cells_quick
 
-  Measured on a 2-core CPU: 5 min 44 s from a fresh clone including the install (training
-  2 min 35 s plus 18 s for the branch, explaining and scoring about 2 min). Test accuracy
-  0.95 (base) and 0.91 (branch); compiler rounding amplified by training moves these by a few
-  images (0.97 / 0.98 under other XLA:CPU options, `xai_jax.xla`). Expected (README table):
-  the random map lowest on Amu, Pmu, Amu_clamp and IOU, with delta_aopc about 0; DeepMaps,
-  FullGrad and GradCAM with the highest n_lerf (0.74-0.84) and DeepMaps the lowest n_morf
-  (about 0.16); the gradient-type maps at about 0.89 five-band accuracy (Amu) against 0.18
-  for the random map. These numbers were measured before DeepMaps' default became the
-  paper's layer set (every conv ReLU, without the input map); the README gives both sets'
-  DeepMaps numbers on one retrained model (n_morf 0.173 / 0.160, n_lerf 0.883 / 0.869).
+  Measured on a 2-core CPU: 4 min 25 s with the environment installed (a fresh clone's
+  install adds 1-2 minutes), 417 s of CPU time. Test accuracy 0.97 (base) and 0.94 (branch);
+  compiler rounding amplified by training moves these by a few images (0.95 / 0.91 under
+  other XLA:CPU options, `xai_jax.xla`). Expected (the README's table): the random map lowest
+  on Amu (0.18), Pmu, Amu_clamp and IOU, with delta_aopc about 0 (-0.005); DeepMaps,
+  FullGrad and GradCAM with the highest n_lerf (0.76-0.89) and DeepMaps the lowest n_morf
+  (0.16); the gradient-type maps at about 0.89 five-band accuracy (Amu). `report.md` gives
+  the branches' mean test accuracy (Table I's <Acc.>) and `figures/recall_precision_points.png`
+  Fig. 3 A/B/C.
 
 * `tiny` (the tests): 32x32, a few training steps, 16 test images, 3 methods; seconds.
 

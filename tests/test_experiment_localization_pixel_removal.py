@@ -202,6 +202,7 @@ def test_pixel_removal_closed_form(tmp_path, monkeypatch, oracles):
     assert (tmp_path / name).is_file(), name
 
 
+@pytest.mark.slow
 def test_pixel_removal_statistics_match_scipy_and_krippendorff(tmp_path, monkeypatch, oracles):
   """DeepMaps appendix C from the command (`stats/`, Fig. 9-11), recomputed from samples.csv:
   Wilcoxon by `scipy.stats.wilcoxon`, alpha by `krippendorff.alpha` on the draws replayed with

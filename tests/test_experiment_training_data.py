@@ -135,6 +135,7 @@ def test_resolve_dataset_mean_reads_the_split_only_when_asked():
   assert len(calls) == 1
 
 
+@pytest.mark.slow
 def test_dataset_mean_scores_do_not_depend_on_the_shards(tmp_path):
   # The same 6 test cells evaluated in one shard of 6 and in shards of 3: the removal columns
   # agree with the training split's mean as the fill, and differ with each shard's mean.

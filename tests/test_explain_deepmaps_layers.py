@@ -159,6 +159,7 @@ def _psi(a, size):
   return _bilinear_align_corners((a - a.min()) / span if span > 0 else np.zeros_like(a), size)
 
 
+@pytest.mark.slow
 def test_fullgrad_feature_map_normalisation_matches_a_numpy_loop():
   model = models.get("small_vgg", num_classes=5, widths=(3, 4))
   variables = _random_variables(model, (1, 8, 8, 3), seed=3)

@@ -359,6 +359,7 @@ def test_lime_reference_captum_matches_sklearn_lasso_with_input_space_weights():
     _close(got[n], np.broadcast_to(coef[QUADRANTS[0]][..., None], X.shape[1:]), tol=1e-8)
 
 
+@pytest.mark.slow
 def test_lime_pads_the_superpixel_count_to_a_bucket_with_the_same_result():
   # Per-image keys: PER_IMAGE's F = 4 (image 1 lacks id 3) is padded to 16 ids; the padded ids
   # are absent from every image, so the map is the fit on the F = 4 coalitions drawn from the

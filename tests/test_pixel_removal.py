@@ -751,6 +751,7 @@ def test_off_grid_fractions_are_refused_not_rounded_down(setup):
                              / np.abs(short.scores[:, 0]), rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_training_set_fill_makes_scores_independent_of_the_shard(setup):
   # The batch whole or split in two: per-image scores agree with a fill computed once (the
   # training set's mean, here any fixed per-channel numbers), not with the batch mean.

@@ -356,6 +356,7 @@ def test_named_training_references_are_the_first_n_training_images():
     runner.check_methods({"m": {"method_name": "deeplift", "baseline": "train:3"}})
 
 
+@pytest.mark.slow
 def test_evaluate_gives_layer_shap_the_training_references(setup, tmp_path):
   # Through `evaluate`, "train:3" is exactly the first 3 training images as the background:
   # the IOU equals that of the map computed directly with that background and the same keys.

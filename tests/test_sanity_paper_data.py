@@ -179,6 +179,7 @@ def test_image_folder_images_are_scaled_to_minus_one_one(tmp_path):
     sanity_checks.explain_images(config)
 
 
+@pytest.mark.slow
 def test_inception_checkpoint_takes_minus_one_one_input_without_transform_input(tmp_path):
   """`paper_inception`: torchvision's weights expect ImageNet-normalised pixels and re-scale
   them with `transform_input` to 2 * pixel - 1; the pipeline feeds 2 * pixel - 1 directly

@@ -63,6 +63,7 @@ def test_model_init_is_checked_before_anything_runs(tmp_path):
     cells.validate(config)
 
 
+@pytest.mark.slow
 def test_training_starts_from_the_transplanted_weights(tmp_path, monkeypatch):
   # With a learning rate of 1e-30 (and no weight decay) Adam's steps (at most about the
   # learning rate) move nothing measurably: the base model is the start, the source's
