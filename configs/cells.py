@@ -116,14 +116,14 @@ PAPER_METHODS = {
     "edge": {},
 }
 
-# The first conv layer's activation of each paper model, where Tjoa & Guan's GuidedGradCam
-# takes its Grad-CAM (AlexNet / VGG `features[0]`, ResNet `conv1`). Captum hooks the conv's
-# output; the taps contract marks activations after the ReLU (ResNet: after conv1, batch norm
-# and ReLU), the closest layer it exposes.
+# The first conv layer of each paper model, where Tjoa & Guan's GuidedGradCam takes its
+# Grad-CAM (`select_first_layer`: AlexNet / VGG `features[0]`, ResNet `backbone.conv1`):
+# Captum hooks the conv module, so the map is computed on the conv's output before any ReLU
+# (or, for ResNet, batch norm); `explain.guided_gradcam` takes a linear layer's name for that.
 PAPER_GUIDED_GRADCAM_LAYERS = {
-    "paper_alexnet": "features_1",
-    "paper_vgg": "features_1",
-    "paper_resnet34": "relu",
+    "paper_alexnet": "features_0",
+    "paper_vgg": "features_0",
+    "paper_resnet34": "conv1",
 }
 
 PAPER_MODELS = {

@@ -296,6 +296,33 @@ def test_guided_gradcam_matches_captum(name):
   assert _rel(ours, _nhwc(ref)) < TOL
 
 
+# Tjoa & Guan's GuidedGradCam layer: the first conv layer's module (`select_first_layer`),
+# i.e. its output before any ReLU; a linear layer's name in xai_jax.
+FIRST_CONV = {"vgg11": ("features_0", lambda m: m.features[0]),
+              "alexnet": ("features_0", lambda m: m.features[0]),
+              "resnet18": ("conv1", lambda m: m.conv1)}
+
+
+@pytest.mark.parametrize("name", ["vgg11", "alexnet", "resnet18"])
+def test_gradcam_and_guided_gradcam_at_the_first_conv_output_match_captum(name):
+  layer_name, layer_fn = FIRST_CONV[name]
+  with jax.enable_x64(True):
+    tm, model, variables, x = _case64(name)
+    target = torch.tensor(TARGET)
+    raw = captum_attr.LayerGradCam(tm, layer_fn(tm)).attribute(x.clone(), target=target)
+    ref_cam = captum_attr.LayerAttribution.interpolate(raw, x.shape[2:])[:, 0]
+    ref_guided = captum_attr.GuidedGradCam(tm, layer_fn(tm)).attribute(x.clone(), target=target)
+    ours_cam = cam.gradcam(model, variables, _nhwc(x), np.array(TARGET), layer=layer_name)
+    ours_guided = cam.guided_gradcam(model, variables, _nhwc(x), np.array(TARGET),
+                                     layer=layer_name)
+    # The ReLU after the conv matters: the activation there gives another map.
+    after_relu = cam.gradcam(model, variables, _nhwc(x), np.array(TARGET),
+                             layer="features_1" if name != "resnet18" else "relu")
+  assert _rel(ours_cam, ref_cam.detach().numpy()) < TOL
+  assert _rel(ours_guided, _nhwc(ref_guided)) < TOL
+  assert _rel(after_relu, ref_cam.detach().numpy()) > 1e-3
+
+
 # ---------------------------------------------------------------------------
 # FullGrad against the reference algorithm (reference-semantics B), in torch.
 # ---------------------------------------------------------------------------

@@ -85,8 +85,8 @@ def test_the_deepmaps_gradient_is_the_channel_sum_of_absolute_values():
 
 
 def test_cells_paper_variants_follow_tjoa_and_guan():
-  first_layers = {"paper_alexnet": "features_1", "paper_vgg": "features_1",
-                  "paper_resnet34": "relu"}
+  first_layers = {"paper_alexnet": "features_0", "paper_vgg": "features_0",
+                  "paper_resnet34": "conv1"}
   for variant, layer in first_layers.items():
     config = cells_config.get_config(variant)
     # Exactly their eight methods (and the two reference maps), nothing added.
@@ -95,12 +95,12 @@ def test_cells_paper_variants_follow_tjoa_and_guan():
     assert config.model.name == {"paper_alexnet": "alexnet", "paper_vgg": "vgg16",
                                  "paper_resnet34": "resnet34"}[variant]
     assert dict(config.model.options) == {"head": "tjoa"}
-    # The layer is the first activation of the paper's model (right after its first conv).
+    # The layer is the paper model's first linear layer, a conv: its output before any ReLU.
     model = models.get(config.model.name, num_classes=10, **config.model.options)
     shape = (1, config.data.size, config.data.size, 3)
     variables = jax.eval_shape(lambda m=model, s=shape: models.init(m, jax.random.key(0), s))
-    names = taps.activation_names(model, variables, jax.ShapeDtypeStruct(shape, jnp.float32))
-    assert names[0] == layer, variant
+    linear = taps.linear_layers(model, variables, jax.ShapeDtypeStruct(shape, jnp.float32))
+    assert linear[0] == (layer, "conv"), variant
 
 
 # Gattas' panel (thesis secs. 3.5-3.7): Guided Grad-CAM at the final conv layer (the model's

@@ -15,6 +15,11 @@ Two reference implementations disagree on the output, so there are two modes
     resizing (cv2 INTER_LINEAR).
 The activation gradient comes from one backward pass that stops at the layer
 (the layer's zero probe is the only differentiated argument).
+
+A layer is an activation of the contract (`taps.activation_names`: ReLU outputs, block
+outputs) or the output of a linear layer (`taps.linear_layers`: a conv, dense or batch-norm
+module, e.g. VGG's first conv `"features_0"` or ResNet's stem conv `"conv1"`, before any
+ReLU), as Captum's layer methods take any module; Tjoa & Guan hook the first conv layer.
 """
 
 from __future__ import annotations
@@ -51,6 +56,32 @@ def activation_probe_shapes(model: nn.Module, variables: Any, x: Array) -> dict[
   return traverse_util.flatten_dict(dict(state.get(taps.ACTIVATION_PROBES, {})), sep="/")
 
 
+@shape_cached
+def linear_output_shapes(model: nn.Module, variables: Any, x: Array) -> dict[str, Any]:
+  """Linear layer name -> `ShapeDtypeStruct` of its output, for the layers called once
+  (`taps.linear_layers`; no FLOPs; cached per shapes)."""
+  shapes: dict[str, list] = {}
+
+  def record(call: taps.LinearCall) -> Array:
+    shapes.setdefault(call.name, []).append(jax.ShapeDtypeStruct(call.output.shape,
+                                                                 call.output.dtype))
+    return call.output
+
+  def run(v, x):
+    with taps.linear_layer_rule(record):
+      return model.apply(v, x)
+
+  jax.eval_shape(run, _plain(variables), x)
+  return {name: found[0] for name, found in shapes.items() if len(found) == 1}
+
+
+def layer_shapes(model: nn.Module, variables: Any, x: Array) -> dict[str, Any]:
+  """Every layer `layer_gradient` takes -> its `ShapeDtypeStruct`: the activations, then
+  the linear layers' outputs (an activation wins a name both have)."""
+  return {**linear_output_shapes(model, variables, x),
+          **activation_probe_shapes(model, variables, x)}
+
+
 def check_layer(model: nn.Module, variables: Any, x: Array, layer: str | None) -> str:
   """Resolves `layer` (None -> the model's default Grad-CAM layer) and checks that it exists.
 
@@ -59,9 +90,11 @@ def check_layer(model: nn.Module, variables: Any, x: Array, layer: str | None) -
   """
   if layer is None:
     layer = taps.default_gradcam_layer(model)
-  names = tuple(activation_probe_shapes(model, variables, x))
-  if layer not in names:
-    raise ValueError(f"unknown layer {layer!r}; valid activation names: {', '.join(names)}")
+  if layer not in layer_shapes(model, variables, x):
+    raise ValueError(
+        f"unknown layer {layer!r}; valid activation names: "
+        f"{', '.join(activation_probe_shapes(model, variables, x))}; or a linear layer's "
+        f"output: {', '.join(linear_output_shapes(model, variables, x))}")
   return layer
 
 
@@ -74,7 +107,8 @@ def layer_gradient(model: nn.Module, variables: Any, x: Array, target: Array,
     variables: its variables.
     x: `float[N, H, W, C]`.
     target: `int32[N]`.
-    layer: an activation name (see `taps.activation_names`).
+    layer: an activation name (see `taps.activation_names`) or the name of a linear layer
+      called once (`linear_output_shapes`; its output, before any ReLU).
     probe: optional value added to the layer's activation (default zero), e.g.
       to evaluate the rest of the network at another activation (layer SHAP).
 
@@ -87,6 +121,8 @@ def layer_gradient(model: nn.Module, variables: Any, x: Array, target: Array,
   plain = _plain(variables)
   shapes = activation_probe_shapes(model, plain, x)
   zeros = {k: jnp.zeros(s.shape, s.dtype) for k, s in shapes.items()}
+  if layer not in shapes:
+    return _linear_output_gradient(model, plain, x, target, layer, probe)
 
   def score(probe):
     probes = traverse_util.unflatten_dict({**zeros, layer: probe}, sep="/")
@@ -96,6 +132,29 @@ def layer_gradient(model: nn.Module, variables: Any, x: Array, target: Array,
     return jnp.sum(common.pick_target(logits, target)), act
 
   grad, act = jax.grad(score, has_aux=True)(zeros[layer] if probe is None else probe)
+  return act, grad
+
+
+def _linear_output_gradient(model, plain, x, target, layer, probe):
+  """`layer_gradient` at a linear layer's output, through `taps.linear_layer_rule`."""
+  if probe is None:
+    shape = linear_output_shapes(model, plain, x)[layer]
+    probe = jnp.zeros(shape.shape, shape.dtype)
+
+  def score(added):
+    seen = []
+
+    def rule(call: taps.LinearCall) -> Array:
+      if call.name != layer:
+        return call.output
+      seen.append(call.output + added)
+      return seen[-1]
+
+    with taps.linear_layer_rule(rule):
+      logits = model.apply(plain, x)
+    return jnp.sum(common.pick_target(logits, target)), seen[0]
+
+  grad, act = jax.grad(score, has_aux=True)(probe)
   return act, grad
 
 
@@ -146,8 +205,9 @@ def gradcam(model: nn.Module, variables: Any, x: Array, target: Array | int | No
     variables: its variables.
     x: `float32[N, H, W, C]`.
     target: `int[N]`, an int, or None for the predicted class.
-    layer: activation name; default `taps.default_gradcam_layer(model)` (last
-      conv block output). Must be spatial (`[N, h, w, c]`).
+    layer: activation name or a linear layer's name (module docstring); default
+      `taps.default_gradcam_layer(model)` (last conv block output). Must be spatial
+      (`[N, h, w, c]`).
     relu: ReLU on the map before resizing; default False for "raw" (Captum's
       `relu_attributions=False`) and True for "normalized".
     upsample: "nearest" (torch floor-index) or "bilinear" (half-pixel);
@@ -169,7 +229,7 @@ def gradcam(model: nn.Module, variables: Any, x: Array, target: Array | int | No
   relu, upsample = _resolve(mode, relu, upsample)
   x, target, valid = common.prepare(model, variables, x, target)
   layer = check_layer(model, variables, x, layer)
-  shape = activation_probe_shapes(model, variables, x)[layer].shape
+  shape = layer_shapes(model, variables, x)[layer].shape
   if len(shape) != 4:
     raise ValueError(f"gradcam needs a spatial layer [N, h, w, c]; {layer!r} has shape {shape}")
   cam = _gradcam(model, variables, x, target, layer=layer, relu=relu, upsample=upsample,
@@ -194,7 +254,8 @@ def guided_gradcam(model: nn.Module, variables: Any, x: Array, target: Array | i
     variables: its variables.
     x: `float32[N, H, W, C]`.
     target: `int[N]`, an int, or None for the predicted class.
-    layer: activation name; default the model's Grad-CAM layer.
+    layer: activation name or a linear layer's name (module docstring); default the
+      model's Grad-CAM layer.
     upsample: "nearest" (Captum's default `interpolate_mode`) or "bilinear".
 
   Returns:
@@ -210,7 +271,7 @@ def guided_gradcam(model: nn.Module, variables: Any, x: Array, target: Array | i
     raise ValueError(f"unknown upsample {upsample!r}; valid: {', '.join(UPSAMPLE)}")
   x, target, valid = common.prepare(model, variables, x, target)
   layer = check_layer(model, variables, x, layer)
-  shape = activation_probe_shapes(model, variables, x)[layer].shape
+  shape = layer_shapes(model, variables, x)[layer].shape
   if len(shape) != 4:
     raise ValueError(
         f"guided_gradcam needs a spatial layer [N, h, w, c]; {layer!r} has shape {shape}")
