@@ -191,6 +191,27 @@ def test_gradcam_closed_form_raw_and_normalized():
                              gbp * np.maximum(nearest, 0)[..., None], rtol=1e-5, atol=1e-7)
 
 
+def test_gradcam_at_a_linear_layers_output_closed_form():
+  # At the conv's output z (before the ReLU): dlogit_t / dz = D[c, t] / (h w) * 1[z > 0],
+  # so the map is sum_c mean_hw(that) * z_c, with z's negative values in it.
+  model, v, x, t, ref = _convgap_setup()
+  grad_z = ref["grad_act"] * (ref["z"] > 0)
+  small = np.sum(grad_z.mean(axis=(1, 2), keepdims=True) * ref["z"], axis=-1)
+  rows = (np.arange(8) * 4) // 8
+  nearest = small[:, rows][:, :, rows]
+  np.testing.assert_allclose(cam.gradcam(model, v, x, t, layer="conv"), nearest,
+                             rtol=1e-5, atol=1e-6)
+  gbp = guided.guided_backprop(model, v, x, t)
+  np.testing.assert_allclose(cam.guided_gradcam(model, v, x, t, layer="conv"),
+                             gbp * np.maximum(nearest, 0)[..., None], rtol=1e-5, atol=1e-7)
+  act, grad = cam.layer_gradient(model, v, jnp.asarray(x), jnp.asarray(t), "conv")
+  np.testing.assert_allclose(act, ref["z"], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(grad, np.broadcast_to(grad_z, act.shape), rtol=1e-5, atol=1e-7)
+  with pytest.raises(ValueError, match=r"unknown layer 'nope'; valid activation names: "
+                     r"relu1; or a linear layer's output: conv, fc"):
+    cam.gradcam(model, v, x, t, layer="nope")
+
+
 def _post(a):
   a = np.abs(a)
   axes = tuple(range(1, a.ndim))

@@ -75,11 +75,21 @@ def linear_output_shapes(model: nn.Module, variables: Any, x: Array) -> dict[str
   return {name: found[0] for name, found in shapes.items() if len(found) == 1}
 
 
-def layer_shapes(model: nn.Module, variables: Any, x: Array) -> dict[str, Any]:
-  """Every layer `layer_gradient` takes -> its `ShapeDtypeStruct`: the activations, then
-  the linear layers' outputs (an activation wins a name both have)."""
-  return {**linear_output_shapes(model, variables, x),
-          **activation_probe_shapes(model, variables, x)}
+def layer_shape(model: nn.Module, variables: Any, x: Array, layer: str) -> Any:
+  """The `ShapeDtypeStruct` of a layer `layer_gradient` takes: an activation or, failing
+  that, a linear layer's output (`linear_output_shapes`, traced only then).
+
+  Raises:
+    ValueError: for an unknown layer name (listing the valid ones).
+  """
+  activations = activation_probe_shapes(model, variables, x)
+  if layer in activations:
+    return activations[layer]
+  linear = linear_output_shapes(model, variables, x)
+  if layer in linear:
+    return linear[layer]
+  raise ValueError(f"unknown layer {layer!r}; valid activation names: {', '.join(activations)}"
+                   f"; or a linear layer's output: {', '.join(linear)}")
 
 
 def check_layer(model: nn.Module, variables: Any, x: Array, layer: str | None) -> str:
@@ -90,11 +100,7 @@ def check_layer(model: nn.Module, variables: Any, x: Array, layer: str | None) -
   """
   if layer is None:
     layer = taps.default_gradcam_layer(model)
-  if layer not in layer_shapes(model, variables, x):
-    raise ValueError(
-        f"unknown layer {layer!r}; valid activation names: "
-        f"{', '.join(activation_probe_shapes(model, variables, x))}; or a linear layer's "
-        f"output: {', '.join(linear_output_shapes(model, variables, x))}")
+  layer_shape(model, variables, x, layer)
   return layer
 
 
@@ -229,7 +235,7 @@ def gradcam(model: nn.Module, variables: Any, x: Array, target: Array | int | No
   relu, upsample = _resolve(mode, relu, upsample)
   x, target, valid = common.prepare(model, variables, x, target)
   layer = check_layer(model, variables, x, layer)
-  shape = layer_shapes(model, variables, x)[layer].shape
+  shape = layer_shape(model, variables, x, layer).shape
   if len(shape) != 4:
     raise ValueError(f"gradcam needs a spatial layer [N, h, w, c]; {layer!r} has shape {shape}")
   cam = _gradcam(model, variables, x, target, layer=layer, relu=relu, upsample=upsample,
@@ -271,7 +277,7 @@ def guided_gradcam(model: nn.Module, variables: Any, x: Array, target: Array | i
     raise ValueError(f"unknown upsample {upsample!r}; valid: {', '.join(UPSAMPLE)}")
   x, target, valid = common.prepare(model, variables, x, target)
   layer = check_layer(model, variables, x, layer)
-  shape = layer_shapes(model, variables, x)[layer].shape
+  shape = layer_shape(model, variables, x, layer).shape
   if len(shape) != 4:
     raise ValueError(
         f"guided_gradcam needs a spatial layer [N, h, w, c]; {layer!r} has shape {shape}")

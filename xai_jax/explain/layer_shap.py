@@ -185,7 +185,7 @@ def layer_expected_gradients(model: nn.Module, variables: Any, x: Array,
   if common.is_concrete(sigma):
     sigma = float(np.asarray(sigma))
     smoothing = sigma > 0
-  point_shape = (cam.layer_shapes(model, variables, x)[layer].shape
+  point_shape = (cam.layer_shape(model, variables, x, layer).shape
                  if space == "layer" else x.shape)
   step_args = sampling.expected_gradients_draws(
       key, samples=samples, references=background.shape[0], point_shape=point_shape,
@@ -240,7 +240,7 @@ def layer_shap(model: nn.Module, variables: Any, x: Array, target: Array | int |
                             local_smoothing=local_smoothing))
   x, target, valid = common.prepare(model, variables, x, target)
   layer = cam.check_layer(model, variables, x, layer)
-  shape = cam.layer_shapes(model, variables, x)[layer].shape
+  shape = cam.layer_shape(model, variables, x, layer).shape
   if len(shape) != 4:
     raise ValueError(f"layer_shap needs a spatial layer [N, h, w, c]; {layer!r} has shape "
                      f"{shape}")
