@@ -126,9 +126,9 @@ def layer_gradient(model: nn.Module, variables: Any, x: Array, target: Array,
   """
   plain = _plain(variables)
   shapes = activation_probe_shapes(model, plain, x)
-  zeros = {k: jnp.zeros(s.shape, s.dtype) for k, s in shapes.items()}
   if layer not in shapes:
     return _linear_output_gradient(model, plain, x, target, layer, probe)
+  zeros = {k: jnp.zeros(s.shape, s.dtype) for k, s in shapes.items()}
 
   def score(probe):
     probes = traverse_util.unflatten_dict({**zeros, layer: probe}, sep="/")
@@ -144,7 +144,7 @@ def layer_gradient(model: nn.Module, variables: Any, x: Array, target: Array,
 def _linear_output_gradient(model, plain, x, target, layer, probe):
   """`layer_gradient` at a linear layer's output, through `taps.linear_layer_rule`."""
   if probe is None:
-    shape = linear_output_shapes(model, plain, x)[layer]
+    shape = layer_shape(model, plain, x, layer)
     probe = jnp.zeros(shape.shape, shape.dtype)
 
   def score(added):

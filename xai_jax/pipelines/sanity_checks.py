@@ -103,6 +103,14 @@ def channels(config) -> int:
   return mnist.IMAGE_SHAPE[-1] if is_mnist(config) else 3
 
 
+def _check_counts(block, prefix: str, fields: tuple[str, ...]) -> None:
+  """Raises ValueError naming `prefix.field` unless each field of `block` is an int >= 1."""
+  for field in fields:
+    value = block[field]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+      raise ValueError(f"{prefix}.{field} must be >= 1 (an int), got {value!r}")
+
+
 def _validate_data(config) -> None:
   """The `data` block (see `validate`)."""
   data = config.data
@@ -113,9 +121,7 @@ def _validate_data(config) -> None:
                      f"{', '.join(NORMALIZATIONS)}")
   if data.crop not in CROPS:
     raise ValueError(f"unknown data.crop {data.crop!r}; valid: {', '.join(CROPS)}")
-  for field in ("num_explain", "explain_batch_size", "train_examples"):
-    if isinstance(data[field], bool) or not isinstance(data[field], int) or data[field] < 1:
-      raise ValueError(f"data.{field} must be >= 1 (an int), got {data[field]!r}")
+  _check_counts(data, "data", ("num_explain", "explain_batch_size", "train_examples"))
   if data.source == "cells" and data.explain_split not in cell_source.SPLITS:
     raise ValueError(f"unknown data.explain_split {data.explain_split!r}; valid: "
                      f"{', '.join(cell_source.SPLITS)}")
@@ -169,10 +175,7 @@ def validate(config) -> None:
       raise ValueError("training from scratch needs data.source='cells' or data.source="
                        f"'tfds' with data.tfds_name in {', '.join(TRAINABLE_TFDS)}; give "
                        "model.checkpoint to explain a trained model on other images")
-    for field in ("epochs", "batch_size", "test_examples"):
-      if isinstance(config.train[field], bool) or not isinstance(config.train[field], int) or (
-          config.train[field] < 1):
-        raise ValueError(f"train.{field} must be an int >= 1, got {config.train[field]!r}")
+    _check_counts(config.train, "train", ("epochs", "batch_size", "test_examples"))
     if not isinstance(config.train.max_steps, int) or config.train.max_steps < 0:
       raise ValueError(f"train.max_steps must be an int >= 0 (0: all epochs), got "
                        f"{config.train.max_steps!r}")
@@ -212,11 +215,8 @@ def validate(config) -> None:
                        "data.source='cells' or data.source='tfds' with data.tfds_name in "
                        f"{', '.join(TRAINABLE_TFDS)}")
     settings = config.data_randomization
-    for field in ("train_examples", "steps_per_check", "max_steps", "batch_size"):
-      if isinstance(settings[field], bool) or not isinstance(settings[field], int) or (
-          settings[field] < 1):
-        raise ValueError(f"data_randomization.{field} must be an int >= 1, got "
-                         f"{settings[field]!r}")
+    _check_counts(settings, "data_randomization",
+                  ("train_examples", "steps_per_check", "max_steps", "batch_size"))
     if not 0.0 < settings.target_accuracy < 1.0:
       raise ValueError(f"data_randomization.target_accuracy must be in (0, 1), got "
                        f"{settings.target_accuracy!r}")
